@@ -1,0 +1,5 @@
+"""The one exception type users see: a message naming the problem and the fix, printed as one line."""
+
+
+class HySquantError(Exception):
+    """Bad input or an impossible request. The CLI prints ``error: <message>`` and exits with status 2."""

@@ -1,0 +1,283 @@
+"""Roofline cost model: latency, energy, size and BitOps of every layer at every (w_bits, a_bits).
+
+Per layer ``l`` at weight bits ``w`` and input-activation bits ``a``, with ``B`` = batch size:
+
+* compute precision ``prec = profile.compute_precision(w, a)``: the lowest precision the device executes that
+  covers both operands; a layer with either operand at FP32 (32) is not integer-quantized and runs at the
+  profile's ``float_precision`` (fp16 tensor cores).
+* ``ops = 2 * MACs * B`` [op]
+* ``bytes = W_l * t(w) / 8 + bias_l * 4  +  B * (in_l * t(a) / 8 + out_l * o)`` [byte], where ``t(b) = b`` for a
+  quantized operand (sub-byte widths packed densely) and the float precision's width (16) for FP32; weights
+  move once per batch, activations once per image; bias stays 32-bit; ``o`` is what the consumer (the next
+  layer in forward order) reads: 1 byte (int8) when it quantizes its input activation, else 2 bytes (fp16);
+  the last layer's output is fp16 logits.
+* ``latency = max(ops / peak(prec), bytes / bandwidth)`` [s] (roofline; no kernel-launch overhead)
+* energy, paper eqs. 9-11 with the units made explicit:
+  ``p_f = (max_power - memory_power) / peak(prec)`` [W / (op/s) = J/op], and
+  ``energy = p_f * ops + memory_power * bytes / bandwidth`` [J] (compute at peak, plus memory power over
+  the time the transfer takes). The paper's eq. 11 multiplies p_f by latency; a FLOP count is what makes
+  J/op come out in joules.
+* ``size = W_l * w / 8 + bias_l * 4`` [byte] (FP32 layers: 4 bytes per parameter, the checkpoint size);
+  ``BitOps = MACs * w * a`` per image. Size and BitOps do not depend on the batch.
+
+Latency and energy are per inference of one batch of ``batch_size`` images. Attention matmuls (q k^T, softmax,
+attention x v) are priced once at the float precision, with q/k/v/scores/probabilities moving in fp16, and
+added to every policy as the ``fixed`` part. LayerNorm, BatchNorm, activations and reshapes are not priced
+(they fuse into neighbouring kernels on a deployed model, or are not in the inventory).
+
+All (layer, w, a, consumer) costs are tabulated once in numpy arrays; :meth:`CostModel.policy_cost` is a
+gather and a sum (tens of microseconds), as the RL search calls it thousands of times.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from hysquant_rl.errors import HySquantError
+from hysquant_rl.hardware.profile import DeviceProfile
+from hysquant_rl.layers import AttentionMatmul, LayerInfo
+from hysquant_rl.quant.quantizer import FP32_BITS, check_bits
+
+BIT_CHOICES: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8, FP32_BITS)  # every bit-width a policy may use
+BIAS_BITS = 32  # biases stay 32-bit (int32 accumulator scale in integer kernels)
+INT8_BYTES = 1  # an activation a quantized consumer reads, as the producer's epilogue writes it
+# bit-width -> position in BIT_CHOICES, -1 where not allowed; one spare -1 at the end so that a lookup with
+# mode="clip" maps anything below 0 or above 32 to -1 too
+_INDEX = np.full(FP32_BITS + 2, -1, dtype=np.intp)
+_INDEX[list(BIT_CHOICES)] = np.arange(len(BIT_CHOICES))
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """Cost of one layer (or one fixed unit) at one (w_bits, a_bits), per inference of ``batch_size`` images.
+
+    ``ops``, ``bytes_moved``, ``compute_s`` and ``memory_s`` are the roofline model's terms (modelled under
+    every backend); ``latency_s`` and ``energy_j`` are the backend's answer (``backend``).
+    """
+
+    name: str
+    w_bits: int
+    a_bits: int
+    precision: str  # compute precision: fp16, int8, int4, ...
+    deployable: bool  # runs as real kernels on the device; False: simulation-only
+    batch_size: int
+    ops: float  # 2 x MACs x batch_size [op]
+    bytes_moved: float  # [byte]
+    compute_s: float  # ops / peak(precision) [s]
+    memory_s: float  # bytes_moved / bandwidth [s]
+    latency_s: float  # [s]
+    energy_j: float  # [J]
+    size_bytes: float  # stored weights + bias [byte], independent of batch
+    bitops: int  # MACs x w_bits x a_bits, per image
+    backend: str = "modelled"
+
+    @property
+    def bound(self) -> str:
+        """``"compute"`` or ``"memory"``: which roofline term is larger."""
+        return "compute" if self.compute_s >= self.memory_s else "memory"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "bound": self.bound}
+
+
+@dataclass(frozen=True)
+class PolicyCost:
+    """Totals of one policy (quantized layers + the fixed part) per inference of ``batch_size`` images."""
+
+    device: str
+    backend: str
+    batch_size: int
+    latency_s: float  # sum of layer latencies + fixed_latency_s [s]
+    energy_j: float  # sum of layer energies + fixed_energy_j [J]
+    size_bytes: float  # weights + biases of the quantized layers [byte]
+    bitops: int  # per image, quantized layers only
+    deployable: bool  # every layer's pair runs as real kernels on the device
+    layer_latency_s: np.ndarray  # (n_layers,) [s]
+    layer_energy_j: np.ndarray  # (n_layers,) [J]
+    layer_deployable: np.ndarray  # (n_layers,) bool
+    fixed_latency_s: float  # attention matmuls, policy-independent [s]
+    fixed_energy_j: float  # [J]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("layer_latency_s", "layer_energy_j", "layer_deployable"):
+            d[k] = d[k].tolist()
+        return d
+
+
+def _bits(value: Any, what: str) -> int:
+    if isinstance(value, np.integer):
+        value = int(value)
+    return check_bits(value, what)
+
+
+class CostModel:
+    """Modelled costs of ``layers`` (forward order, as :func:`hysquant_rl.layers.inventory` returns them) and
+    ``matmuls`` on ``profile`` at ``batch_size`` images per inference (default: the profile's).
+
+    Subclasses (the measured backend) replace the latency/energy tables in :meth:`_price`; the totals are
+    summed here only.
+    """
+
+    backend = "modelled"
+
+    def __init__(
+        self,
+        layers: Sequence[LayerInfo],
+        matmuls: Sequence[AttentionMatmul],
+        profile: DeviceProfile,
+        batch_size: int | None = None,
+    ) -> None:
+        batch = profile.batch_size if batch_size is None else batch_size
+        if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+            raise HySquantError(f"batch_size must be a positive integer, got {batch!r}")
+        if not layers:
+            raise HySquantError("the cost model needs at least one quantizable layer")
+        self.layers = list(layers)
+        self.matmuls = list(matmuls)
+        self.profile = profile
+        self.batch_size = int(batch)
+        self.device = profile.name
+        self._tabulate()
+        self._price()
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    # -- tables ----------------------------------------------------------------------------------------
+    def _tabulate(self) -> None:
+        """Policy-independent arrays: indices [layer, w, a, consumer_quantized] over BIT_CHOICES."""
+        p, batch = self.profile, self.batch_size
+        bits = np.array(BIT_CHOICES, dtype=np.float64)
+        traffic_bits = np.where(bits == FP32_BITS, p.float_bits, bits)  # an FP32 operand moves as fp16
+        weights = np.array([l.weight_elems for l in self.layers], dtype=np.float64)
+        bias = np.array([l.params - l.weight_elems for l in self.layers], dtype=np.float64)
+        in_elems = np.array([l.in_elems for l in self.layers], dtype=np.float64)
+        out_elems = np.array([l.out_elems for l in self.layers], dtype=np.float64)
+        macs = np.array([l.macs for l in self.layers], dtype=np.int64)
+
+        # (w, a) -> compute precision, its peak, power per op, deployability
+        self._precision = [[p.compute_precision(w, a) for a in BIT_CHOICES] for w in BIT_CHOICES]
+        peak = np.array([[p.peak(c) for c in row] for row in self._precision])  # (8, 8) op/s
+        self._deployable = np.array([[p.is_deployable(w, a) for a in BIT_CHOICES] for w in BIT_CHOICES])
+
+        weight_bytes = weights[:, None] * traffic_bits / 8 + bias[:, None] * BIAS_BITS / 8  # (n, w)
+        input_bytes = batch * in_elems[:, None] * traffic_bits / 8  # (n, a)
+        output_bytes = batch * out_elems[:, None] * np.array([p.float_bits / 8, INT8_BYTES])  # (n, consumer)
+        self._bytes = weight_bytes[:, :, None, None] + input_bytes[:, None, :, None] + output_bytes[:, None, None, :]
+        self._ops = 2.0 * macs.astype(np.float64) * batch  # (n,)
+        self._compute_s = self._ops[:, None, None] / peak  # (n, w, a)
+        self._memory_s = self._bytes / p.memory_bandwidth  # (n, w, a, c)
+        self._joules_per_op = p.compute_power_w / peak  # (w, a) J/op, paper eq. 10 less memory power
+        self._size = weights[:, None] * bits / 8 + bias[:, None] * BIAS_BITS / 8  # (n, w)
+        self._bitops = macs[:, None, None] * np.outer(BIT_CHOICES, BIT_CHOICES)[None]  # (n, w, a) int64
+        self._rows = np.arange(len(self.layers))
+        self._row_offset = self._rows * (len(BIT_CHOICES) ** 2 * 2)  # flat offset of each layer's (w, a, c) block
+
+    def _price(self) -> None:
+        """Fill ``_latency``/``_energy`` (n, w, a, c) and the fixed part: here the roofline."""
+        p = self.profile
+        self._latency = np.maximum(self._compute_s[..., None], self._memory_s)
+        self._energy = (self._ops[:, None, None] * self._joules_per_op)[..., None] + p.memory_power_w * self._memory_s
+        self.fixed_items = [self._attention_cost(m) for m in self.matmuls]
+        self._sum_fixed()
+
+    def _sum_fixed(self) -> None:
+        self.fixed_latency_s = float(sum(c.latency_s for c in self.fixed_items))
+        self.fixed_energy_j = float(sum(c.energy_j for c in self.fixed_items))
+
+    def _attention_cost(self, m: AttentionMatmul) -> LayerCost:
+        """Roofline of one attention module at the float precision: q k^T, softmax, attention x v, each a
+        kernel with its own max(compute, memory); every operand at the float precision (fp16: 2 bytes)."""
+        p, batch = self.profile, self.batch_size
+        rows = batch * m.sequences * m.heads  # independent (N x d) problems per batch
+        n, d, elem = m.tokens, m.head_dim, p.float_bits / 8
+        half_ops = float(batch * m.macs)  # 2 ops per MAC, each matmul holds half of m.macs
+        kernels = (  # (ops, bytes)
+            (half_ops, rows * (2 * n * d + n * n) * elem),  # read q, k; write scores
+            (0.0, rows * 2 * n * n * elem),  # softmax: read scores, write probabilities
+            (half_ops, rows * (n * n + 2 * n * d) * elem),  # read probabilities, v; write output
+        )
+        peak = p.peak(p.float_precision)
+        ops = sum(k[0] for k in kernels)
+        nbytes = sum(k[1] for k in kernels)
+        compute_s, memory_s = ops / peak, nbytes / p.memory_bandwidth
+        latency = sum(max(o / peak, b / p.memory_bandwidth) for o, b in kernels)
+        energy = ops * p.compute_power_w / peak + p.memory_power_w * memory_s
+        return LayerCost(
+            name=m.name, w_bits=FP32_BITS, a_bits=FP32_BITS, precision=p.float_precision, deployable=True,
+            batch_size=batch, ops=ops, bytes_moved=nbytes, compute_s=compute_s, memory_s=memory_s,
+            latency_s=latency, energy_j=energy, size_bytes=0.0, bitops=0, backend=self.backend,
+        )
+
+    # -- queries ---------------------------------------------------------------------------------------
+    def layer_cost(self, i: int, w_bits: int, a_bits: int, consumer_quantized: bool) -> LayerCost:
+        """Cost of layer ``i`` at (w_bits, a_bits); ``consumer_quantized``: the next layer quantizes its input
+        activation, so this layer's output is written as int8 (1 byte) instead of fp16."""
+        if not 0 <= i < self.num_layers:
+            raise HySquantError(f"layer index {i} is out of range 0..{self.num_layers - 1}")
+        w = _INDEX[_bits(w_bits, "weight bit-width")]
+        a = _INDEX[_bits(a_bits, "activation bit-width")]
+        c = int(bool(consumer_quantized))
+        return LayerCost(
+            name=self.layers[i].name, w_bits=int(w_bits), a_bits=int(a_bits), precision=self._precision[w][a],
+            deployable=bool(self._deployable[w, a]), batch_size=self.batch_size, ops=float(self._ops[i]),
+            bytes_moved=float(self._bytes[i, w, a, c]), compute_s=float(self._compute_s[i, w, a]),
+            memory_s=float(self._memory_s[i, w, a, c]), latency_s=float(self._latency[i, w, a, c]),
+            energy_j=float(self._energy[i, w, a, c]), size_bytes=float(self._size[i, w]),
+            bitops=int(self._bitops[i, w, a]), backend=self.backend,
+        )
+
+    def config_cost(self, i: int, w_bits: int, a_bits: int) -> LayerCost:
+        """Layer ``i`` inside a chain where every layer runs at (w_bits, a_bits): its consumer is quantized
+        when ``a_bits < 32`` and it is not the last layer. Summed over all layers plus the fixed part, this is
+        :meth:`policy_cost` of the uniform policy (the LUT's rows)."""
+        return self.layer_cost(i, w_bits, a_bits, a_bits != FP32_BITS and i < self.num_layers - 1)
+
+    def _indices(self, bits: Sequence[tuple[int, int]] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Flat indices into the (layer, w, a, consumer) tables and into the (w, a) tables, per layer."""
+        arr = np.asarray(bits)
+        if arr.shape != (self.num_layers, 2):
+            raise HySquantError(
+                f"a policy needs one (w_bits, a_bits) pair for each of the {self.num_layers} layers, "
+                f"got an array of shape {arr.shape}"
+            )
+        if arr.dtype.kind not in "iu":
+            raise HySquantError(f"policy bit-widths must be integers, got {arr.dtype}")
+        idx = np.take(_INDEX, arr, mode="clip")  # -1 for anything not in BIT_CHOICES
+        if (idx < 0).any():
+            layer, col = map(int, np.argwhere(idx < 0)[0])
+            what = "weight" if col == 0 else "activation"
+            _bits(int(arr[layer, col]), f"layer {self.layers[layer].name} {what} bit-width")
+        pair = idx[:, 0] * len(BIT_CHOICES) + idx[:, 1]
+        consumer = np.zeros(self.num_layers, dtype=np.intp)
+        consumer[:-1] = arr[1:, 1] != FP32_BITS
+        return self._row_offset + pair * 2 + consumer, pair
+
+    def policy_cost(self, bits: Sequence[tuple[int, int]] | np.ndarray) -> PolicyCost:
+        """Totals of a policy: one (w_bits, a_bits) per layer in forward order (sequence or (n, 2) int array).
+        Each layer's output is priced at what the next layer reads (int8 if it quantizes its input)."""
+        flat, pair = self._indices(bits)
+        latency = self._latency.ravel()[flat]
+        energy = self._energy.ravel()[flat]
+        deployable = self._deployable.ravel()[pair]
+        rows = self._rows
+        return PolicyCost(
+            device=self.device, backend=self.backend, batch_size=self.batch_size,
+            latency_s=float(latency.sum()) + self.fixed_latency_s,
+            energy_j=float(energy.sum()) + self.fixed_energy_j,
+            size_bytes=float(self._size[rows, pair // len(BIT_CHOICES)].sum()),
+            bitops=int(self._bitops.reshape(self.num_layers, -1)[rows, pair].sum()),
+            deployable=bool(deployable.all()),
+            layer_latency_s=latency, layer_energy_j=energy, layer_deployable=deployable,
+            fixed_latency_s=self.fixed_latency_s, fixed_energy_j=self.fixed_energy_j,
+        )
+
+    def uniform_cost(self, w_bits: int, a_bits: int) -> PolicyCost:
+        """:meth:`policy_cost` of every layer at (w_bits, a_bits)."""
+        return self.policy_cost([(w_bits, a_bits)] * self.num_layers)

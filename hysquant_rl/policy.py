@@ -1,0 +1,399 @@
+"""QuantPolicy: the versioned JSON file that says which (w_bits, a_bits) every quantizable layer gets.
+
+On disk (UTF-8 JSON, written atomically)::
+
+    {
+      "format": "hysquant-policy",
+      "version": 1,
+      "model": {"name": "mobilevit_xxs", "weights_sha256": "<64 hex>", "num_layers": 72},
+      "layers": [{"name": "stem.conv", "kind": "conv", "w_bits": 8, "a_bits": 8}, ...],   # forward order
+      "metrics": {...},      # free-form, e.g. {"search_val": {"top1": 87.1}, "test": {...}, "latency_ms": 1.2}
+      "budgets": {...},      # free-form, e.g. {"latency_ms": 1.5}
+      "provenance": {"method": "ddpg", "seed": 0, "episodes": 300, "wall_time_s": 383.0,
+                     "git_commit": "<40 hex>" | null, "created": "<ISO 8601 UTC>", "hysquant_rl": "0.1.0"}
+    }
+
+Bits are integers 2..8, or 32 for FP32 (that layer is not quantized). A policy is bound to one model's
+weights through ``weights_sha256``; :func:`validate` checks a policy against a model before it is applied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import operator
+import os
+import re
+import subprocess
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hysquant_rl.errors import HySquantError
+from hysquant_rl.io import save_json
+from hysquant_rl.quant.quantizer import FP32_BITS, MAX_BITS, MIN_BITS, check_bits
+
+FORMAT = "hysquant-policy"
+VERSION = 1
+_BITS_RANGE = f"{MIN_BITS}..{MAX_BITS} or {FP32_BITS}"
+_LAYER_KEYS = ("name", "kind", "w_bits", "a_bits")
+_MODEL_KEYS = ("name", "weights_sha256", "num_layers")
+_MAX_LISTED = 8  # names listed per problem in a validation message; the rest are counted
+
+
+# -- model identity ------------------------------------------------------------------------------------
+def weights_sha256(model: nn.Module) -> str:
+    """SHA-256 (64 hex digits) of ``model``'s state dict: for each key in sorted order, the key name, dtype,
+    shape and raw bytes of the tensor. Deterministic across runs and devices; a :class:`QuantModel` hashes
+    like the model it wraps (its layers' class swap changes no key or value)."""
+    from hysquant_rl.quant.model import QuantModel
+
+    if isinstance(model, QuantModel):
+        model = model.model
+    h = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        if isinstance(value, torch.Tensor):
+            t = value.detach().to("cpu").contiguous()
+            h.update(f"{key}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+        else:  # a module's extra state: rare, and only simple values in practice
+            h.update(f"{key}\0{type(value).__name__}\0{value!r}\0".encode())
+    return h.hexdigest()
+
+
+# -- provenance ----------------------------------------------------------------------------------------
+@lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """HEAD of the git checkout that holds this package, or None (installed from a wheel, no git, ...)."""
+    package_dir = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel", "HEAD"],
+            cwd=package_dir, capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    # Only our own checkout counts, not some repository that merely contains a site-packages directory.
+    if len(out) != 2 or (Path(out[0]).resolve() / package_dir.name) != package_dir:
+        return None
+    return out[1] if re.fullmatch(r"[0-9a-f]{40}", out[1]) else None
+
+
+def _version() -> str:
+    from hysquant_rl import __version__
+
+    return __version__
+
+
+# -- file helpers --------------------------------------------------------------------------------------
+def _jsonable(obj: Any) -> Any:
+    """``json.dumps`` fallback: numpy/torch scalars and arrays become numbers and lists, paths strings."""
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"{type(obj).__name__} is not JSON-serializable")
+
+
+def to_json_types(obj: Any, what: str) -> Any:
+    """A copy of ``obj`` made only of JSON types (dict, list, str, int, float, bool, None); numpy/torch
+    values become numbers or lists. Raises HySquantError naming ``what`` if that is impossible."""
+    try:
+        return json.loads(json.dumps(obj, default=_jsonable))
+    except (TypeError, ValueError) as e:
+        raise HySquantError(f"{what} cannot be written as JSON ({e}): pass numbers, strings, lists and dicts") from None
+
+
+def _to_bits(value: Any, what: str) -> int:
+    """An exact integer bit-width (numpy ints accepted, floats and bools not) that passes check_bits."""
+    if isinstance(value, bool):
+        return check_bits(value, what)  # raises: True is not a bit-width
+    try:
+        return check_bits(operator.index(value), what)
+    except TypeError:
+        return check_bits(value, what)  # raises with the offending value in the message
+
+
+# -- the policy ----------------------------------------------------------------------------------------
+@dataclass
+class QuantPolicy:
+    """A per-layer bit-width policy for one model's weights. See the module docstring for the file format.
+
+    Attributes:
+        model: ``{"name": timm name, "weights_sha256": 64 hex, "num_layers": int}``.
+        layers: ``[{"name", "kind", "w_bits", "a_bits"}, ...]`` in forward order; bits 2..8, 32 = FP32.
+        metrics: free-form results (accuracies in %, latency in ms, ...), JSON types only.
+        budgets: free-form budgets the policy was searched under.
+        provenance: ``{"method", "seed", "episodes", "wall_time_s", "git_commit", "created", "hysquant_rl"}``
+            plus any extra keys the caller gave.
+    """
+
+    model: dict[str, Any]
+    layers: list[dict[str, Any]]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    budgets: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    # -- constructors ----------------------------------------------------------------------------------
+    @classmethod
+    def from_bits(
+        cls,
+        layers: Sequence[Any],
+        bits: Sequence[tuple[int, int]],
+        model_name: str,
+        weights_sha256: str,
+        *,
+        metrics: dict[str, Any] | None = None,
+        budgets: dict[str, Any] | None = None,
+        method: str | None = None,
+        seed: int | None = None,
+        episodes: int | None = None,
+        wall_time_s: float | None = None,
+        **provenance: Any,
+    ) -> QuantPolicy:
+        """Policy giving ``bits[i] = (w_bits, a_bits)`` to ``layers[i]`` (LayerInfo-like: ``.name``, ``.kind``,
+        forward order). Extra keyword arguments are stored in ``provenance``. Raises HySquantError on a
+        length mismatch or a bit-width outside 2..8 or 32."""
+        if len(bits) != len(layers):
+            raise HySquantError(
+                f"policy has {len(bits)} (w_bits, a_bits) pairs for {len(layers)} layers: give one per layer"
+            )
+        entries = [
+            {
+                "name": layer.name,
+                "kind": layer.kind,
+                "w_bits": _to_bits(w, f"layer {layer.name} weight bit-width"),
+                "a_bits": _to_bits(a, f"layer {layer.name} activation bit-width"),
+            }
+            for layer, (w, a) in zip(layers, bits)
+        ]
+        prov = {
+            "method": method, "seed": seed, "episodes": episodes, "wall_time_s": wall_time_s,
+            "git_commit": git_commit(),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "hysquant_rl": _version(),
+            **provenance,
+        }
+        return cls(
+            model={"name": model_name, "weights_sha256": weights_sha256, "num_layers": len(entries)},
+            layers=entries,
+            metrics=to_json_types(metrics or {}, "policy metrics"),
+            budgets=to_json_types(budgets or {}, "policy budgets"),
+            provenance=to_json_types(prov, "policy provenance"),
+        )
+
+    @classmethod
+    def uniform(
+        cls, layers: Sequence[Any], w_bits: int, a_bits: int, model_name: str, weights_sha256: str, **meta: Any
+    ) -> QuantPolicy:
+        """The same (w_bits, a_bits) on every layer; ``meta`` as in :meth:`from_bits` (method defaults to
+        ``"uniform"``)."""
+        meta.setdefault("method", "uniform")
+        return cls.from_bits(layers, [(w_bits, a_bits)] * len(layers), model_name, weights_sha256, **meta)
+
+    # -- accessors -------------------------------------------------------------------------------------
+    @property
+    def model_name(self) -> str:
+        return self.model["name"]
+
+    @property
+    def names(self) -> list[str]:
+        """Layer names in the policy's (forward) order."""
+        return [entry["name"] for entry in self.layers]
+
+    def bits(self) -> list[tuple[int, int]]:
+        """(w_bits, a_bits) per layer, in the policy's order; feed to ``QuantModel.apply_bits`` after
+        :func:`validate` has confirmed that order is the model's forward order."""
+        return [(entry["w_bits"], entry["a_bits"]) for entry in self.layers]
+
+    # -- (de)serialization -----------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document (JSON types only), top-level keys in file order."""
+        return to_json_types(
+            {
+                "format": FORMAT, "version": VERSION, "model": self.model, "layers": self.layers,
+                "metrics": self.metrics, "budgets": self.budgets, "provenance": self.provenance,
+            },
+            "policy",
+        )
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the policy as indented JSON, atomically; returns the path."""
+        return save_json(self.to_dict(), path)
+
+    @classmethod
+    def from_dict(cls, doc: Any, source: str = "policy") -> QuantPolicy:
+        """Check the document's structure (format, version, required keys and types) and build the policy.
+        Bit ranges and the fit to a model are :func:`validate`'s job. ``source`` names it in errors."""
+
+        def bad(problem: str) -> HySquantError:
+            return HySquantError(
+                f"{source} is not a valid HySquant policy: {problem}: fix the file or re-run the search that wrote it"
+            )
+
+        if not isinstance(doc, dict):
+            raise bad(f"expected a JSON object, got {type(doc).__name__}")
+        if doc.get("format") != FORMAT:
+            raise HySquantError(
+                f"{source} is not a HySquant policy (format={doc.get('format')!r}, expected {FORMAT!r}): "
+                "pass a best_policy.json written by hysquant, or a uniform spec such as policy=W8A8"
+            )
+        if doc.get("version") != VERSION:
+            raise HySquantError(
+                f"{source} has policy format version {doc.get('version')!r}, this hysquant-rl {_version()} reads "
+                f"version {VERSION}: use the hysquant-rl version that wrote it, or re-run the search"
+            )
+        model = doc.get("model")
+        if not isinstance(model, dict) or any(k not in model for k in _MODEL_KEYS):
+            raise bad(f"'model' must be an object with keys {', '.join(_MODEL_KEYS)}")
+        layers = doc.get("layers")
+        if not isinstance(layers, list):
+            raise bad("'layers' must be a list")
+        for i, entry in enumerate(layers):
+            if not isinstance(entry, dict) or any(k not in entry for k in _LAYER_KEYS):
+                raise bad(f"layers[{i}] must be an object with keys {', '.join(_LAYER_KEYS)}")
+            if not isinstance(entry["name"], str):
+                raise bad(f"layers[{i}].name must be a string")
+        extras = {}
+        for key in ("metrics", "budgets", "provenance"):
+            value = doc.get(key, {})
+            if not isinstance(value, dict):
+                raise bad(f"'{key}' must be an object")
+            extras[key] = value
+        return cls(model=dict(model), layers=[dict(e) for e in layers], **extras)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> QuantPolicy:
+        """Read a policy file. Raises HySquantError naming the file for: missing/unreadable file, invalid
+        JSON, another format, another format version, missing keys."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise HySquantError(
+                f"policy file {path} does not exist: pass the best_policy.json of a search run, "
+                "or a uniform spec such as policy=W8A8"
+            ) from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise HySquantError(f"cannot read policy file {path} ({e}): pass a readable UTF-8 JSON file") from None
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise HySquantError(
+                f"policy file {path} is not valid JSON (line {e.lineno} column {e.colno}: {e.msg}): "
+                "fix the file or re-run the search that wrote it"
+            ) from None
+        return cls.from_dict(doc, source=f"policy file {path}")
+
+
+# -- validation ----------------------------------------------------------------------------------------
+def _listed(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:_MAX_LISTED])
+    return shown + (f", ... {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else "")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def validate(policy: QuantPolicy, layers: Sequence[Any], model_name: str, weights_sha256: str) -> None:
+    """Check that ``policy`` fits the model whose quantizable ``layers`` (LayerInfo-like: ``.name``,
+    ``.kind``; forward order), timm name and weights hash are given.
+
+    Raises one HySquantError listing every problem on one line, separated by '; ': other model name,
+    other weights, layer count, unknown / missing / duplicated layers, layers out of forward order, bits
+    outside 2..8 or 32 (or not integers). A layer whose kind differs only gives a UserWarning.
+    """
+    problems: list[str] = []
+    declared = policy.model.get("name")
+    if declared != model_name:
+        problems.append(
+            f"made for model {declared} (this is {model_name}): "
+            f"pass model={declared} or a policy searched for {model_name}"
+        )
+    theirs = str(policy.model.get("weights_sha256"))
+    if theirs != weights_sha256:
+        problems.append(
+            f"made for other weights (sha256 {theirs[:12]}... != {weights_sha256[:12]}...): "
+            "re-run the search for these weights or pass the checkpoint it was made for"
+        )
+
+    names = policy.names
+    model_names = [layer.name for layer in layers]
+    if len(names) != len(model_names):
+        problems.append(f"{len(names)} layers in the policy, {len(model_names)} in the model")
+    if policy.model.get("num_layers") != len(names):
+        problems.append(f"header says num_layers={policy.model.get('num_layers')!r} but {len(names)} layers are listed")
+    known = set(model_names)
+    listed = set(names)
+    unknown = [n for n in names if n not in known]
+    missing = [n for n in model_names if n not in listed]
+    duplicated = [n for n, count in Counter(names).items() if count > 1]
+    if unknown:
+        problems.append(f"{_plural(len(unknown), 'unknown layer')} ({_listed(unknown)})")
+    if missing:
+        problems.append(f"{_plural(len(missing), 'missing layer')} ({_listed(missing)})")
+    if duplicated:
+        problems.append(f"{_plural(len(duplicated), 'duplicated layer')} ({_listed(duplicated)})")
+    if not (unknown or missing or duplicated) and names != model_names:
+        # bits() is positional, so an order that differs from the model's would misapply every pair.
+        i = next(i for i, (a, b) in enumerate(zip(names, model_names)) if a != b)
+        problems.append(
+            f"layers out of forward order (position {i} is {names[i]}, the model runs {model_names[i]} there)"
+        )
+
+    for entry in policy.layers:
+        for key in ("w_bits", "a_bits"):
+            try:
+                _to_bits(entry[key], key)
+            except HySquantError:
+                problems.append(f"layer {entry['name']} {key}={entry[key]!r} out of range ({_BITS_RANGE})")
+
+    if problems:
+        raise HySquantError(f"policy does not fit model {model_name}: " + "; ".join(problems))
+
+    kinds = {layer.name: layer.kind for layer in layers}
+    changed = [
+        f"{e['name']} ({e['kind']} -> {kinds[e['name']]})" for e in policy.layers if e["kind"] != kinds[e["name"]]
+    ]
+    if changed:
+        warnings.warn(
+            f"policy layer kinds differ from the model's for {_plural(len(changed), 'layer')}: {_listed(changed)} "
+            "(names match, so the policy is applied as is)",
+            UserWarning,
+            stacklevel=2,
+        )
+
+
+# -- uniform specs -------------------------------------------------------------------------------------
+_UNIFORM = re.compile(r"w(\d+)a(\d+)")
+
+
+def parse_uniform(spec: str) -> tuple[int, int] | None:
+    """``'W8A8'``/``'w4a8'`` -> (8, 8)/(4, 8); ``'fp32'`` -> (32, 32); case-insensitive, surrounding spaces
+    ignored. Returns None for anything that is not meant as a uniform spec (e.g. a file path); raises
+    HySquantError for a spec that is malformed or out of range (``'W9A8'``, ``'W8'``, ``'fp16'``)."""
+    s = spec.strip().lower()
+    if s == "fp32":
+        return FP32_BITS, FP32_BITS
+    m = _UNIFORM.fullmatch(s)
+    hint = f"use W<w>A<a> with bits {_BITS_RANGE} (e.g. W8A8, W4A8), or fp32"
+    if m:
+        w, a = int(m.group(1)), int(m.group(2))
+        bad = [f"{what} bits {b}" for what, b in (("weight", w), ("activation", a))
+               if not (MIN_BITS <= b <= MAX_BITS or b == FP32_BITS)]
+        if bad:
+            raise HySquantError(f"uniform policy {spec!r} has {' and '.join(bad)} out of range: {hint}")
+        return w, a
+    # Starts like a spec and has no path characters: a typo, not a file name.
+    if re.fullmatch(r"(w\d|fp\d)\w*", s):
+        raise HySquantError(f"uniform policy {spec!r} is malformed: {hint}")
+    return None

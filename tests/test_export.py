@@ -1,0 +1,184 @@
+"""Export of a mixed-precision mobilevit_xxs and its bit-identical reload."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import timm
+import torch
+
+from hysquant_rl.errors import HySquantError
+from hysquant_rl.export import FAKEQUANT_FILE, INT_FILE, export_quantized, load_quantized
+from hysquant_rl.layers import inventory
+from hysquant_rl.policy import QuantPolicy, weights_sha256
+from hysquant_rl.quant.model import QuantModel
+
+SPEC = {"name": "mobilevit_xxs", "num_classes": 10, "in_chans": 1}
+SHAPE = (1, 32, 32)
+# FP32, W4A8 and W2A2 as asked, plus each operand quantized alone.
+CYCLE = [(32, 32), (4, 8), (2, 2), (8, 4), (32, 4), (4, 32)]
+
+
+def build(spec: dict) -> torch.nn.Module:
+    return timm.create_model(spec["name"], num_classes=spec["num_classes"], in_chans=spec["in_chans"])
+
+
+def quantized(granularity: str, seed: int = 0) -> SimpleNamespace:
+    """A calibrated mobilevit_xxs with the mixed policy applied, and its logits on a fixed batch."""
+    torch.manual_seed(seed)
+    model = build(SPEC).eval()
+    layers = inventory(model, SHAPE)[0]
+    qmodel = QuantModel(model, [l.name for l in layers], granularity)
+    qmodel.calibrate([torch.randn(8, *SHAPE) for _ in range(3)])
+    bits = [CYCLE[i % len(CYCLE)] for i in range(len(layers))]
+    policy = QuantPolicy.from_bits(layers, bits, SPEC["name"], weights_sha256(model), method="test")
+    x = torch.randn(6, *SHAPE)
+    with torch.inference_mode():
+        fp32 = qmodel(x)
+        qmodel.apply_bits(policy.bits())
+        logits = qmodel(x)
+    return SimpleNamespace(qmodel=qmodel, layers=layers, policy=policy, x=x, fp32=fp32, logits=logits)
+
+
+@pytest.fixture(scope="module", params=["tensor", "channel"])
+def exported(request, tmp_path_factory):
+    q = quantized(request.param)
+    q.granularity = request.param
+    q.dir = tmp_path_factory.mktemp(f"export_{request.param}")
+    q.paths = export_quantized(q.qmodel, q.policy, SPEC, q.dir)
+    return q
+
+
+def other_init(spec: dict) -> torch.nn.Module:
+    torch.manual_seed(12345)  # different random weights: all of them must come from the file
+    return build(spec)
+
+
+def test_load_quantized_reproduces_logits_bit_identically(exported):
+    assert not torch.allclose(exported.logits, exported.fp32, atol=1e-3)  # the policy really changes the output
+    loaded = load_quantized(exported.paths["int"], other_init)
+    assert isinstance(loaded, QuantModel) and not loaded.training
+    assert loaded.names == exported.policy.names
+    assert loaded.bits() == exported.policy.bits()
+    with torch.inference_mode():
+        logits = loaded(exported.x)
+    assert torch.equal(logits, exported.logits)
+    # Calibrated ranges come back too, so other bit-widths can still be applied to the loaded model.
+    assert loaded.calibrated
+    for mine, theirs in zip(loaded.layers, exported.qmodel.layers):
+        assert torch.equal(mine.act_min, theirs.act_min) and torch.equal(mine.act_max, theirs.act_max)
+
+
+def test_load_quantized_uses_the_stored_activation_qparams(exported, tmp_path):
+    doc = torch.load(exported.paths["int"], weights_only=True)
+    name = next(n for n, (_, a) in zip(exported.policy.names, exported.policy.bits()) if a != 32)
+    rec = doc["layers"][name]
+    rec["a_scale"] = rec["a_scale"] * 2  # not what the range gives: only the stored value can produce it
+    rec["a_zero_point"] = rec["a_zero_point"] + 1
+    torch.save(doc, tmp_path / INT_FILE)
+    layer = load_quantized(tmp_path / INT_FILE, build).layers[exported.policy.names.index(name)]
+    delta, zero = layer.act_qparams(rec["a_bits"])
+    assert torch.equal(delta, rec["a_scale"]) and torch.equal(zero, rec["a_zero_point"].float())
+
+
+def test_export_writes_two_files_and_no_temp_files(exported):
+    assert exported.paths == {"fakequant": exported.dir / FAKEQUANT_FILE, "int": exported.dir / INT_FILE}
+    assert sorted(p.name for p in exported.dir.iterdir()) == sorted([FAKEQUANT_FILE, INT_FILE])
+
+
+def test_int_file_holds_codes_scales_and_zero_points(exported):
+    doc = torch.load(exported.paths["int"], weights_only=True)
+    assert doc["format"] == "hysquant-int" and doc["version"] == 1
+    assert doc["spec"] == SPEC and doc["policy"] == exported.policy.to_dict()
+    assert doc["weight_granularity"] == exported.granularity
+    assert list(doc["layers"]) == exported.policy.names
+    full_state = exported.qmodel.model.state_dict()
+    saw_full_range = set()
+    for name, layer in zip(exported.qmodel.names, exported.qmodel.layers):
+        rec = doc["layers"][name]
+        assert (rec["w_bits"], rec["a_bits"]) == (layer.w_bits, layer.a_bits)
+        assert torch.equal(rec["a_min"], layer.act_min) and torch.equal(rec["a_max"], layer.act_max)
+        key = f"{name}.weight"
+        if layer.w_bits == 32:
+            assert rec["w_int"] is None and rec["w_scale"] is None and rec["w_zero_point"] is None
+            assert torch.equal(doc["state_dict"][key], full_state[key])
+        else:
+            q, scale, zero = rec["w_int"], rec["w_scale"], rec["w_zero_point"]
+            assert key not in doc["state_dict"]  # stored once, as integers
+            assert q.dtype == torch.uint8 and q.shape == layer.weight.shape
+            assert 0 <= int(q.min()) and int(q.max()) <= 2**layer.w_bits - 1
+            if int(q.max()) == 2**layer.w_bits - 1 and int(q.min()) == 0:
+                saw_full_range.add(layer.w_bits)
+            assert zero.dtype == torch.int32 and scale.dtype == torch.float32 and zero.shape == scale.shape
+            if exported.granularity == "channel":
+                assert scale.shape == (layer.weight.shape[0],) + (1,) * (layer.weight.dim() - 1)
+            else:
+                assert scale.numel() == 1
+            # eq. 6 on the stored integers is exactly the weight the in-memory model computes with
+            assert torch.equal((q.float() - zero.float()) * scale, layer.quantized_weight(layer.w_bits))
+        if layer.a_bits == 32:
+            assert rec["a_scale"] is None and rec["a_zero_point"] is None
+        else:
+            delta, zero = layer.act_qparams(layer.a_bits)
+            assert torch.equal(rec["a_scale"], delta) and rec["a_zero_point"].dtype == torch.int32
+            assert torch.equal(rec["a_zero_point"].float(), zero)
+    assert saw_full_range == {2, 4, 8}  # min-max codes span [0, 2^bits - 1]
+    other = {k for k in full_state if not any(k == f"{n}.weight" for n, (w, _) in
+                                              zip(exported.policy.names, exported.policy.bits()) if w != 32)}
+    assert set(doc["state_dict"]) == other
+
+
+def test_fakequant_file_is_a_loadable_state_dict_with_activation_qparams(exported):
+    doc = torch.load(exported.paths["fakequant"], weights_only=True)
+    assert doc["format"] == "hysquant-fakequant" and doc["spec"] == SPEC and doc["policy"] == exported.policy.to_dict()
+    plain = other_init(SPEC).eval()
+    plain.load_state_dict(doc["state_dict"], strict=True)
+    qmodel, policy = exported.qmodel, exported.policy
+    # A plain model with these weights is the weight-only fake-quant model.
+    try:
+        qmodel.apply_bits([(w, 32) for w, _ in policy.bits()])
+        with torch.inference_mode():
+            weight_only = qmodel(exported.x)
+    finally:
+        qmodel.apply_bits(policy.bits())
+    with torch.inference_mode():
+        assert torch.equal(plain(exported.x), weight_only)
+    quantized_acts = [n for n, (_, a) in zip(policy.names, policy.bits()) if a != 32]
+    assert list(doc["act_qparams"]) == quantized_acts
+    for name, layer in zip(policy.names, qmodel.layers):
+        if name in doc["act_qparams"]:
+            entry = doc["act_qparams"][name]
+            delta, zero = layer.act_qparams(layer.a_bits)
+            assert entry["bits"] == layer.a_bits and torch.equal(entry["scale"], delta)
+            assert entry["zero_point"].dtype == torch.int32 and torch.equal(entry["zero_point"].float(), zero)
+
+
+def test_export_refuses_a_model_that_does_not_match_the_policy(tmp_path):
+    torch.manual_seed(0)
+    model = build(SPEC).eval()
+    layers = inventory(model, SHAPE)[0]
+    qmodel = QuantModel(model, [l.name for l in layers])
+    policy = QuantPolicy.uniform(layers, 4, 8, SPEC["name"], weights_sha256(model))
+    with pytest.raises(HySquantError, match="differ from the policy"):
+        export_quantized(qmodel, policy, SPEC, tmp_path)  # policy not applied
+    qmodel.apply_bits(policy.bits())
+    with pytest.raises(HySquantError, match="not calibrated"):
+        export_quantized(qmodel, policy, SPEC, tmp_path)
+    with pytest.raises(HySquantError, match="not the quantized model's layers"):
+        export_quantized(QuantModel(model, [l.name for l in layers[:-1]]), policy, SPEC, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_load_quantized_errors(exported, tmp_path):
+    with pytest.raises(HySquantError, match="does not exist"):
+        load_quantized(tmp_path / INT_FILE, build)
+    (tmp_path / "junk.pt").write_text("not a torch file")
+    with pytest.raises(HySquantError, match="cannot read .* as a torch file"):
+        load_quantized(tmp_path / "junk.pt", build)
+    with pytest.raises(HySquantError, match="is not a 'hysquant-int' file \\(format='hysquant-fakequant'"):
+        load_quantized(exported.paths["fakequant"], build)
+    with pytest.raises(HySquantError, match="does not fit the model built from its spec"):
+        load_quantized(exported.paths["int"], lambda spec: build({**spec, "num_classes": 7}))
+    with pytest.raises(HySquantError, match="no Conv2d/Linear named"):
+        load_quantized(exported.paths["int"], lambda spec: torch.nn.Sequential(torch.nn.Linear(1, 1)))

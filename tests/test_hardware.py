@@ -1,0 +1,356 @@
+"""Device profiles and the cost model (modelled backend); the measured backend where CUDA is present."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from hysquant_rl.errors import HySquantError
+from hysquant_rl.hardware import (
+    BIT_CHOICES, CostModel, MeasuredCostModel, known_profiles, load_profile, make_cost_model,
+)
+from hysquant_rl.layers import inventory
+
+PROFILES = ("rtx3080", "a100", "h200")
+
+
+@pytest.fixture(scope="module")
+def xxs_model():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    return timm.create_model("mobilevit_xxs", num_classes=10, in_chans=1).eval()
+
+
+@pytest.fixture(scope="module")
+def xxs(xxs_model):
+    return inventory(xxs_model, (1, 32, 32))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A conv (3 -> 8, 3x3, pad 1, bias) on a 3x4x4 image, then a Linear 128 -> 10 (bias)."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Flatten(), nn.Linear(128, 10))
+    return inventory(model, (3, 4, 4))
+
+
+# -- profiles ----------------------------------------------------------------------------------------------
+
+
+def test_known_profiles_are_the_config_group():
+    from omegaconf import OmegaConf
+
+    assert set(PROFILES) <= set(known_profiles())
+    conf = Path(__file__).resolve().parent.parent / "conf" / "hardware"
+    for name in known_profiles():
+        p = load_profile(name)
+        assert p.name == name and p.batch_size == 1 and p.backend == "modelled"
+        assert load_profile(OmegaConf.load(conf / f"{name}.yaml")) == p  # as Hydra hands the group over
+
+
+def test_rtx3080_has_the_papers_constants():
+    p = load_profile("rtx3080")
+    assert p.peak_ops["fp32"] == 28.77e12
+    assert (p.max_power_w, p.memory_power_w, p.compute_power_w) == (320.0, 80.0, 240.0)
+    assert p.peak_ops["int4"] == 476e12 and p.memory_bandwidth == 760e9
+
+
+def test_h200_has_no_int4():
+    p = load_profile("h200")
+    assert "int4" not in p.peak_ops
+    assert p.integer_precisions == ((8, "int8"),)
+
+
+def test_unknown_profile_lists_known_names():
+    for bad in ("h100", {"name": "h100"}, {"batch_size": 4}):
+        with pytest.raises(HySquantError) as err:
+            load_profile(bad)
+        for name in PROFILES:
+            assert name in str(err.value)
+
+
+def test_mapping_overrides_a_named_profile_and_accepts_omegaconf():
+    from omegaconf import OmegaConf
+
+    p = load_profile(OmegaConf.create({"name": "a100", "batch_size": 64}))
+    assert p.batch_size == 64 and p.peak_ops == load_profile("a100").peak_ops
+    full = load_profile("h200").to_dict() | {"name": "my-gpu"}
+    assert load_profile(full).name == "my-gpu"  # a complete mapping may describe any device
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"backend": "guessed"}, "backend"),
+        ({"peak_ops": {"fp16": 1e12, "int9x": 1e12}}, "int9x"),
+        ({"memory_power_w": 500.0}, "memory_power_w"),
+        ({"deployable_activation_bits": [4, 9]}, "deployable_activation_bits"),
+        ({"float_precision": "int8"}, "float_precision"),
+        ({"typo_field": 1}, "typo_field"),
+    ],
+)
+def test_bad_profile_fields_are_one_line_errors(override, words):
+    with pytest.raises(HySquantError, match=words):
+        load_profile({"name": "rtx3080", **override})
+
+
+def test_compute_precision_and_deployability_rules():
+    rtx, h200 = load_profile("rtx3080"), load_profile("h200")
+    assert rtx.compute_precision(4, 4) == "int4" and rtx.compute_precision(2, 3) == "int4"
+    assert rtx.compute_precision(4, 8) == "int8" and rtx.compute_precision(6, 6) == "int8"
+    assert rtx.compute_precision(32, 8) == "fp16" and rtx.compute_precision(32, 32) == "fp16"
+    assert h200.compute_precision(4, 4) == "int8"
+    assert rtx.is_deployable(4, 4) and rtx.is_deployable(4, 8) and rtx.is_deployable(8, 8)
+    assert rtx.is_deployable(4, 32) and rtx.is_deployable(32, 32)  # weight-only; float model
+    assert not rtx.is_deployable(6, 6) and not rtx.is_deployable(32, 8)
+    assert h200.is_deployable(8, 8) and h200.is_deployable(4, 8) and h200.is_deployable(4, 32)
+    assert not h200.is_deployable(4, 4) and not h200.is_deployable(8, 4)
+
+
+# -- hand-priced layers ------------------------------------------------------------------------------------
+
+
+def test_conv_priced_by_hand_on_rtx3080(tiny):
+    layers, _ = tiny
+    cm = CostModel(*tiny, load_profile("rtx3080"))
+    c = cm.layer_cost(0, 8, 8, consumer_quantized=True)
+    # conv 3->8, 3x3 on 4x4 (pad 1): 216 weights + 8 biases; MACs = 16 px * 8 out * 27 = 3456
+    assert layers[0].macs == 3456 and layers[0].weight_elems == 216 and layers[0].params == 224
+    # W8A8 -> int8 tensor cores, 238e12 op/s; ops = 2 * 3456 = 6912
+    assert c.precision == "int8" and c.deployable and c.batch_size == 1
+    assert c.ops == 6912
+    assert c.compute_s == pytest.approx(6912 / 238e12)
+    # bytes = weights 216 * 1 + bias 8 * 4 + input 48 * 1 + output 128 * 1 (consumer quantizes) = 424
+    assert c.bytes_moved == 424
+    assert c.memory_s == pytest.approx(424 / 760e9)
+    assert c.latency_s == pytest.approx(424 / 760e9) and c.bound == "memory"
+    # energy = (320 - 80) W / 238e12 op/s * 6912 op + 80 W * 424 B / 760e9 B/s
+    assert c.energy_j == pytest.approx(240 / 238e12 * 6912 + 80 * 424 / 760e9)
+    assert c.energy_j == pytest.approx(5.1602e-8, rel=1e-4)
+    assert c.size_bytes == 216 + 32 and c.bitops == 3456 * 8 * 8
+    # the same conv writing fp16 for an unquantized consumer: output 128 * 2 bytes
+    assert cm.layer_cost(0, 8, 8, consumer_quantized=False).bytes_moved == 424 + 128
+
+
+def test_linear_priced_by_hand_on_rtx3080(tiny):
+    layers, _ = tiny
+    cm = CostModel(*tiny, load_profile("rtx3080"))
+    c = cm.layer_cost(1, 4, 4, consumer_quantized=False)
+    assert layers[1].macs == 1280 and layers[1].params == 1290
+    # W4A4 -> int4 tensor cores, 476e12 op/s; ops = 2 * 1280 = 2560
+    assert c.precision == "int4" and c.deployable
+    assert c.compute_s == pytest.approx(2560 / 476e12)
+    # bytes = weights 1280 * 0.5 + bias 10 * 4 + input 128 * 0.5 + fp16 logits 10 * 2 = 764
+    assert c.bytes_moved == 764
+    assert c.latency_s == pytest.approx(764 / 760e9)
+    assert c.energy_j == pytest.approx(240 / 476e12 * 2560 + 80 * 764 / 760e9)
+    assert c.size_bytes == 640 + 40 and c.bitops == 1280 * 4 * 4
+    # at batch 64: weights once, activations 64 times: 680 + 64 * (64 + 20) = 6056 bytes, ops 64x
+    c64 = CostModel(*tiny, load_profile("rtx3080"), batch_size=64).layer_cost(1, 4, 4, False)
+    assert c64.bytes_moved == 6056 and c64.ops == 64 * 2560 and c64.batch_size == 64
+    assert c64.size_bytes == c.size_bytes and c64.bitops == c.bitops  # per model / per image
+    # FP32 layer: fp16 compute (119e12), fp16 traffic, 4-byte parameters in the size
+    fp = cm.layer_cost(1, 32, 32, False)
+    assert fp.precision == "fp16" and fp.compute_s == pytest.approx(2560 / 119e12)
+    assert fp.bytes_moved == 1280 * 2 + 40 + 128 * 2 + 20 and fp.size_bytes == 1290 * 4
+
+
+def test_policy_prices_each_output_at_what_its_consumer_reads(tiny):
+    cm = CostModel(*tiny, load_profile("rtx3080"))
+    quantized = cm.policy_cost([(8, 8), (4, 4)])
+    assert quantized.latency_s == pytest.approx(424 / 760e9 + 764 / 760e9)
+    assert quantized.fixed_latency_s == 0.0  # no attention in this model
+    unquantized_consumer = cm.policy_cost([(8, 8), (4, 32)])
+    assert unquantized_consumer.layer_latency_s[0] == pytest.approx((424 + 128) / 760e9)
+
+
+# -- whole-model properties --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", PROFILES)
+@pytest.mark.parametrize("batch", [1, 64])
+def test_fewer_bits_never_cost_more(xxs, name, batch):
+    cm = CostModel(*xxs, load_profile(name), batch_size=batch)
+    metrics = ("latency_s", "energy_j", "size_bytes", "bitops")
+    for i in range(cm.num_layers):
+        for consumer in (False, True):
+            table = np.array([[[getattr(cm.layer_cost(i, w, a, consumer), m) for m in metrics]
+                               for a in BIT_CHOICES] for w in BIT_CHOICES])  # (w, a, metric), bits ascending
+            assert (np.diff(table, axis=0) >= 0).all(), (cm.layers[i].name, "weight bits")
+            assert (np.diff(table, axis=1) >= 0).all(), (cm.layers[i].name, "activation bits")
+    # and across layers: the consumer's activation bits only ever lower the producer's cost
+    uniform = [cm.uniform_cost(b, b) for b in BIT_CHOICES]
+    for m in metrics:
+        values = [getattr(u, m) for u in uniform]
+        assert values == sorted(values), m
+    assert uniform[BIT_CHOICES.index(4)].latency_s < uniform[BIT_CHOICES.index(8)].latency_s
+
+
+def test_lowering_any_one_layer_never_raises_the_total(xxs):
+    cm = CostModel(*xxs, load_profile("rtx3080"))
+    rng = np.random.default_rng(0)
+    choices = np.array(BIT_CHOICES)
+    for _ in range(20):
+        policy = choices[rng.integers(1, len(choices), size=(cm.num_layers, 2))]
+        before = cm.policy_cost(policy)
+        i, col = rng.integers(cm.num_layers), rng.integers(2)
+        lower = policy.copy()
+        lower[i, col] = choices[np.searchsorted(choices, policy[i, col]) - 1]
+        after = cm.policy_cost(lower)
+        assert after.latency_s <= before.latency_s and after.energy_j <= before.energy_j
+        assert after.size_bytes <= before.size_bytes and after.bitops <= before.bitops
+
+
+def test_w4a4_on_h200_computes_as_int8_and_is_simulation_only(xxs):
+    h200 = CostModel(*xxs, load_profile("h200"))
+    rtx = CostModel(*xxs, load_profile("rtx3080"))
+    for i in range(h200.num_layers):
+        w4a4, w8a8 = h200.config_cost(i, 4, 4), h200.config_cost(i, 8, 8)
+        assert w4a4.precision == w8a8.precision == "int8"
+        assert w4a4.compute_s == w8a8.compute_s  # no cheaper in compute
+        assert w4a4.bytes_moved < w8a8.bytes_moved  # but 4-bit traffic
+        assert not w4a4.deployable and w8a8.deployable
+        r = rtx.config_cost(i, 4, 4)
+        assert r.precision == "int4" and r.deployable
+        assert r.compute_s == pytest.approx(rtx.config_cost(i, 8, 8).compute_s / 2)
+    assert not h200.uniform_cost(4, 4).deployable and h200.uniform_cost(4, 8).deployable
+    assert rtx.uniform_cost(4, 4).deployable and not rtx.uniform_cost(6, 6).deployable
+    mixed = [(8, 8)] * h200.num_layers
+    mixed[5] = (8, 4)
+    cost = h200.policy_cost(mixed)
+    assert not cost.deployable and cost.layer_deployable.sum() == h200.num_layers - 1
+
+
+@pytest.mark.parametrize("name", PROFILES)
+@pytest.mark.parametrize("batch", [1, 64])
+def test_uniform_policy_equals_sum_of_config_costs_plus_fixed(xxs, name, batch):
+    cm = CostModel(*xxs, load_profile(name), batch_size=batch)
+    assert cm.fixed_latency_s > 0 and cm.fixed_energy_j > 0  # the attention matmuls are priced
+    assert len(cm.fixed_items) == len(xxs[1]) and all(c.precision == "fp16" for c in cm.fixed_items)
+    for w, a in [(8, 8), (4, 8), (8, 4), (4, 4), (6, 6), (2, 2), (8, 32), (32, 32)]:
+        policy = cm.uniform_cost(w, a)
+        rows = [cm.config_cost(i, w, a) for i in range(cm.num_layers)]
+        assert policy.batch_size == batch and policy.device == name
+        assert policy.latency_s == pytest.approx(sum(r.latency_s for r in rows) + cm.fixed_latency_s, rel=1e-12)
+        assert policy.energy_j == pytest.approx(sum(r.energy_j for r in rows) + cm.fixed_energy_j, rel=1e-12)
+        assert policy.size_bytes == pytest.approx(sum(r.size_bytes for r in rows), rel=1e-12)
+        assert policy.bitops == sum(r.bitops for r in rows)
+        assert policy.deployable == all(r.deployable for r in rows)
+        np.testing.assert_allclose(policy.layer_latency_s, [r.latency_s for r in rows], rtol=1e-12)
+
+
+def test_batch_1_is_memory_bound_and_batch_64_makes_compute_precision_matter(xxs):
+    rtx = load_profile("rtx3080")
+    int8_peaks = {k: v for k, v in rtx.peak_ops.items() if k != "int4"}
+    no_int4 = dataclasses.replace(rtx, name="rtx3080-no-int4", peak_ops=int8_peaks)  # W4A4 computes as int8
+    # batch 1: every layer is memory-bound and weights are most of the bytes moved
+    one = CostModel(*xxs, rtx, batch_size=1)
+    rows = [one.config_cost(i, 8, 8) for i in range(one.num_layers)]
+    assert all(r.bound == "memory" for r in rows)
+    weight_bytes = sum(r.size_bytes for r in rows)  # at W8 the stored bytes are the bytes moved
+    activation_bytes = sum(r.bytes_moved for r in rows) - weight_bytes
+    assert weight_bytes > 3 * activation_bytes
+    # so the compute precision cannot change latency: int4 or int8 tensor cores, same W4A4 latency
+    assert one.uniform_cost(4, 4).latency_s == pytest.approx(
+        CostModel(*xxs, no_int4, batch_size=1).uniform_cost(4, 4).latency_s, rel=1e-12)
+    # batch 64: activations dominate, some layers turn compute-bound, and int4 tensor cores pay off
+    many = CostModel(*xxs, rtx, batch_size=64)
+    rows64 = [many.config_cost(i, 4, 4) for i in range(many.num_layers)]
+    assert sum(r.bytes_moved - r.size_bytes for r in rows64) > 5 * sum(r.size_bytes for r in rows64)
+    assert any(r.bound == "compute" for r in rows64)
+    as_int8 = CostModel(*xxs, no_int4, batch_size=64).uniform_cost(4, 4).latency_s
+    assert many.uniform_cost(4, 4).latency_s < 0.99 * as_int8
+
+
+def test_bad_queries_are_one_line_errors(xxs):
+    cm = CostModel(*xxs, load_profile("rtx3080"))
+    n = cm.num_layers
+    with pytest.raises(HySquantError, match=f"{n} layers"):
+        cm.policy_cost([(8, 8)] * (n - 1))
+    with pytest.raises(HySquantError, match="stem.conv activation bit-width 1"):
+        cm.policy_cost([(8, 1)] + [(8, 8)] * (n - 1))
+    with pytest.raises(HySquantError, match="integers"):
+        cm.policy_cost([(8.0, 8.0)] * n)
+    with pytest.raises(HySquantError):
+        cm.layer_cost(n, 8, 8, True)
+    with pytest.raises(HySquantError):
+        cm.layer_cost(0, 9, 8, True)
+    with pytest.raises(HySquantError, match="batch_size"):
+        CostModel(*xxs, load_profile("rtx3080"), batch_size=0)
+
+
+def test_policy_cost_is_fast(xxs):
+    cm = CostModel(*xxs, load_profile("rtx3080"))
+    policy = [(8, 8)] * cm.num_layers
+    start = time.perf_counter()
+    for _ in range(1000):
+        cm.policy_cost(policy)
+    assert (time.perf_counter() - start) / 1000 < 2e-3  # ~0.1 ms; the search calls it thousands of times
+
+
+def test_reports_carry_the_batch_size(xxs):
+    cm = CostModel(*xxs, load_profile("a100"), batch_size=8)
+    d = cm.uniform_cost(8, 8).to_dict()
+    assert d["batch_size"] == 8 and len(d["layer_latency_s"]) == cm.num_layers
+    row = cm.config_cost(0, 8, 8).to_dict()
+    assert row["batch_size"] == 8 and row["bound"] in ("compute", "memory")
+
+
+# -- measured backend --------------------------------------------------------------------------------------
+
+
+def test_measured_kernels_have_the_layers_shapes(xxs_model, xxs):
+    """The kernels the measured backend times, built on the CPU: every layer's float kernel (padding inferred
+    from the traced shapes) yields its traced output, Linear/Conv2d are told apart, attention keeps its shape."""
+    from hysquant_rl.hardware.measured import attention_kernel, float_kernel, is_linear
+
+    layers, matmuls = xxs
+    modules = dict(xxs_model.named_modules())
+    gen = torch.Generator().manual_seed(0)
+    cpu = torch.device("cpu")
+    for layer in layers:
+        assert is_linear(layer) == isinstance(modules[layer.name], nn.Linear), layer.name
+        fn, _ = float_kernel(layer, 2, torch.float32, cpu, gen)
+        assert fn().numel() == 2 * layer.out_elems, layer.name
+    for m in matmuls:
+        fn, _ = attention_kernel(m, 2, torch.float32, cpu, gen)
+        assert fn().shape == (2 * m.sequences, m.heads, m.tokens, m.head_dim)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")
+def test_measured_backend_without_cuda_says_what_to_do(tiny):
+    with pytest.raises(HySquantError, match="needs a CUDA GPU; use hardware.backend=modelled"):
+        MeasuredCostModel(*tiny, load_profile("rtx3080"))
+    measured = dataclasses.replace(load_profile("rtx3080"), backend="measured")
+    with pytest.raises(HySquantError, match="CUDA"):
+        make_cost_model(*tiny, measured)
+    assert type(make_cost_model(*tiny, load_profile("rtx3080"))) is CostModel
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the measured backend needs a CUDA GPU")
+def test_measured_backend_times_real_kernels(xxs):
+    profile = load_profile("h200")
+    cm = MeasuredCostModel(*xxs, profile, batch_size=4, warmup=3, repeats=10, energy_window_s=0.02)
+    assert cm.backend == "measured" and cm.gpu_name
+    assert len(cm.timed) == cm.num_layers + len(xxs[1])
+    for rec in cm.timed:
+        assert rec["float"]["latency_s"] > 0
+    policy = cm.uniform_cost(8, 8)
+    assert policy.backend == "measured" and policy.batch_size == 4
+    assert policy.latency_s > 0 and policy.energy_j > 0 and np.all(policy.layer_latency_s > 0)
+    rows = [cm.config_cost(i, 8, 8) for i in range(cm.num_layers)]
+    assert policy.latency_s == pytest.approx(sum(r.latency_s for r in rows) + cm.fixed_latency_s, rel=1e-12)
+    # a float pair is priced by the float kernel, an integer pair of a Linear by torch._int_mm when it ran
+    linear = next(i for i, rec in enumerate(cm.timed[: cm.num_layers]) if "latency_s" in rec["int8"])
+    assert cm.config_cost(linear, 32, 32).latency_s == cm.timed[linear]["float"]["latency_s"]
+    assert cm.config_cost(linear, 8, 8).latency_s == cm.timed[linear]["int8"]["latency_s"]
+    # size, BitOps and deployability do not depend on the backend
+    modelled = CostModel(*xxs, profile, batch_size=4).uniform_cost(4, 4)
+    assert cm.uniform_cost(4, 4).size_bytes == modelled.size_bytes
+    assert cm.uniform_cost(4, 4).deployable == modelled.deployable is False

@@ -1,0 +1,79 @@
+"""Model loading: timm names, local checkpoints, the cached embedded model, and the errors users see."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from hysquant_rl.errors import HySquantError
+from hysquant_rl.models import check_model_name, create_model, embedded_checkpoint
+from tests.conftest import make_cfg
+
+XXS = ["model=mobilevit_xxs", "model.pretrained=false", "model.num_classes=10", "model.in_chans=1", "model.img_size=32"]
+
+
+def test_unknown_model_suggests_nearest():
+    with pytest.raises(HySquantError, match="did you mean.*mobilevit_s"):
+        check_model_name("mobilevit_ss")
+    check_model_name("mobilevit_s.cvnets_in1k")  # a pretrained tag of a known architecture
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_checkpoint_roundtrip(tmp_path, small_model, suffix):
+    path = tmp_path / f"w{suffix}"
+    state = {k: v.contiguous() for k, v in small_model.state_dict().items()}
+    if suffix == ".safetensors":
+        save_file(state, str(path))
+    else:
+        torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, path)  # DDP-style, nested
+    model, spec = create_model(make_cfg(overrides=XXS + [f"model.checkpoint={path}"]))
+    assert spec.input_shape == (1, 32, 32)
+    x = torch.randn(2, 1, 32, 32)
+    with torch.inference_mode():
+        assert torch.equal(model(x), small_model(x))
+
+
+def test_checkpoint_errors(tmp_path, small_model):
+    with pytest.raises(HySquantError, match="does not exist"):
+        create_model(make_cfg(overrides=XXS + [f"model.checkpoint={tmp_path / 'missing.pth'}"]))
+    path = tmp_path / "w.pth"
+    torch.save(small_model.state_dict(), path)
+    with pytest.raises(HySquantError, match=r"does not fit model mobilevit_xxs: .*shape mismatches.*head\.fc"):
+        create_model(make_cfg(overrides=XXS + [f"model.checkpoint={path}", "model.num_classes=5"]))
+    with pytest.raises(HySquantError, match="does not fit model mobilevit_xs: .*shape mismatches"):
+        create_model(make_cfg(overrides=XXS + [f"model.checkpoint={path}", "model.name=mobilevit_xs"]))
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(HySquantError, match="could not be read"):
+        create_model(make_cfg(overrides=XXS + [f"model.checkpoint={tmp_path / 'junk.pt'}"]))
+
+
+def test_pretrained_offline_points_to_checkpoint(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # what an offline machine sees, without waiting on a network
+    with pytest.raises(HySquantError, match="model.checkpoint=PATH"):
+        create_model(make_cfg(overrides=["model=mobilevit_xxs"]))
+
+
+def test_no_weights_is_an_error():
+    with pytest.raises(HySquantError, match="has no weights"):
+        create_model(make_cfg(overrides=XXS))
+
+
+def test_embedded_model_trained_once_and_reused(digits_pipeline):
+    cfg = make_cfg()
+    path = embedded_checkpoint(cfg)
+    assert path.exists()
+    stamp = os.stat(path).st_mtime_ns
+    model, _ = create_model(cfg)
+    assert os.stat(path).st_mtime_ns == stamp  # loaded, not retrained
+    assert torch.equal(model.state_dict()["head.fc.weight"], digits_pipeline.model.state_dict()["head.fc.weight"])
+    # a different recipe is a different cache entry
+    assert embedded_checkpoint(make_cfg(overrides=["data.train.epochs=3"])) != path
+    assert embedded_checkpoint(make_cfg(overrides=["data.test_size=300"])) == path  # test size: same weights
+
+
+def test_embedded_model_accuracy(digits_pipeline):
+    m = digits_pipeline.evaluator.evaluate([(32, 32)] * len(digits_pipeline.layers), "test")
+    assert m.top1 >= 97.0
