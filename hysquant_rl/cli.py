@@ -86,3 +86,10 @@ def bench(cfg: DictConfig) -> None:
     from hysquant_rl.bench import run_bench
 
     run_bench(cfg, run_dir())
+
+
+@_app("lut")
+def lut(cfg: DictConfig) -> None:
+    from hysquant_rl.sensitivity import run_lut
+
+    run_lut(cfg, run_dir())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,8 +15,10 @@ from torch import nn
 from hysquant_rl.data import DataSplits, load_data
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.evaluate import Evaluator
+from hysquant_rl.hardware import CostModel, load_profile, make_cost_model
 from hysquant_rl.layers import AttentionMatmul, LayerInfo, inventory
 from hysquant_rl.models import ModelSpec, create_model
+from hysquant_rl.policy import QuantPolicy, weights_sha256
 from hysquant_rl.quant import QuantModel
 
 log = logging.getLogger(__name__)
@@ -31,17 +34,33 @@ class Pipeline:
     matmuls: list[AttentionMatmul]
     qmodel: QuantModel
     evaluator: Evaluator
+    cost: CostModel
     weights_sha256: str
 
     @property
     def names(self) -> list[str]:
         return [l.name for l in self.layers]
 
+    def policy(self, bits: Sequence[tuple[int, int]], **meta: Any) -> QuantPolicy:
+        """A :class:`QuantPolicy` for this model's weights; ``meta`` as in :meth:`QuantPolicy.from_bits`."""
+        meta.setdefault("seed", int(self.cfg.seed))
+        return QuantPolicy.from_bits(self.layers, bits, self.spec.name, self.weights_sha256, **meta)
+
+    def measure(self, bits: Sequence[tuple[int, int]], splits: Sequence[str] = ("search_val",)) -> dict[str, Any]:
+        """Accuracy on each split and modelled cost of a policy: the ``metrics`` block of a policy JSON.
+        Latency in ms and energy in mJ per inference of ``batch_size`` images; size in MB (1e6 bytes)."""
+        out: dict[str, Any] = {s: self.evaluator.evaluate(bits, s).to_dict() for s in splits}
+        c = self.cost.policy_cost(bits)
+        out["cost"] = {
+            "device": c.device, "backend": c.backend, "batch_size": c.batch_size,
+            "latency_ms": c.latency_s * 1e3, "energy_mj": c.energy_j * 1e3, "size_mb": c.size_bytes / 1e6,
+            "bitops": c.bitops, "deployable": bool(c.deployable),
+        }
+        return out
+
 
 def build(cfg: Any) -> Pipeline:
-    """Seeded model + data + inventory + calibrated :class:`QuantModel` + :class:`Evaluator`."""
-    from hysquant_rl.policy import weights_sha256
-
+    """Seeded model + data + inventory + calibrated :class:`QuantModel` + :class:`Evaluator` + cost model."""
     torch.manual_seed(int(cfg.seed))
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
@@ -71,4 +90,5 @@ def build(cfg: Any) -> Pipeline:
         time.perf_counter() - start,
     )
     evaluator = Evaluator(qmodel, data, int(cfg.eval.batch_size))
-    return Pipeline(cfg, spec, model, data, layers, matmuls, qmodel, evaluator, sha)
+    cost = make_cost_model(layers, matmuls, load_profile(cfg.hardware))
+    return Pipeline(cfg, spec, model, data, layers, matmuls, qmodel, evaluator, cost, sha)

@@ -1,0 +1,54 @@
+"""``hysquant-apply policy=FILE``: evaluate a policy on the test split and write the quantized model."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from hysquant_rl.export import export_quantized
+from hysquant_rl.pipeline import Pipeline, build
+from hysquant_rl.policy import QuantPolicy, parse_uniform, validate
+
+log = logging.getLogger(__name__)
+
+
+def resolve_policy(spec: str, pipe: Pipeline) -> QuantPolicy:
+    """A policy JSON path, validated against the model; or a uniform spec such as ``W4A8`` or ``FP32``."""
+    uniform = parse_uniform(spec)
+    if uniform is not None:
+        return pipe.policy([uniform] * len(pipe.layers), method="uniform")
+    policy = QuantPolicy.load(Path(spec).expanduser())
+    validate(policy, pipe.layers, pipe.spec.name, pipe.weights_sha256)
+    return policy
+
+
+def format_metrics(label: str, metrics: dict[str, Any]) -> str:
+    """One line: accuracies per split, then the modelled cost."""
+    parts = [f"{label:<14}"]
+    for split in ("search_val", "test"):
+        if split in metrics:
+            m = metrics[split]
+            parts.append(f"{split} top-1 {m['top1']:6.2f}  top-5 {m['top5']:6.2f}  KL {m['kl']:.4f}")
+    c = metrics["cost"]
+    parts.append(
+        f"latency {c['latency_ms']:.4g} ms  energy {c['energy_mj']:.4g} mJ  size {c['size_mb']:.4g} MB"
+        f"  ({c['device']}, batch {c['batch_size']}{', deployable' if c['deployable'] else ', simulation-only'})"
+    )
+    return " | ".join(parts)
+
+
+def apply_policy(cfg: Any, out: Path) -> QuantPolicy:
+    """Evaluate ``cfg.policy`` on search-val and test; write ``policy.json`` (with those metrics), the
+    fake-quantized checkpoint and the integer weights into ``out``."""
+    pipe = build(cfg)
+    policy = resolve_policy(str(cfg.policy), pipe)
+    policy.metrics = {**policy.metrics, "apply": pipe.measure(policy.bits(), ("search_val", "test"))}
+    fp32 = pipe.measure([(32, 32)] * len(pipe.layers), ("search_val", "test"))
+    log.info(format_metrics("FP32", fp32))
+    log.info(format_metrics(str(cfg.policy) if parse_uniform(str(cfg.policy)) else "policy", policy.metrics["apply"]))
+    policy.save(out / "policy.json")
+    pipe.qmodel.apply_bits(policy.bits())
+    paths = export_quantized(pipe.qmodel, policy, pipe.spec.to_dict(), out)
+    log.info("wrote %s, %s and %s", out / "policy.json", paths["fakequant"], paths["int"])
+    return policy

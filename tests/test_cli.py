@@ -1,0 +1,81 @@
+"""The console scripts end to end: real runs, and bad input that ends in one clear line and exit status 2."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hysquant_rl.export import INT_FILE, load_quantized
+from hysquant_rl.models import ModelSpec, build_architecture
+from hysquant_rl.policy import QuantPolicy
+
+BIN = Path(sys.executable).parent
+
+
+def run(app: str, *overrides: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / app), f"hydra.run.dir={tmp_path}", *overrides],
+        capture_output=True, text=True, timeout=600,
+    )
+
+
+def assert_clean_error(proc: subprocess.CompletedProcess, pattern: str) -> None:
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+def test_apply_writes_policy_and_reloadable_model(tmp_path, digits_pipeline):
+    proc = run("hysquant-apply", "policy=W4A8", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    policy = QuantPolicy.load(tmp_path / "policy.json")
+    assert policy.bits() == [(4, 8)] * 72 and policy.model["weights_sha256"] == digits_pipeline.weights_sha256
+    test = policy.metrics["apply"]["test"]
+    assert test["n"] == 400 and 0 <= test["top1"] <= 100
+    # the integer weights reload to the logits of the in-process quantized model
+    loaded = load_quantized(tmp_path / INT_FILE, lambda spec: build_architecture(ModelSpec(**spec)))
+    digits_pipeline.qmodel.apply_bits(policy.bits())
+    x = digits_pipeline.data.test.x[:64]
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), digits_pipeline.qmodel(x))
+    assert test["top1"] == pytest.approx(digits_pipeline.evaluator.evaluate(policy.bits(), "test").top1)
+
+
+def test_apply_a_policy_file_for_other_weights(tmp_path, digits_pipeline):
+    policy = digits_pipeline.policy([(8, 8)] * 72, method="uniform")
+    policy.model["weights_sha256"] = "0" * 64
+    policy.layers[3]["w_bits"] = 9
+    path = policy.save(tmp_path / "p.json")
+    proc = run("hysquant-apply", f"policy={path}", tmp_path=tmp_path / "run")
+    assert_clean_error(proc, r"(?=.*w_bits=9 out of range)(?=.*made for other weights)")
+
+
+@pytest.mark.parametrize(
+    "overrides, pattern",
+    [
+        (["policy=W9A8"], r"W9A8"),
+        (["policy=W4A8", "model.name=mobilevit_xxz"], r"unknown model.name='mobilevit_xxz'.*did you mean mobilevit_xxs"),
+        (["policy=W4A8", "data=fashion_mnist", "data.root=/nonexistent"], r"Fashion-MNIST not found in data.root=/nonexistent"),
+        (["policy=W4A8", "quant.weight_granularity=row"], r"weight_granularity='row'"),
+        (["policy=/nonexistent/policy.json"], r"/nonexistent/policy.json"),
+    ],
+)
+def test_bad_input_one_line(tmp_path, digits_pipeline, overrides, pattern):
+    assert_clean_error(run("hysquant-apply", *overrides, tmp_path=tmp_path), pattern)
+
+
+def test_checkpoint_for_other_model(tmp_path, small_model):
+    path = tmp_path / "w.pth"
+    torch.save(small_model.state_dict(), path)
+    proc = run(
+        "hysquant-apply", "policy=W8A8", "model=mobilevit_xs", f"model.checkpoint={path}", "model.num_classes=10",
+        "model.in_chans=1", "model.img_size=32", tmp_path=tmp_path / "run",
+    )
+    assert_clean_error(proc, r"does not fit model mobilevit_xs.*shape mismatches")
