@@ -278,6 +278,26 @@ class CostModel:
             fixed_latency_s=self.fixed_latency_s, fixed_energy_j=self.fixed_energy_j,
         )
 
+    def quantized_grid(self, metric: str) -> np.ndarray:
+        """Per-layer cost (n, 7, 7) of every integer pair (w, a) in 2..8 x 2..8, ``metric`` one of
+        ``latency_s``, ``energy_j``, ``size_bytes``, ``bitops``. Inside a fully quantized policy every
+        consumer quantizes its input, so a policy's total is exactly the sum of these over its layers plus
+        the fixed part (``fixed_latency_s`` / ``fixed_energy_j``; size and BitOps have none)."""
+        q = _INDEX[2:9]
+        consumer = np.ones(self.num_layers, dtype=np.intp)
+        consumer[-1] = 0  # the logits are written as fp16
+        rows = self._rows[:, None, None]
+        w, a = q[None, :, None], q[None, None, :]
+        if metric == "latency_s":
+            return self._latency[rows, w, a, consumer[:, None, None]]
+        if metric == "energy_j":
+            return self._energy[rows, w, a, consumer[:, None, None]]
+        if metric == "size_bytes":
+            return np.broadcast_to(self._size[rows, w], (self.num_layers, 7, 7)).copy()
+        if metric == "bitops":
+            return self._bitops[rows, w, a].astype(np.float64)
+        raise ValueError(f"unknown cost metric {metric!r}")
+
     def uniform_cost(self, w_bits: int, a_bits: int) -> PolicyCost:
         """:meth:`policy_cost` of every layer at (w_bits, a_bits)."""
         return self.policy_cost([(w_bits, a_bits)] * self.num_layers)

@@ -1,0 +1,162 @@
+"""Bit allocation over the (w, a) grid 2..8 x 2..8 with an additive per-layer proxy.
+
+Three pieces every search method shares:
+
+* :func:`proxy_grid` extends a LUT column measured at a few configurations (e.g. W4A4, W4A8, W8A4, W8A8) to
+  every pair: per layer ``v(w, a) ~ alpha_w * 4^(8 - w) + alpha_a * 4^(8 - a)`` (min-max quantization noise
+  power scales as Delta^2 ~ 4^-bits), fitted by non-negative least squares; measured pairs keep their
+  measured values, and the grid is made monotone (fewer bits never look better).
+* :func:`solve_ilp`: the multiple-choice knapsack (one pair per layer, every budget a constraint, the proxy
+  summed as objective) with scipy's MILP solver (HiGHS). Costs are divided by their limits so the solver's
+  absolute tolerances are relative to the budget (in seconds they would be larger than the budget itself).
+* :func:`project`: lower bits until every budget holds, each time on the layer whose proxy increase per unit
+  of (normalised) cost saved is smallest: HAQ's budget wall made sensitivity-aware.
+
+Arrays: ``(L, 7, 7)`` over layers x w in 2..8 x a in 2..8; a policy is an ``(L, 2)`` int array of bits.
+Costs are additive: inside a fully quantized policy a layer's cost does not depend on its neighbours
+(see :meth:`hysquant_rl.hardware.CostModel.quantized_grid`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from scipy.optimize import Bounds, LinearConstraint, milp, nnls
+from scipy.sparse import csr_array
+
+BITS = np.arange(2, 9)  # the quantized bit-widths a policy may use
+NB = len(BITS)
+
+
+def to_index(bits: np.ndarray) -> np.ndarray:
+    """Bits 2..8 -> grid index 0..6."""
+    return np.asarray(bits, dtype=np.intp) - 2
+
+
+def grid_sum(grid: np.ndarray, bits: np.ndarray) -> float:
+    """Sum over layers of ``grid[l, w_l, a_l]`` for a policy ``bits`` (L, 2)."""
+    i = to_index(bits)
+    return float(grid[np.arange(len(i)), i[:, 0], i[:, 1]].sum())
+
+
+def proxy_grid(configs: Sequence[tuple[int, int]], values: np.ndarray) -> np.ndarray:
+    """Extend ``values`` (L, C) measured at ``configs`` (C pairs in 2..8) to the full (L, 7, 7) grid."""
+    configs = [(int(w), int(a)) for w, a in configs]
+    values = np.clip(np.asarray(values, dtype=np.float64), 0.0, None)
+    feats = np.array([[4.0 ** (8 - w), 4.0 ** (8 - a)] for w, a in configs])
+    norm = feats.max(axis=0)
+    feats_n = feats / norm  # conditioning: 4^6 spans too many orders for a plain lstsq
+    wf, af = 4.0 ** (8 - BITS) / norm[0], 4.0 ** (8 - BITS) / norm[1]
+    grid = np.empty((len(values), NB, NB))
+    for l, row in enumerate(values):
+        (aw, aa), _ = nnls(feats_n, row)
+        grid[l] = aw * wf[:, None] + aa * af[None, :]
+    for (w, a), col in zip(configs, values.T):
+        grid[:, w - 2, a - 2] = col
+    # monotone: a pair never looks better than any pair with more bits on both operands
+    grid = np.maximum.accumulate(grid[:, ::-1, :], axis=1)[:, ::-1, :]
+    return np.maximum.accumulate(grid[:, :, ::-1], axis=2)[:, :, ::-1]
+
+
+def box_mask(w_range: Sequence[tuple[int, int]], a_range: Sequence[tuple[int, int]]) -> np.ndarray:
+    """(L, 7, 7) mask of the pairs inside each layer's allowed [w_min, w_max] x [a_min, a_max]."""
+    mask = np.zeros((len(w_range), NB, NB), dtype=bool)
+    for l, ((w0, w1), (a0, a1)) in enumerate(zip(w_range, a_range)):
+        mask[l, w0 - 2 : w1 - 1, a0 - 2 : a1 - 1] = True
+    return mask
+
+
+def cheapest(mask: np.ndarray) -> np.ndarray:
+    """The all-minimum-bits policy (L, 2): each layer at its lowest allowed w and a (costs are monotone)."""
+    w = np.argmax(mask.any(axis=2), axis=1)
+    a = np.argmax(mask.any(axis=1), axis=1)
+    return np.stack([w, a], axis=1) + 2
+
+
+def richest(mask: np.ndarray) -> np.ndarray:
+    """The all-maximum-bits policy (L, 2)."""
+    w = NB - 1 - np.argmax(mask.any(axis=2)[:, ::-1], axis=1)
+    a = NB - 1 - np.argmax(mask.any(axis=1)[:, ::-1], axis=1)
+    return np.stack([w, a], axis=1) + 2
+
+
+def solve_ilp(
+    objective: np.ndarray, mask: np.ndarray, costs: Mapping[str, np.ndarray], limits: Mapping[str, float],
+    time_limit_s: float = 60.0,
+) -> np.ndarray | None:
+    """Minimise the summed ``objective`` (L, 7, 7) over one allowed pair per layer subject to
+    ``sum costs[k] <= limits[k]`` for every budget ``k``. Returns the policy (L, 2), or None if infeasible.
+
+    A solution is re-checked against the exact sums; if the solver's tolerance let one overshoot, its limit is
+    tightened by the overshoot and the problem solved again.
+    """
+    cells = np.argwhere(mask)  # (K, 3): layer, w index, a index
+    n_layers = mask.shape[0]
+    c = objective[mask]
+    pick = csr_array((np.ones(len(cells)), (cells[:, 0], np.arange(len(cells)))), shape=(n_layers, len(cells)))
+    names = [k for k in limits if k in costs]
+    scaled = {k: float(limits[k]) for k in names}
+    for _ in range(4):
+        constraints = [LinearConstraint(pick, 1, 1)]
+        if names:
+            rows = np.stack([costs[k][mask] / scaled[k] if scaled[k] > 0 else costs[k][mask] for k in names])
+            constraints.append(LinearConstraint(rows, -np.inf, [1.0 if scaled[k] > 0 else 0.0 for k in names]))
+        res = milp(c, constraints=constraints, integrality=np.ones(len(cells)), bounds=Bounds(0, 1),
+                   options={"time_limit": time_limit_s})
+        if res.x is None:
+            return None
+        chosen = cells[res.x > 0.5]
+        chosen = chosen[np.argsort(chosen[:, 0])]
+        bits = chosen[:, 1:] + 2
+        over = {k: grid_sum(costs[k], bits) / float(limits[k]) for k in names if float(limits[k]) > 0}
+        worst = max(over.values(), default=0.0)
+        if worst <= 1.0:
+            return bits
+        for k, ratio in over.items():
+            if ratio > 1.0:
+                scaled[k] /= ratio * (1 + 1e-9)
+    return None
+
+
+def project(
+    bits: np.ndarray, objective: np.ndarray, mask: np.ndarray, costs: Mapping[str, np.ndarray],
+    limits: Mapping[str, float],
+) -> np.ndarray | None:
+    """Lower bits of ``bits`` (L, 2) one step at a time until every ``sum costs[k] <= limits[k]``; each step
+    lowers w or a of the layer with the smallest objective increase per unit of normalised cost saved on the
+    budgets still exceeded. Returns the projected policy, or None when even the cheapest policy misses."""
+    idx = to_index(bits).copy()
+    n = len(idx)
+    rows = np.arange(n)
+    names = [k for k in limits if k in costs]
+    totals = {k: float(costs[k][rows, idx[:, 0], idx[:, 1]].sum()) for k in names}
+    while True:
+        over = [k for k in names if totals[k] > limits[k]]
+        if not over:
+            return idx + 2
+        best = None
+        for axis in (0, 1):  # lower w, or lower a
+            new = idx.copy()
+            new[:, axis] -= 1
+            ok = new[:, axis] >= 0
+            ok[ok] = mask[rows[ok], new[ok, 0], new[ok, 1]]
+            if not ok.any():
+                continue
+            r, cur, nxt = rows[ok], idx[ok], new[ok]
+            saved = sum(
+                (costs[k][r, cur[:, 0], cur[:, 1]] - costs[k][r, nxt[:, 0], nxt[:, 1]]) / max(limits[k], 1e-300)
+                for k in over
+            )
+            rise = objective[r, nxt[:, 0], nxt[:, 1]] - objective[r, cur[:, 0], cur[:, 1]]
+            ratio = np.where(saved > 0, (np.maximum(rise, 0) + 1e-12) / np.where(saved > 0, saved, 1), np.inf)
+            j = int(np.argmin(ratio))
+            if np.isfinite(ratio[j]) and (best is None or ratio[j] < best[0]):
+                best = (ratio[j], int(r[j]), axis)
+        if best is None:
+            return None
+        _, layer, axis = best
+        old = idx[layer].copy()
+        idx[layer, axis] -= 1
+        for k in names:
+            totals[k] += float(costs[k][layer, idx[layer, 0], idx[layer, 1]] - costs[k][layer, old[0], old[1]])
