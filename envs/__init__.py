@@ -1,0 +1,10 @@
+"""Gymnasium environment ``HySquant-v0``: one step per quantizable layer, in forward order."""
+
+import gymnasium
+
+from envs.hysquant_env import HySquantEnv, SearchProblem
+
+if "HySquant-v0" not in gymnasium.registry:
+    gymnasium.register(id="HySquant-v0", entry_point="envs.hysquant_env:HySquantEnv")
+
+__all__ = ["HySquantEnv", "SearchProblem"]

@@ -1,27 +1,230 @@
-"""``hysquant-search``: the main job. Evaluates the uniform reference policies (FP32 and ``search.reference``)
-on search-val and test and writes a policy JSON for each."""
+"""``hysquant-search``: the main job (paper section 3.3, ARCHITECTURE.md data flow).
+
+model + splits + calibration -> LUT (cached) and pruning -> budgets -> search on search-val -> hardware check
+of the best feasible policy, re-searching with tightened internal budgets while one is missed -> test split,
+once -> best_policy.json, the quantized model, summary.json / summary.md, TensorBoard under tb/.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hysquant_rl.apply import format_metrics
-from hysquant_rl.pipeline import build
-from hysquant_rl.policy import QuantPolicy, parse_uniform
+import numpy as np
+
+from hysquant_rl.allocation import proxy_grid, solve_ilp
+from hysquant_rl.budget import Budgets, cost_grids, policy_totals, resolve
+from hysquant_rl.errors import HySquantError
+from hysquant_rl.export import export_quantized
+from hysquant_rl.hardware import load_profile, make_cost_model
+from hysquant_rl.io import save_json
+from hysquant_rl.pipeline import Pipeline, build
+from hysquant_rl.policy import parse_uniform
 
 log = logging.getLogger(__name__)
 
 
-def run_search(cfg: Any, out: Path) -> dict[str, QuantPolicy]:
-    pipe = build(cfg)
-    policies = {}
-    for spec in ["FP32", *cfg.search.reference]:
-        bits = [parse_uniform(str(spec))] * len(pipe.layers)
-        policy = pipe.policy(bits, method="uniform", metrics=pipe.measure(bits, ("search_val", "test")))
-        policy.save(out / "policies" / f"uniform_{spec}.json")
-        log.info(format_metrics(str(spec), policy.metrics))
-        policies[str(spec)] = policy
-    log.info("policies written to %s", out / "policies")
-    return policies
+@dataclass
+class Recorder:
+    """Per-episode bookkeeping shared by every search method: TensorBoard scalars, the best feasible policy
+    (rewritten atomically to ``best_policy.json`` on every improvement) and the episode history."""
+
+    pipe: Pipeline
+    out: Path
+    method: str
+    budgets: Budgets
+    writer: Any = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+    def record(self, info: dict[str, Any]) -> None:
+        episode = len(self.history)
+        m, t = info["metrics"], info["totals"]
+        bits = np.asarray(info["bits"])
+        entry = {
+            "episode": episode, "reward": info["reward"], "feasible": bool(info["feasible"]),
+            "skipped": bool(info.get("skipped", False)),
+            "top1": m["top1"], "top5": m["top5"], "kl": m["kl"], "loss": m["loss"], **t,
+            "bitops": int(self.pipe.cost.policy_cost(bits).bitops),
+            "mean_w_bits": float(bits[:, 0].mean()), "mean_a_bits": float(bits[:, 1].mean()),
+            "bits": bits.tolist(),
+        }
+        self.history.append(entry)
+        if info.get("skipped"):
+            log.warning("episode %d: evaluation returned NaN; episode skipped", episode)
+            return
+        floor_ok = self.budgets.min_top1 is None or m["top1"] >= self.budgets.min_top1
+        improved = info["feasible"] and floor_ok and (self.best is None or info["reward"] > self.best["reward"])
+        if improved:
+            self.best = entry
+            self.save_best()
+        if self.writer is not None:
+            w = self.writer
+            for key in ("reward", "top1", "top5", "latency_ms", "energy_mj", "size_mb", "bitops", "mean_w_bits", "mean_a_bits"):
+                w.add_scalar(f"episode/{key}", entry[key], episode)
+            w.add_scalar("episode/kl", entry["kl"], episode)
+            if self.best is not None:
+                w.add_scalar("best/reward", self.best["reward"], episode)
+                w.add_scalar("best/top1", self.best["top1"], episode)
+            w.add_histogram("policy/w_bits", bits[:, 0], episode)
+            w.add_histogram("policy/a_bits", bits[:, 1], episode)
+            if improved:
+                rows = "\n".join(f"| {l.name} | {b[0]} | {b[1]} |" for l, b in zip(self.pipe.layers, bits))
+                w.add_text("best/policy", f"episode {episode}, reward {entry['reward']:.4f}\n\n| layer | w | a |\n|---|---|---|\n{rows}", episode)
+
+    def save_best(self) -> None:
+        b = self.best
+        policy = self.pipe.policy(
+            np.asarray(b["bits"]), method=self.method, episodes=len(self.history),
+            wall_time_s=time.perf_counter() - self.started, budgets=self.budgets.to_dict(),
+            metrics={"search_val": {k: b[k] for k in ("top1", "top5", "kl", "loss")},
+                     "cost": {k: b[k] for k in ("latency_ms", "energy_mj", "size_mb", "bitops")},
+                     "episode": b["episode"], "reward": b["reward"]},
+        )
+        policy.save(self.out / "best_policy.json")
+
+
+def run_search(cfg: Any, out: Path, pipe: Pipeline | None = None) -> dict[str, Any]:
+    """The whole job into ``out``; ``pipe`` reuses an already built pipeline of the same config (benchmarks)."""
+    from hysquant_rl.sensitivity import build_lut
+
+    start = time.perf_counter()
+    pipe = pipe or build(cfg)
+    lut = build_lut(cfg, pipe)
+    lut.write(out)
+    mask = lut.mask()
+    budgets = resolve(cfg.budget, pipe.cost, mask)
+    log.info("budgets on %s at batch %d: %s", pipe.cost.device, pipe.cost.batch_size, budgets.describe())
+    method = str(cfg.search.method)
+    if method not in METHODS:
+        raise HySquantError(f"unknown search.method={method!r}: use one of {', '.join(METHODS)}")
+    grids, fixed = cost_grids(pipe.cost)
+    proxy = proxy_grid(lut.configs, lut.matrix("kl"))
+    from torch.utils.tensorboard import SummaryWriter
+
+    recorder = Recorder(pipe, out, method, budgets, writer=SummaryWriter(str(out / "tb")))
+    lut.log_to(recorder.writer)
+
+    # Hardware feedback (paper 3.3): the internal budgets start at the user's and tighten by the
+    # measured-over-modelled ratio while the checked policy misses one.
+    check_cost = make_cost_model(pipe.layers, pipe.matmuls, load_profile(cfg.hardware))
+    internal = dict(budgets.limits)
+    rounds = []
+    searcher = METHODS[method](cfg, pipe, lut, proxy, mask, grids, fixed, budgets, recorder, out)
+    best_bits = None
+    for r in range(int(cfg.search.max_rounds)):
+        bits = searcher.run(internal, round_index=r)
+        if bits is None:
+            raise HySquantError(f"search found no policy within {budgets.describe()}: relax the budgets")
+        modelled = {k: grid_sum_total(grids, fixed, bits, k) for k in budgets.limits}
+        checked = policy_totals(check_cost, bits)
+        top1 = pipe.evaluator.evaluate(bits, "search_val").top1
+        holds = budgets.holds(checked, top1)
+        rounds.append({"round": r, "internal_limits": dict(internal), "modelled": modelled, "checked": checked,
+                       "backend": check_cost.backend, "holds": holds})
+        log.info("round %d: checked on %s (%s): %s", r, check_cost.backend, check_cost.device,
+                 ", ".join(f"{k} {'ok' if v else 'MISSED'}" for k, v in holds.items()) or "no budget")
+        best_bits = bits
+        if all(holds.values()):
+            break
+        for k, limit in budgets.limits.items():
+            if checked[k] > limit:
+                internal[k] = internal[k] * limit / checked[k]
+    summary = finish(cfg, pipe, best_bits, budgets, recorder, rounds, out, start, lut)
+    recorder.writer.close()
+    return summary
+
+
+def grid_sum_total(grids: dict[str, np.ndarray], fixed: dict[str, float], bits: np.ndarray, key: str) -> float:
+    from hysquant_rl.allocation import grid_sum
+
+    return grid_sum(grids[key], bits) + fixed[key]
+
+
+def finish(cfg, pipe, bits, budgets, recorder, rounds, out, start, lut) -> dict[str, Any]:
+    """Test split once; best_policy.json, quantized model, summary.json / summary.md."""
+    n = len(pipe.layers)
+    rows = {spec: [parse_uniform(spec)] * n for spec in ["FP32", *map(str, cfg.search.reference)]}
+    uniform = best_uniform(pipe, budgets)
+    if uniform is not None:
+        rows[f"best uniform in budget ({uniform[0]})"] = [uniform[1]] * n
+    rows["best policy"] = bits
+    table = {}
+    for name, b in rows.items():
+        m = pipe.measure(b, ("search_val", "test"))
+        totals = policy_totals(pipe.cost, b)
+        table[name] = {**m, "holds": budgets.holds(totals, m["search_val"]["top1"])}
+        if name in cfg.search.reference:  # the uniform reference policies, as policy JSON too
+            pipe.policy(b, method="uniform", metrics=m).save(out / "policies" / f"uniform_{name}.json")
+    policy = pipe.policy(
+        np.asarray(bits), method=str(cfg.search.method), episodes=len(recorder.history),
+        wall_time_s=time.perf_counter() - start, budgets=budgets.to_dict(), metrics=table["best policy"],
+        rounds=rounds,
+    )
+    policy.save(out / "best_policy.json")
+    pipe.qmodel.apply_bits(policy.bits())
+    export_quantized(pipe.qmodel, policy, pipe.spec.to_dict(), out)
+    summary = {"model": pipe.spec.to_dict(), "data": pipe.data.name, "device": pipe.cost.device,
+               "batch_size": pipe.cost.batch_size, "budgets": budgets.to_dict(), "rounds": rounds,
+               "episodes": len(recorder.history), "wall_time_s": time.perf_counter() - start, "policies": table}
+    save_json(summary, out / "summary.json")
+    (out / "summary.md").write_text(summary_markdown(summary))
+    log.info("\n%s", summary_markdown(summary))
+    return summary
+
+
+def best_uniform(pipe: Pipeline, budgets: Budgets) -> tuple[str, tuple[int, int]] | None:
+    """The uniform (w, a) in 2..8 that meets every cost budget with the best search-val KL. Only pairs with no
+    feasible pair above them on both operands are evaluated (more bits are never cheaper)."""
+    n = len(pipe.layers)
+    feasible = {(w, a) for w in range(2, 9) for a in range(2, 9)
+                if all(budgets.holds(policy_totals(pipe.cost, [(w, a)] * n)).values())}
+    frontier = [(w, a) for w, a in feasible if (w + 1, a) not in feasible and (w, a + 1) not in feasible]
+    scored = [(pipe.evaluator.evaluate([pair] * n, "search_val").kl, pair) for pair in sorted(frontier)]
+    if not scored:
+        return None
+    _, (w, a) = min(scored)
+    return f"W{w}A{a}", (w, a)
+
+
+def summary_markdown(s: dict[str, Any]) -> str:
+    lines = [
+        f"# Search summary: {s['model']['name']} on {s['data']}, {s['device']} at batch {s['batch_size']}",
+        "", f"Budgets: {json.dumps(s['budgets'])}", "",
+        "| policy | test top-1 | test top-5 | search-val top-1 | latency (ms) | energy (mJ) | size (MB) | BitOps | budgets |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in s["policies"].items():
+        c = m["cost"]
+        holds = ", ".join(f"{k} {'ok' if v else 'missed'}" for k, v in m["holds"].items()) or "-"
+        lines.append(
+            f"| {name} | {m['test']['top1']:.2f} | {m['test']['top5']:.2f} | {m['search_val']['top1']:.2f} |"
+            f" {c['latency_ms']:.4g} | {c['energy_mj']:.4g} | {c['size_mb']:.4g} | {c['bitops']:.4g} | {holds} |"
+        )
+    lines += ["", f"{s['episodes']} episodes, {len(s['rounds'])} hardware round(s), {s['wall_time_s']:.0f} s."]
+    return "\n".join(lines) + "\n"
+
+
+class ILPSearch:
+    """The integer program over the LUT's KL proxy (also the RL search's warm start)."""
+
+    def __init__(self, cfg, pipe, lut, proxy, mask, grids, fixed, budgets, recorder, out) -> None:
+        self.pipe, self.proxy, self.mask, self.grids, self.fixed = pipe, proxy, mask, grids, fixed
+
+    def run(self, limits: dict[str, float], round_index: int = 0) -> np.ndarray | None:
+        layer_limits = {k: v - self.fixed[k] for k, v in limits.items()}
+        return solve_ilp(self.proxy, self.mask, self.grids, layer_limits)
+
+
+def _rl(*args: Any) -> Any:
+    from agents.rl import RLSearch
+
+    return RLSearch(*args)
+
+
+METHODS: dict[str, Any] = {"rl": _rl, "ilp": ILPSearch}

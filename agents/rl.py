@@ -1,0 +1,166 @@
+"""The RL search method: an SB3 agent on ``HySquant-v0``, warm-started from the LUT's integer program.
+
+Warm start (on by default): the ILP policy over the LUT's KL proxy is evaluated first and its episode is put in
+the replay buffer, and actions become offsets of up to ``search.offset_range`` bits around it (action 0.5 =
+the ILP's choice). The additive proxy already knows each layer's own sensitivity; the agent spends its
+episodes on what a sum cannot see, the interactions between layers. ``search.warm_start=false`` gives the
+plain HAQ-style agent (actions over each layer's full allowed range).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from agents.callbacks import SearchCallback
+from agents.factory import AGENTS, make_agent
+from envs import HySquantEnv, SearchProblem
+from hysquant_rl.allocation import solve_ilp
+from hysquant_rl.errors import HySquantError
+from hysquant_rl.io import atomic_write, save_json
+
+log = logging.getLogger(__name__)
+CHECKPOINT_DIR = "checkpoints"
+
+
+class RLSearch:
+    """``run(limits)`` trains the agent for ``search.episodes`` more episodes and returns the best policy
+    that meets ``limits`` (a policy is always projected onto them in ``project`` mode)."""
+
+    def __init__(self, cfg, pipe, lut, proxy, mask, grids, fixed, budgets, recorder, out: Path) -> None:
+        self.cfg, self.pipe, self.recorder, self.out = cfg, pipe, recorder, out
+        self.L = len(pipe.layers)
+        fp32 = pipe.evaluator.evaluate([(32, 32)] * self.L, "search_val").to_dict()
+        self.problem = SearchProblem(
+            layers=pipe.layers, lut_features=np.concatenate([lut.matrix("top1_drop"), lut.matrix("kl")], axis=1),
+            mask=mask, proxy=proxy, costs=grids, fixed=fixed, reference=budgets.reference,
+            limits=dict(budgets.limits), evaluate=self._evaluate, fp32=fp32,
+            offset_range=int(cfg.search.offset_range), reward_metric=str(cfg.reward.metric),
+            reward_scale=float(cfg.reward.scale), budget_mode=str(cfg.budget.mode),
+            penalty_weight=float(cfg.budget.penalty_weight), min_top1=budgets.min_top1,
+        )
+        if self.problem.reward_metric not in ("top1", "kl", "loss"):
+            raise HySquantError(f"reward.metric={self.problem.reward_metric!r} is unknown: use top1, kl or loss")
+        if self.problem.budget_mode not in ("project", "penalty"):
+            raise HySquantError(f"budget.mode={self.problem.budget_mode!r} is unknown: use project or penalty")
+        self.warm = bool(cfg.search.warm_start)
+        if self.warm:
+            self.problem.warm_start = self._ilp(self.problem.limits)
+        self.env = HySquantEnv(self.problem)
+        self.ckpt = out / CHECKPOINT_DIR
+        self.state = {"episodes_done": 0, "seeded": False, "round": 0}
+        self.bar: tqdm | None = None
+        if bool(cfg.resume):
+            self.agent = self._load()
+        else:
+            self.agent = make_agent(cfg.agent, self.env, self.L, int(cfg.seed))
+
+    # -- pieces ------------------------------------------------------------------------------------------
+    def _evaluate(self, bits: np.ndarray) -> dict[str, float]:
+        return self.pipe.evaluator.evaluate(bits, "search_val").to_dict()
+
+    def _ilp(self, limits: dict[str, float]) -> np.ndarray:
+        p = self.problem
+        bits = solve_ilp(p.proxy, p.mask, p.costs, {k: v - p.fixed[k] for k, v in limits.items()})
+        if bits is None:
+            raise HySquantError("the LUT's integer program found no policy within the budgets: relax them")
+        return bits
+
+    def _on_episode(self, info: dict[str, Any]) -> None:
+        self.recorder.record(info)
+        self.state["episodes_done"] += 1
+        if self.bar is not None:
+            best = self.recorder.best
+            self.bar.set_postfix(reward=f"{info['reward']:.3f}", best_top1=f"{best['top1']:.2f}" if best else "-")
+            self.bar.update(1)
+
+    def _seed_episode(self) -> None:
+        """Evaluate the warm-start policy as the first episode and store its transitions (HAQ's reward copy)."""
+        env, agent = self.env, self.agent
+        obs, _ = env.reset()
+        steps = []
+        for l in range(self.L):
+            action = env.to_action(l, self.problem.warm_start[l])
+            next_obs, reward, done, _, info = env.step(action)
+            steps.append((obs, next_obs, agent.policy.scale_action(action), done))
+            obs = next_obs
+        for o, n, a, d in steps:
+            agent.replay_buffer.add(o[None], n[None], a[None], np.array([info["reward"]]), np.array([d]), [{}])
+        self._on_episode(info)
+        self.state["seeded"] = True
+
+    # -- checkpoints -------------------------------------------------------------------------------------
+    def checkpoint(self) -> None:
+        """Agent, replay buffer and search state (history, best, evaluation cache), each written atomically."""
+        self.ckpt.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.ckpt / "agent.zip", lambda f: self.agent.save(f))
+        atomic_write(self.ckpt / "replay_buffer.pkl", lambda f: self.agent.save_replay_buffer(f))
+        noise = getattr(self.agent, "action_noise", None)
+        state = {
+            **self.state, "agent": str(self.cfg.agent.name), "history": self.recorder.history,
+            "best": self.recorder.best, "noise_episodes": getattr(noise, "episodes", 0),
+            "cache": {k.hex(): v for k, v in self.problem.cache.items()},
+        }
+        save_json(state, self.ckpt / "state.json")
+
+    def _load(self):
+        path = self.ckpt / "state.json"
+        if not path.exists():
+            raise HySquantError(
+                f"resume=true but {self.ckpt} holds no checkpoint: pass hydra.run.dir=<the interrupted run's directory>"
+            )
+        state = json.loads(path.read_text())
+        if state["agent"] != str(self.cfg.agent.name):
+            raise HySquantError(f"the checkpoint in {self.ckpt} is a {state['agent']} agent: resume with agent={state['agent']}")
+        agent = AGENTS[state["agent"]].load(self.ckpt / "agent.zip", env=self.env, device="cpu")
+        agent.load_replay_buffer(self.ckpt / "replay_buffer.pkl")
+        noise = getattr(agent, "action_noise", None)
+        if noise is not None and hasattr(noise, "episodes"):
+            noise.episodes = int(state["noise_episodes"])
+            noise.sigma = noise.sigma0 * noise.decay**noise.episodes
+        self.recorder.history = state["history"]
+        self.recorder.best = state["best"]
+        self.problem.cache.update({bytes.fromhex(k): v for k, v in state["cache"].items()})
+        self.state = {k: state[k] for k in ("episodes_done", "seeded", "round")}
+        log.info("resumed from %s after %d episodes", self.ckpt, self.state["episodes_done"])
+        return agent
+
+    # -- the search --------------------------------------------------------------------------------------
+    def run(self, limits: dict[str, float], round_index: int = 0) -> np.ndarray | None:
+        p = self.problem
+        p.limits = dict(limits)
+        if self.warm and round_index > 0:
+            p.warm_start = self._ilp(p.limits)
+        target = int(self.cfg.search.episodes) * (round_index + 1)
+        self.state["round"] = round_index
+        self.bar = tqdm(total=target, initial=self.state["episodes_done"], desc=f"search round {round_index}",
+                        unit="episode", disable=None)
+        try:
+            if self.warm and not self.state["seeded"]:
+                self._seed_episode()
+            remaining = target - self.state["episodes_done"]
+            if remaining > 0:
+                callback = SearchCallback(self.L, self._on_episode, self.checkpoint, int(self.cfg.search.checkpoint_every))
+                self.agent.learn(remaining * self.L, callback=callback, reset_num_timesteps=False)
+        finally:
+            self.bar.close()
+            self.bar = None
+        self.checkpoint()
+        return self.best_within(limits)
+
+    def best_within(self, limits: dict[str, float]) -> np.ndarray | None:
+        """The best-rewarded evaluated policy that meets ``limits`` (and the accuracy floor)."""
+        best = None
+        for e in self.recorder.history:
+            if e["skipped"] or any(e[k] > v * (1 + 1e-9) for k, v in limits.items()):
+                continue
+            if self.problem.min_top1 is not None and e["top1"] < self.problem.min_top1:
+                continue
+            if best is None or e["reward"] > best["reward"]:
+                best = e
+        return None if best is None else np.asarray(best["bits"])

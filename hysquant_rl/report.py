@@ -1,0 +1,99 @@
+"""Plots written next to a run's results. First: the LUT heatmap (paper figure 4 as a picture).
+
+Figures are drawn with matplotlib's Agg backend (no display needed) and written atomically as PNG.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from hysquant_rl.io import atomic_write
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from hysquant_rl.sensitivity import LUT
+
+FAMILY_COLOURS = {"cnn": "black", "transformer": "tab:purple"}  # y tick labels: which part of the hybrid
+_ROW_INCH = 0.16  # per layer: 72 layers -> a figure about 13 inches tall, names at 6 pt stay readable
+_COLUMN_INCH = 0.85
+_TITLES = {"top1_drop": "top-1 drop from FP32 (points)", "top5_drop": "top-5 drop from FP32 (points)",
+           "kl": "logit KL to FP32 (nats)", "loss": "cross-entropy (nats)"}
+
+
+def lut_heatmap_figure(lut: LUT, columns: Sequence[str] = ("top1_drop", "kl")) -> Figure:
+    """One panel per LUT column: layers (rows, forward order, names on the left) x configurations. The
+    first panel is the top-1 drop from FP32 in points (red = worse, blue = better than FP32), the second
+    the logit KL to FP32 on a log scale (what the pruning rules and the search's proxy read). Transformer
+    layers are labelled in purple; once pruned, the allowed ranges of pruned layers are written on the right."""
+    from matplotlib.colors import LogNorm, TwoSlopeNorm
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    n_layers, n_configs = lut.num_layers, len(lut.configs)
+    pruned = bool(lut.allowed) and any(a.reason for a in lut.allowed)
+    width = 3.6 + len(columns) * (0.7 + _COLUMN_INCH * n_configs) + (1.0 if pruned else 0.0)
+    fig = Figure(figsize=(width, 1.8 + _ROW_INCH * n_layers), layout="constrained", dpi=150)
+    axes = fig.subplots(1, len(columns), sharey=True, squeeze=False)[0]
+    for ax, column in zip(axes, columns):
+        values = lut.matrix(column)  # (L, C)
+        if column == "kl":
+            positive = values[values > 0]
+            low = float(positive.min()) if positive.size else 1e-6
+            norm = LogNorm(vmin=max(low, 1e-6), vmax=max(float(values.max()), low * 10), clip=True)
+            cmap, fmt = "magma_r", "{:.1e}"
+        else:
+            span = max(float(np.abs(values).max()), 1e-6)
+            norm = TwoSlopeNorm(vcenter=0.0, vmin=min(float(values.min()), -span / 10), vmax=max(float(values.max()), span / 10))
+            cmap, fmt = "RdBu_r", "{:.2f}"
+        image = ax.imshow(values, aspect="auto", cmap=cmap, norm=norm, interpolation="nearest")
+        for (i, j), v in np.ndenumerate(values):
+            if abs(v) >= 5e-3 or (column == "kl" and v > norm.vmin):
+                shade = float(norm(v))
+                dark = shade > 0.65 if column == "kl" else abs(shade - 0.5) > 0.35
+                ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=4.5, color="white" if dark else "black")
+        ax.set_xticks(range(n_configs), lut.labels, fontsize=7)
+        ax.xaxis.tick_top()
+        ax.set_title(_TITLES.get(column, column), fontsize=8)
+        bar = fig.colorbar(image, ax=ax, shrink=0.6, pad=0.01, location="bottom")
+        if column != "kl":
+            bar.locator = MaxNLocator(5)  # a few round ticks: labels of a narrow bar would run together
+            bar.update_ticks()
+        bar.ax.tick_params(labelsize=6)
+    names = lut.layer_names
+    families = lut.frame.drop_duplicates("index").sort_values("index")["family"].tolist()
+    axes[0].set_yticks(range(n_layers), [f"{i:2d} {n}" for i, n in enumerate(names)], fontsize=6, family="monospace")
+    for tick, family in zip(axes[0].get_yticklabels(), families):
+        tick.set_color(FAMILY_COLOURS.get(family, "black"))
+    if pruned:
+        right = axes[-1].secondary_yaxis("right")
+        right.set_yticks(range(n_layers), [f"w{a.w[0]}-{a.w[1]} a{a.a[0]}-{a.a[1]}" if a.reason else "" for a in lut.allowed],
+                         fontsize=6, family="monospace")
+        right.set_ylabel("allowed bits (pruned layers)", fontsize=7)
+    model = lut.meta.get("model", {}).get("name", "model")
+    device = lut.meta.get("device", {})
+    fig.suptitle(
+        f"{model}: one layer quantized at a time, FP32 top-1 {lut.fp32.get('top1', float('nan')):.2f} % on "
+        f"{lut.meta.get('split', 'search_val')} ({int(lut.fp32.get('n', 0))} images)"
+        + (f"; priced on {device['name']} at batch {device['batch_size']}" if device else ""),
+        fontsize=8,
+    )
+    return fig
+
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` as PNG, atomically."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    data = buf.getvalue()
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def save_lut_heatmap(lut: LUT, path: str | Path, columns: Sequence[str] = ("top1_drop", "kl")) -> Path:
+    """:func:`lut_heatmap_figure` written to ``path`` (PNG)."""
+    return save_figure(lut_heatmap_figure(lut, columns), path)
