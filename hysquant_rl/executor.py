@@ -27,7 +27,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -36,10 +36,13 @@ from hysquant_rl.errors import HySquantError
 from hysquant_rl.evaluate import Metrics, metrics_from_logits
 from hysquant_rl.quant import FP32_BITS
 
+if TYPE_CHECKING:
+    from typing import Self  # Python 3.11+: imported for type checkers only
+
 log = logging.getLogger(__name__)
 
-DEFAULT_PREFIX_CACHE_MB = 1024.0  # conf/lut.yaml eval.prefix_cache_mb; the fallback for configs without it
-DEFAULT_CONNECT_TIMEOUT_S = 5.0  # conf/lut.yaml ray.connect_timeout_s
+DEFAULT_PREFIX_CACHE_MB = 1024.0  # for direct use; apps read eval.prefix_cache_mb (conf/lut.yaml)
+DEFAULT_CONNECT_TIMEOUT_S = 5.0  # for direct use; apps read ray.connect_timeout_s
 _IN_FLIGHT = 2  # jobs queued per actor: one running, one ready, so an actor never waits for the driver
 _VERIFY_IMAGES = 16  # images the replay is checked on against the full forward pass
 
@@ -328,10 +331,10 @@ class Executor(ABC):
     def close(self) -> None:
         """Release the workers."""
 
-    def __enter__(self) -> Executor:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -429,14 +432,18 @@ def _ray_result(ray: Any, ref: Any) -> Result:
         cause = getattr(e, "cause", None)
         if isinstance(cause, HySquantError):
             raise HySquantError(str(cause)) from None
-        raise HySquantError(f"a Ray worker failed: {_first_line(cause or e)}") from e
-    except RayActorError as e:
-        raise HySquantError(f"a Ray worker died: {_first_line(e)}") from e
+        raise HySquantError(f"a Ray worker failed: {type(cause or e).__name__}: {_last_line(cause or e)}") from e
+    except RayActorError as e:  # also a pipeline that failed to build in the actor
+        own = f"{HySquantError.__module__}.{HySquantError.__name__}: "
+        last = _last_line(e)
+        if own in last:
+            raise HySquantError(last.split(own, 1)[1]) from None
+        raise HySquantError(f"a Ray worker died: {type(e).__name__}: {last}") from e
 
 
-def _first_line(e: BaseException) -> str:
+def _last_line(e: BaseException) -> str:
     text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[-1] if text else ''}"
+    return text.splitlines()[-1] if text else ""
 
 
 def _probe(address: str, timeout_s: float) -> None:
@@ -476,25 +483,26 @@ def _connect(address: str | None, workers: int, timeout_s: float) -> tuple[Any, 
         ray.init(**kwargs)
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as e:
         where = f"ray.address={address}" if address else "a local Ray instance"
-        raise HySquantError(f"could not start {where}: {_first_line(e)}") from None
+        raise HySquantError(f"could not start {where}: {type(e).__name__}: {_last_line(e)}") from None
     return ray, True
 
 
 def make_executor(cfg: Any, workers: int, pipe: Any = None) -> Executor:
-    """The executor a config asks for: :class:`LocalExecutor` on ``pipe`` when ``workers == 1`` and no
-    ``ray.address`` is set, else :class:`RayExecutor`. Reads ``ray.address``, ``ray.connect_timeout_s`` and
-    ``eval.prefix_cache_mb`` (defaults as in ``conf/lut.yaml`` where a config lacks them)."""
-    from omegaconf import OmegaConf
+    """The executor a config asks for: :class:`LocalExecutor` on ``pipe`` (built from ``cfg`` if None) when
+    ``workers == 1`` and no ``ray.address`` is set, else :class:`RayExecutor`. Reads ``ray.address``,
+    ``ray.connect_timeout_s`` and ``eval.prefix_cache_mb``; a config without them (an app composed from
+    another file) gets the values of ``conf/lut.yaml``."""
 
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise HySquantError(f"workers must be a positive integer, got {workers!r}")
-    address = OmegaConf.select(cfg, "ray.address", default=None)
-    timeout = float(OmegaConf.select(cfg, "ray.connect_timeout_s", default=DEFAULT_CONNECT_TIMEOUT_S))
-    prefix_mb = float(OmegaConf.select(cfg, "eval.prefix_cache_mb", default=DEFAULT_PREFIX_CACHE_MB))
+    s = cfg
+    address = s.ray.address
+    prefix_mb = float(s.eval.prefix_cache_mb)
     if workers == 1 and not address:
         if pipe is None:
             from hysquant_rl.pipeline import build
 
             pipe = build(cfg)
         return LocalExecutor(pipe, prefix_mb)
-    return RayExecutor(cfg, workers, address=address or None, prefix_cache_mb=prefix_mb, connect_timeout_s=timeout)
+    return RayExecutor(s, workers, address=address or None, prefix_cache_mb=prefix_mb,
+                       connect_timeout_s=float(s.ray.connect_timeout_s))

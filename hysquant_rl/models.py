@@ -111,7 +111,7 @@ def embedded_checkpoint(cfg: Any) -> Path:
         "data": OmegaConf.to_container(cfg.data, resolve=True),
         "seed": int(cfg.seed),
     }
-    for k in ("root", "download", "batch_size", "workers", "test_size"):  # do not change the weights
+    for k in ("root", "download", "batch_size", "workers"):  # do not change the weights
         recipe["data"].pop(k, None)
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
     return Path(str(cfg.paths.cache)).expanduser() / "models" / f"{cfg.model.name}_{cfg.data.name}_{key}.pt"

@@ -91,11 +91,12 @@ class Recorder:
 
 def run_search(cfg: Any, out: Path, pipe: Pipeline | None = None) -> dict[str, Any]:
     """The whole job into ``out``; ``pipe`` reuses an already built pipeline of the same config (benchmarks)."""
-    from hysquant_rl.sensitivity import build_lut
+    from hysquant_rl.sensitivity import build_lut, log_summary
 
     start = time.perf_counter()
     pipe = pipe or build(cfg)
     lut = build_lut(cfg, pipe)
+    log_summary(lut)
     lut.write(out)
     mask = lut.mask()
     budgets = resolve(cfg.budget, pipe.cost, mask)

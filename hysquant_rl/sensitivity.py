@@ -29,7 +29,6 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,6 @@ import numpy as np
 import pandas as pd
 
 from hysquant_rl.errors import HySquantError
-from hysquant_rl.evaluate import Metrics
 from hysquant_rl.executor import Executor, Job, Result, make_executor
 from hysquant_rl.io import atomic_write, save_json
 from hysquant_rl.quant.quantizer import FP32_BITS, MAX_BITS, MIN_BITS
@@ -70,18 +68,6 @@ def label(w_bits: int, a_bits: int) -> str:
 
 
 # -- configuration -----------------------------------------------------------------------------------------
-
-
-def settings(cfg: Any) -> Any:
-    """``cfg`` completed with every key of ``conf/lut.yaml`` it lacks (``lut``, ``prune``, ``ray``,
-    ``eval.prefix_cache_mb``), so apps composed from other files (search) read the same defaults."""
-    from omegaconf import OmegaConf
-
-    text = resources.files("hysquant_rl.conf").joinpath("lut.yaml").read_text()
-    defaults = OmegaConf.create(text)
-    for key in ("defaults", "hydra"):
-        defaults.pop(key, None)
-    return OmegaConf.merge(defaults, cfg)
 
 
 def parse_configs(value: Any) -> list[tuple[int, int]]:
@@ -514,7 +500,7 @@ def assemble(pipe: Any, configs: list[tuple[int, int]], fp32: dict[str, float],
 
 
 def _checked(s: Any) -> tuple[list[tuple[int, int]], PruneRules, int, int]:
-    """The LUT settings of a :func:`settings` config, validated: configs, rules, workers, save_every."""
+    """The LUT settings of a run config, validated: configs, rules, workers, save_every."""
     configs = parse_configs(s.lut.configs)
     rules = PruneRules.from_cfg(s.prune)
     workers, save_every = s.lut.workers, s.lut.save_every
@@ -540,7 +526,7 @@ def build_lut(
     """
     from tqdm import tqdm
 
-    s = settings(cfg)
+    s = cfg
     configs, rules, workers, save_every = _checked(s)
     key = cache_key(s, pipe, configs)
     cache = _Cache(cache_path(s, pipe, key), key, pipe, configs)
@@ -565,7 +551,7 @@ def build_lut(
         if fp32 is None:
             fp32 = pipe.evaluator.evaluate([(FP32_BITS, FP32_BITS)] * len(pipe.layers), SPLIT).to_dict()
         own = executor is None
-        unsaved = 0
+        unsaved, finished = 0, False
         try:
             if own:
                 executor = make_executor(s, workers, pipe)
@@ -582,8 +568,9 @@ def build_lut(
                     bar.update()
                     if on_result is not None:
                         on_result(result)
+            finished = True
         finally:
-            if unsaved and len(measured) < len(jobs) + reused:  # stopped early: keep what is done
+            if not finished and unsaved:  # stopped early (error, Ctrl-C): keep what is done
                 cache.write(cache.partial(fp32, measured, meta))
                 log.warning("LUT build stopped after %d of %d jobs; %s keeps them for the next run",
                             len(measured), len(jobs) + reused, cache.path)
@@ -602,18 +589,8 @@ def build_lut(
 # -- the app -----------------------------------------------------------------------------------------------
 
 
-def run_lut(cfg: Any, run_dir: Path) -> LUT:
-    """``hysquant-lut``: build (or load) the LUT, prune it, write ``lut.csv``, ``lut.json`` and
-    ``lut_heatmap.png`` into ``run_dir`` and log what matters."""
-    from hysquant_rl.hardware import load_profile
-
-    _checked(settings(cfg))  # bad settings fail here, before minutes of model and data preparation
-    load_profile(cfg.hardware)
-    from hysquant_rl.pipeline import build
-
-    pipe = build(cfg)
-    lut = build_lut(cfg, pipe)
-    paths = lut.write(run_dir)
+def log_summary(lut: LUT) -> None:
+    """Log the cache outcome, the table's size, the five most sensitive layers and the search-space size."""
     c, b = lut.meta["cache"], lut.meta["build"]
     log.info("LUT cache %s: %s (%d jobs reused, %d evaluated in %.1f s on %d worker(s))",
              c["status"], c["path"], c["reused"], c["evaluated"], b["wall_s"], b["workers"])
@@ -628,5 +605,20 @@ def run_lut(cfg: Any, run_dir: Path) -> LUT:
     pruned = sum(bool(a.reason) for a in lut.allowed)
     log.info("search space: 10^%.1f policies before pruning, 10^%.1f after (%d of %d layers pruned; %s)",
              before, after, pruned, lut.num_layers, SPACE_CONVENTION)
+
+
+def run_lut(cfg: Any, run_dir: Path) -> LUT:
+    """``hysquant-lut``: build (or load) the LUT, prune it, write ``lut.csv``, ``lut.json`` and
+    ``lut_heatmap.png`` into ``run_dir`` and log what matters."""
+    from hysquant_rl.hardware import load_profile
+
+    _checked(cfg)  # bad settings fail here, before minutes of model and data preparation
+    load_profile(cfg.hardware)
+    from hysquant_rl.pipeline import build
+
+    pipe = build(cfg)
+    lut = build_lut(cfg, pipe)
+    log_summary(lut)
+    paths = lut.write(run_dir)
     log.info("written: %s", ", ".join(str(p) for p in paths.values()))
     return lut

@@ -60,6 +60,8 @@ def train_model(model: torch.nn.Module, data: Any, recipe: Any, seed: int) -> di
         total = 0.0
         for i in range(0, len(x), int(recipe.batch_size)):
             idx = perm[i : i + int(recipe.batch_size)]
+            if len(idx) < 2:  # BatchNorm cannot train on one image; it returns next epoch in another batch
+                continue
             loss = F.cross_entropy(
                 model(_shift(x[idx], int(recipe.max_shift), gen)), y[idx], label_smoothing=float(recipe.label_smoothing)
             )

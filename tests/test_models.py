@@ -71,7 +71,8 @@ def test_embedded_model_trained_once_and_reused(digits_pipeline):
     assert torch.equal(model.state_dict()["head.fc.weight"], digits_pipeline.model.state_dict()["head.fc.weight"])
     # a different recipe is a different cache entry
     assert embedded_checkpoint(make_cfg(overrides=["data.train.epochs=3"])) != path
-    assert embedded_checkpoint(make_cfg(overrides=["data.test_size=300"])) == path  # test size: same weights
+    assert embedded_checkpoint(make_cfg(overrides=["data.test_size=300"])) != path  # digits: fewer training images
+    assert embedded_checkpoint(make_cfg(overrides=["eval.batch_size=64"])) == path  # evaluation only: same weights
 
 
 def test_embedded_model_accuracy(digits_pipeline):
