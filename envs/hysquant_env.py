@@ -141,6 +141,7 @@ class HySquantEnv(gym.Env):
         self._bits = np.zeros((n, 2), dtype=np.int64)
         self._step = 0
         self._prev = np.zeros(2, dtype=np.float32)
+        self._used = dict(p.fixed)
 
     # -- action -> bits ----------------------------------------------------------------------------------
     def to_bits(self, layer: int, action: np.ndarray) -> np.ndarray:
@@ -175,9 +176,8 @@ class HySquantEnv(gym.Env):
         for k in BUDGETS:
             if k in p.limits:
                 limit = p.limits[k]
-                done = p.fixed[k] + sum(p.costs[k][i, b[0] - 2, b[1] - 2] for i, b in enumerate(self._bits[:l]))
                 rest = self._min_cost[k][l:].sum()
-                budget += [min(done / limit, 1.0), min(rest / limit, 1.0)]
+                budget += [min(self._used[k] / limit, 1.0), min(rest / limit, 1.0)]
             else:
                 budget += [0.0, 0.0]
         return np.concatenate([self._static[l], self._prev, np.asarray(budget, dtype=np.float32)]).astype(np.float32)
@@ -187,11 +187,14 @@ class HySquantEnv(gym.Env):
         self._step = 0
         self._bits[:] = 0
         self._prev = np.zeros(2, dtype=np.float32)
+        self._used = dict(self.problem.fixed)  # cost committed so far, per budget
         return self._obs(), {}
 
     def step(self, action: np.ndarray):
         l = self._step
         self._bits[l] = self.to_bits(l, action)
+        for k in BUDGETS:
+            self._used[k] += self.problem.costs[k][l, self._bits[l, 0] - 2, self._bits[l, 1] - 2]
         self._prev = np.clip(np.asarray(action, dtype=np.float32), 0.0, 1.0)
         self._step += 1
         if self._step < self.problem.num_layers:

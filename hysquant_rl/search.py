@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from hysquant_rl.allocation import proxy_grid, solve_ilp
+from hysquant_rl.allocation import grid_sum, proxy_grid, solve_ilp
 from hysquant_rl.budget import Budgets, cost_grids, policy_totals, resolve
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.export import export_quantized
@@ -142,8 +142,6 @@ def run_search(cfg: Any, out: Path, pipe: Pipeline | None = None) -> dict[str, A
 
 
 def grid_sum_total(grids: dict[str, np.ndarray], fixed: dict[str, float], bits: np.ndarray, key: str) -> float:
-    from hysquant_rl.allocation import grid_sum
-
     return grid_sum(grids[key], bits) + fixed[key]
 
 
