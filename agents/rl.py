@@ -32,22 +32,10 @@ class RLSearch:
     """``run(limits)`` trains the agent for ``search.episodes`` more episodes and returns the best policy
     that meets ``limits`` (a policy is always projected onto them in ``project`` mode)."""
 
-    def __init__(self, cfg, pipe, lut, proxy, mask, grids, fixed, budgets, recorder, out: Path) -> None:
+    def __init__(self, cfg, pipe, problem: SearchProblem, recorder, out: Path) -> None:
         self.cfg, self.pipe, self.recorder, self.out = cfg, pipe, recorder, out
         self.L = len(pipe.layers)
-        fp32 = pipe.evaluator.evaluate([(32, 32)] * self.L, "search_val").to_dict()
-        self.problem = SearchProblem(
-            layers=pipe.layers, lut_features=np.concatenate([lut.matrix("top1_drop"), lut.matrix("kl")], axis=1),
-            mask=mask, proxy=proxy, costs=grids, fixed=fixed, reference=budgets.reference,
-            limits=dict(budgets.limits), evaluate=self._evaluate, fp32=fp32,
-            offset_range=int(cfg.search.offset_range), reward_metric=str(cfg.reward.metric),
-            reward_scale=float(cfg.reward.scale), budget_mode=str(cfg.budget.mode),
-            penalty_weight=float(cfg.budget.penalty_weight), min_top1=budgets.min_top1,
-        )
-        if self.problem.reward_metric not in ("top1", "kl", "loss"):
-            raise HySquantError(f"reward.metric={self.problem.reward_metric!r} is unknown: use top1, kl or loss")
-        if self.problem.budget_mode not in ("project", "penalty"):
-            raise HySquantError(f"budget.mode={self.problem.budget_mode!r} is unknown: use project or penalty")
+        self.problem = problem
         self.warm = bool(cfg.search.warm_start)
         if self.warm:
             self.problem.warm_start = self._ilp(self.problem.limits)
@@ -61,9 +49,6 @@ class RLSearch:
             self.agent = make_agent(cfg.agent, self.env, self.L, int(cfg.seed))
 
     # -- pieces ------------------------------------------------------------------------------------------
-    def _evaluate(self, bits: np.ndarray) -> dict[str, float]:
-        return self.pipe.evaluator.evaluate(bits, "search_val").to_dict()
-
     def _ilp(self, limits: dict[str, float]) -> np.ndarray:
         p = self.problem
         bits = solve_ilp(p.proxy, p.mask, p.costs, {k: v - p.fixed[k] for k, v in limits.items()})
@@ -151,16 +136,4 @@ class RLSearch:
             self.bar.close()
             self.bar = None
         self.checkpoint()
-        return self.best_within(limits)
-
-    def best_within(self, limits: dict[str, float]) -> np.ndarray | None:
-        """The best-rewarded evaluated policy that meets ``limits`` (and the accuracy floor)."""
-        best = None
-        for e in self.recorder.history:
-            if e["skipped"] or any(e[k] > v * (1 + 1e-9) for k, v in limits.items()):
-                continue
-            if self.problem.min_top1 is not None and e["top1"] < self.problem.min_top1:
-                continue
-            if best is None or e["reward"] > best["reward"]:
-                best = e
-        return None if best is None else np.asarray(best["bits"])
+        return self.recorder.best_within(limits)

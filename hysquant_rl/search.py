@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from hysquant_rl.allocation import grid_sum, proxy_grid, solve_ilp
+from hysquant_rl.allocation import grid_sum, proxy_grid
 from hysquant_rl.budget import Budgets, cost_grids, policy_totals, resolve
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.export import export_quantized
@@ -77,6 +77,18 @@ class Recorder:
                 rows = "\n".join(f"| {l.name} | {b[0]} | {b[1]} |" for l, b in zip(self.pipe.layers, bits))
                 w.add_text("best/policy", f"episode {episode}, reward {entry['reward']:.4f}\n\n| layer | w | a |\n|---|---|---|\n{rows}", episode)
 
+    def best_within(self, limits: dict[str, float]) -> np.ndarray | None:
+        """The best-rewarded evaluated policy that meets ``limits`` and the accuracy floor."""
+        best = None
+        for e in self.history:
+            if e["skipped"] or any(e[k] > v * (1 + 1e-9) for k, v in limits.items()):
+                continue
+            if self.budgets.min_top1 is not None and e["top1"] < self.budgets.min_top1:
+                continue
+            if best is None or e["reward"] > best["reward"]:
+                best = e
+        return None if best is None else np.asarray(best["bits"])
+
     def save_best(self) -> None:
         b = self.best
         policy = self.pipe.policy(
@@ -116,7 +128,8 @@ def run_search(cfg: Any, out: Path, pipe: Pipeline | None = None) -> dict[str, A
     check_cost = make_cost_model(pipe.layers, pipe.matmuls, load_profile(cfg.hardware))
     internal = dict(budgets.limits)
     rounds = []
-    searcher = METHODS[method](cfg, pipe, lut, proxy, mask, grids, fixed, budgets, recorder, out)
+    problem = make_problem(cfg, pipe, lut, proxy, mask, grids, fixed, budgets)
+    searcher = METHODS[method](cfg, pipe, problem, recorder, out)
     best_bits = None
     for r in range(int(cfg.search.max_rounds)):
         bits = searcher.run(internal, round_index=r)
@@ -209,21 +222,38 @@ def summary_markdown(s: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-class ILPSearch:
-    """The integer program over the LUT's KL proxy (also the RL search's warm start)."""
+def make_problem(cfg, pipe, lut, proxy, mask, grids, fixed, budgets) -> Any:
+    """The :class:`envs.SearchProblem` every method evaluates its policies through (same projection,
+    reward and evaluation cache)."""
+    from envs import SearchProblem
 
-    def __init__(self, cfg, pipe, lut, proxy, mask, grids, fixed, budgets, recorder, out) -> None:
-        self.pipe, self.proxy, self.mask, self.grids, self.fixed = pipe, proxy, mask, grids, fixed
+    problem = SearchProblem(
+        layers=pipe.layers, lut_features=np.concatenate([lut.matrix("top1_drop"), lut.matrix("kl")], axis=1),
+        mask=mask, proxy=proxy, costs=grids, fixed=fixed, reference=budgets.reference,
+        limits=dict(budgets.limits), evaluate=lambda bits: pipe.evaluator.evaluate(bits, "search_val").to_dict(),
+        fp32=pipe.evaluator.evaluate([(32, 32)] * len(pipe.layers), "search_val").to_dict(),
+        offset_range=int(cfg.search.offset_range), reward_metric=str(cfg.reward.metric),
+        reward_scale=float(cfg.reward.scale), budget_mode=str(cfg.budget.mode),
+        penalty_weight=float(cfg.budget.penalty_weight), min_top1=budgets.min_top1,
+    )
+    if problem.reward_metric not in ("top1", "kl", "loss"):
+        raise HySquantError(f"reward.metric={problem.reward_metric!r} is unknown: use top1, kl or loss")
+    if problem.budget_mode not in ("project", "penalty"):
+        raise HySquantError(f"budget.mode={problem.budget_mode!r} is unknown: use project or penalty")
+    return problem
 
-    def run(self, limits: dict[str, float], round_index: int = 0) -> np.ndarray | None:
-        layer_limits = {k: v - self.fixed[k] for k, v in limits.items()}
-        return solve_ilp(self.proxy, self.mask, self.grids, layer_limits)
+
+def _method(name: str) -> Any:
+    def make(*args: Any) -> Any:
+        if name == "rl":
+            from agents.rl import RLSearch
+
+            return RLSearch(*args)
+        from hysquant_rl import baselines
+
+        return baselines.BASELINES[name](*args)
+
+    return make
 
 
-def _rl(*args: Any) -> Any:
-    from agents.rl import RLSearch
-
-    return RLSearch(*args)
-
-
-METHODS: dict[str, Any] = {"rl": _rl, "ilp": ILPSearch}
+METHODS: dict[str, Any] = {name: _method(name) for name in ("rl", "ilp", "greedy", "uniform", "random")}

@@ -118,3 +118,26 @@ def test_bad_search_input(tmp_path, digits_pipeline):
         run_search(make_cfg("search", QUICK + ["budget.latency_ratio=0.05"]), tmp_path / "a", digits_pipeline)
     with pytest.raises(HySquantError, match="holds no checkpoint"):
         run_search(make_cfg("search", QUICK + ["resume=true"]), tmp_path / "b", digits_pipeline)
+
+
+@pytest.mark.parametrize("method", ["uniform", "greedy", "ilp", "random"])
+def test_baseline_methods(tmp_path, digits_pipeline, method):
+    from hysquant_rl.allocation import solve_ilp
+
+    summary = run_search(make_cfg("search", [f"search.method={method}", "search.episodes=4"]), tmp_path, digits_pipeline)
+    policy = QuantPolicy.load(tmp_path / "best_policy.json")
+    bits = np.array(policy.bits())
+    assert policy.provenance["method"] == method
+    assert summary["policies"]["best policy"]["holds"]["latency_ms"]
+    assert policy.metrics["cost"]["latency_ms"] <= summary["budgets"]["latency_ms"]
+    if method == "uniform":
+        assert (bits == bits[0]).all() and summary["episodes"] >= 1
+    if method == "random":
+        assert summary["episodes"] == 4
+    if method == "ilp":
+        lut = build_lut(make_cfg("search"), digits_pipeline)
+        grids, fixed = cost_grids(digits_pipeline.cost)
+        limits = {k: v - fixed[k] for k, v in summary["budgets"].items() if k in grids}
+        assert np.array_equal(bits, solve_ilp(proxy_grid(lut.configs, lut.matrix("kl")), lut.mask(), grids, limits))
+    if method == "greedy":
+        assert not (bits == bits[0]).all()  # lowered layer by layer, not uniformly
