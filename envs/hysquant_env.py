@@ -81,6 +81,13 @@ class SearchProblem:
         rows = np.arange(len(i))
         return {k: float(self.costs[k][rows, i[:, 0], i[:, 1]].sum()) + self.fixed[k] for k in BUDGETS}
 
+    def metrics(self, bits: np.ndarray) -> dict[str, float]:
+        """Search-val metrics of ``bits`` (L, 2), evaluated once per policy."""
+        key = np.asarray(bits).astype(np.int8).tobytes()
+        if key not in self.cache:
+            self.cache[key] = dict(self.evaluate(bits))
+        return self.cache[key]
+
     def layer_limits(self) -> dict[str, float]:
         """Budgets on the summed per-layer costs (the fixed part taken off)."""
         return {k: v - self.fixed[k] for k, v in self.limits.items()}
@@ -212,11 +219,8 @@ class HySquantEnv(gym.Env):
             projected = project(chosen, p.proxy, p.mask, p.costs, p.layer_limits())
             if projected is not None:
                 bits = projected
-        key = bits.astype(np.int8).tobytes()
-        cached = key in p.cache
-        if not cached:
-            p.cache[key] = dict(p.evaluate(bits))
-        metrics = p.cache[key]
+        cached = bits.astype(np.int8).tobytes() in p.cache
+        metrics = p.metrics(bits)
         totals = p.totals(bits)
         reward, penalty = p.reward(metrics, totals)
         skipped = not np.isfinite(reward)

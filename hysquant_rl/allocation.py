@@ -19,7 +19,7 @@ Costs are additive: inside a fully quantized policy a layer's cost does not depe
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp, nnls
@@ -79,6 +79,13 @@ def richest(mask: np.ndarray) -> np.ndarray:
     w = NB - 1 - np.argmax(mask.any(axis=2)[:, ::-1], axis=1)
     a = NB - 1 - np.argmax(mask.any(axis=1)[:, ::-1], axis=1)
     return np.stack([w, a], axis=1) + 2
+
+
+def uniform_frontier(fits: Callable[[int, int], bool]) -> list[tuple[int, int]]:
+    """Uniform pairs (w, a) in 2..8 that ``fits`` with no fitting pair above them on either operand: the only
+    candidates for the best uniform policy, since more bits never hurt accuracy."""
+    ok = {(w, a) for w in BITS.tolist() for a in BITS.tolist() if fits(w, a)}
+    return sorted((w, a) for w, a in ok if (w + 1, a) not in ok and (w, a + 1) not in ok)
 
 
 def solve_ilp(

@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from envs import HySquantEnv, SearchProblem
-from hysquant_rl.allocation import grid_sum, richest, solve_ilp
+from hysquant_rl.allocation import grid_sum, richest, solve_ilp, uniform_frontier
 
 
 class Baseline:
@@ -58,9 +58,7 @@ class UniformSearch(Baseline):
             inside = p.mask[:, w - 2, a - 2].all()
             return inside and all(grid_sum(p.costs[k], bits) <= v for k, v in limits.items())
 
-        ok = {(w, a) for w in range(2, 9) for a in range(2, 9) if fits(w, a)}
-        # only pairs with no feasible pair above them on both operands can be best (more bits never hurt)
-        return [np.full((n, 2), pair) for pair in sorted(ok) if (pair[0] + 1, pair[1]) not in ok and (pair[0], pair[1] + 1) not in ok]
+        return [np.full((n, 2), pair) for pair in uniform_frontier(fits)]
 
 
 class GreedySearch(Baseline):

@@ -15,7 +15,7 @@ from torch import nn
 from hysquant_rl.data import DataSplits, load_data
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.evaluate import Evaluator
-from hysquant_rl.hardware import CostModel, load_profile, make_cost_model
+from hysquant_rl.hardware import CostModel, load_profile
 from hysquant_rl.layers import AttentionMatmul, LayerInfo, inventory
 from hysquant_rl.models import ModelSpec, create_model
 from hysquant_rl.policy import QuantPolicy, weights_sha256
@@ -90,5 +90,6 @@ def build(cfg: Any) -> Pipeline:
         time.perf_counter() - start,
     )
     evaluator = Evaluator(qmodel, data, int(cfg.eval.batch_size))
-    cost = make_cost_model(layers, matmuls, load_profile(cfg.hardware))
+    # the roofline model: what the search optimises and reports; search checks the result on the backend
+    cost = CostModel(layers, matmuls, load_profile(cfg.hardware))
     return Pipeline(cfg, spec, model, data, layers, matmuls, qmodel, evaluator, cost, sha)

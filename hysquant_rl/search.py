@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from hysquant_rl.allocation import grid_sum, proxy_grid
+from hysquant_rl.allocation import proxy_grid, uniform_frontier
 from hysquant_rl.budget import Budgets, cost_grids, policy_totals, resolve
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.export import export_quantized
@@ -135,9 +135,9 @@ def run_search(cfg: Any, out: Path, pipe: Pipeline | None = None) -> dict[str, A
         bits = searcher.run(internal, round_index=r)
         if bits is None:
             raise HySquantError(f"search found no policy within {budgets.describe()}: relax the budgets")
-        modelled = {k: grid_sum_total(grids, fixed, bits, k) for k in budgets.limits}
+        modelled = {k: v for k, v in problem.totals(bits).items() if k in budgets.limits}
         checked = policy_totals(check_cost, bits)
-        top1 = pipe.evaluator.evaluate(bits, "search_val").top1
+        top1 = problem.metrics(bits)["top1"]
         holds = budgets.holds(checked, top1)
         rounds.append({"round": r, "internal_limits": dict(internal), "modelled": modelled, "checked": checked,
                        "backend": check_cost.backend, "holds": holds})
@@ -152,10 +152,6 @@ def run_search(cfg: Any, out: Path, pipe: Pipeline | None = None) -> dict[str, A
     summary = finish(cfg, pipe, best_bits, budgets, recorder, rounds, out, start, lut)
     recorder.writer.close()
     return summary
-
-
-def grid_sum_total(grids: dict[str, np.ndarray], fixed: dict[str, float], bits: np.ndarray, key: str) -> float:
-    return grid_sum(grids[key], bits) + fixed[key]
 
 
 def finish(cfg, pipe, bits, budgets, recorder, rounds, out, start, lut) -> dict[str, Any]:
@@ -194,10 +190,8 @@ def best_uniform(pipe: Pipeline, budgets: Budgets) -> tuple[str, tuple[int, int]
     """The uniform (w, a) in 2..8 that meets every cost budget with the best search-val KL. Only pairs with no
     feasible pair above them on both operands are evaluated (more bits are never cheaper)."""
     n = len(pipe.layers)
-    feasible = {(w, a) for w in range(2, 9) for a in range(2, 9)
-                if all(budgets.holds(policy_totals(pipe.cost, [(w, a)] * n)).values())}
-    frontier = [(w, a) for w, a in feasible if (w + 1, a) not in feasible and (w, a + 1) not in feasible]
-    scored = [(pipe.evaluator.evaluate([pair] * n, "search_val").kl, pair) for pair in sorted(frontier)]
+    frontier = uniform_frontier(lambda w, a: all(budgets.holds(policy_totals(pipe.cost, [(w, a)] * n)).values()))
+    scored = [(pipe.evaluator.evaluate([pair] * n, "search_val").kl, pair) for pair in frontier]
     if not scored:
         return None
     _, (w, a) = min(scored)
