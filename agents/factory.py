@@ -6,6 +6,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 from scipy.stats import truncnorm
 from stable_baselines3 import DDPG, SAC, TD3
 from stable_baselines3.common.noise import ActionNoise
@@ -26,9 +27,12 @@ class DecayingTruncatedNormalNoise(ActionNoise):
         self.sigma = self.sigma0
         self.episodes = 0
         self._rng = np.random.default_rng(seed)
+        self._unit: list[np.ndarray] = []  # unit-sigma draws, made in blocks (one scipy call per step is slow)
 
     def __call__(self) -> np.ndarray:
-        return truncnorm.rvs(-2.0, 2.0, scale=self.sigma, size=self.size, random_state=self._rng).astype(np.float32)
+        if not self._unit:
+            self._unit = list(truncnorm.rvs(-2.0, 2.0, size=(256, self.size), random_state=self._rng))
+        return (self.sigma * self._unit.pop()).astype(np.float32)
 
     def reset(self) -> None:
         self.episodes += 1
@@ -38,16 +42,24 @@ class DecayingTruncatedNormalNoise(ActionNoise):
         return f"DecayingTruncatedNormalNoise(sigma={self.sigma:.4f}, decay={self.decay})"
 
 
-def make_agent(cfg: Any, env: gym.Env, steps_per_episode: int, seed: int, tensorboard_log: str | None = None) -> OffPolicyAlgorithm:
+def make_agent(
+    cfg: Any, env: gym.Env, steps_per_episode: int, seed: int, tensorboard_log: str | None = None,
+    local_sigma: float | None = None,
+) -> OffPolicyAlgorithm:
     """The SB3 agent named ``cfg.name`` with the ``conf/agent/<name>.yaml`` hyperparameters; updates run once
-    per episode (``gradient_steps`` of them), after ``warmup_episodes`` episodes of exploration."""
+    per episode (``gradient_steps`` of them), after ``warmup_episodes`` episodes of exploration.
+
+    ``local_sigma`` (in [0, 1] action units) makes it a local search around action 0.5 (a warm start): the
+    actor's output layer starts at zero so its first actions are 0.5 everywhere, exploration is noise of that
+    sigma around the actor from the first episode (no uniform warm-up, which would throw the warm start
+    away; :class:`agents.rl.RLSearch` holds the updates back for ``warmup_episodes``)."""
     name = str(cfg.name)
     if name not in AGENTS:
         raise HySquantError(f"unknown agent {name!r}: use agent= one of {', '.join(sorted(AGENTS))}")
     kwargs: dict[str, Any] = dict(
         learning_rate=float(cfg.learning_rate),
         buffer_size=int(cfg.buffer_size),
-        learning_starts=int(cfg.warmup_episodes) * steps_per_episode,
+        learning_starts=0 if local_sigma is not None else int(cfg.warmup_episodes) * steps_per_episode,
         batch_size=int(cfg.batch_size),
         tau=float(cfg.tau),
         gamma=float(cfg.gamma),
@@ -61,5 +73,14 @@ def make_agent(cfg: Any, env: gym.Env, steps_per_episode: int, seed: int, tensor
     )
     if name != "sac":
         n = int(np.prod(env.action_space.shape))
-        kwargs["action_noise"] = DecayingTruncatedNormalNoise(n, 2.0 * float(cfg.noise_sigma), float(cfg.noise_decay), seed)
-    return AGENTS[name]("MlpPolicy", env, **kwargs)
+        sigma = float(cfg.noise_sigma) if local_sigma is None else float(local_sigma)
+        kwargs["action_noise"] = DecayingTruncatedNormalNoise(n, 2.0 * sigma, float(cfg.noise_decay), seed)
+    agent = AGENTS[name]("MlpPolicy", env, **kwargs)
+    if local_sigma is not None:
+        last = [m for m in agent.actor.mu.modules() if isinstance(m, torch.nn.Linear)][-1]
+        with torch.no_grad():
+            last.weight.zero_()
+            last.bias.zero_()
+        if getattr(agent, "actor_target", None) is not None:
+            agent.actor_target.load_state_dict(agent.actor.state_dict())
+    return agent

@@ -1,8 +1,8 @@
 """The RL search method: an SB3 agent on ``HySquant-v0``, warm-started from the LUT's integer program.
 
-Warm start (on by default): the ILP policy over the LUT's KL proxy is evaluated first and its episode is put in
-the replay buffer, and actions become offsets of up to ``search.offset_range`` bits around it (action 0.5 =
-the ILP's choice). The additive proxy already knows each layer's own sensitivity; the agent spends its
+Warm start (on by default): the ILP policy over the LUT's ``search.proxy`` column (KL by default) is evaluated
+first and its episode is put in the replay buffer, and actions become offsets of up to ``search.offset_range``
+bits around it (action 0.5 = the ILP's choice). The additive proxy already knows each layer's own sensitivity; the agent spends its
 episodes on what a sum cannot see, the interactions between layers. ``search.warm_start=false`` gives the
 plain HAQ-style agent (actions over each layer's full allowed range).
 """
@@ -21,7 +21,7 @@ from agents.callbacks import SearchCallback
 from agents.factory import AGENTS, make_agent
 from envs import HySquantEnv, SearchProblem
 from hysquant_rl.allocation import solve_ilp
-from hysquant_rl.errors import HySquantError
+from hysquant_rl.errors import HySquantError, NoPolicyError
 from hysquant_rl.io import atomic_write, save_json
 
 log = logging.getLogger(__name__)
@@ -46,14 +46,20 @@ class RLSearch:
         if bool(cfg.resume):
             self.agent = self._load()
         else:
-            self.agent = make_agent(cfg.agent, self.env, self.L, int(cfg.seed))
+            self.agent = make_agent(cfg.agent, self.env, self.L, int(cfg.search.seed), local_sigma=self._local_sigma())
 
     # -- pieces ------------------------------------------------------------------------------------------
+    def _local_sigma(self) -> float | None:
+        """With a warm start: ``search.warm_start_noise_bits`` in action units (one bit = 1 / (2 r + 1))."""
+        if not self.warm:
+            return None
+        return float(self.cfg.search.warm_start_noise_bits) / (2 * int(self.cfg.search.offset_range) + 1)
+
     def _ilp(self, limits: dict[str, float]) -> np.ndarray:
         p = self.problem
         bits = solve_ilp(p.proxy, p.mask, p.costs, {k: v - p.fixed[k] for k, v in limits.items()})
         if bits is None:
-            raise HySquantError("the LUT's integer program found no policy within the budgets: relax them")
+            raise NoPolicyError("the LUT's integer program found no policy within the budgets: relax them")
         return bits
 
     def _on_episode(self, info: dict[str, Any]) -> None:
@@ -129,9 +135,19 @@ class RLSearch:
             if self.warm and not self.state["seeded"]:
                 self._seed_episode()
             remaining = target - self.state["episodes_done"]
-            if remaining > 0:
-                callback = SearchCallback(self.L, self._on_episode, self.checkpoint, int(self.cfg.search.checkpoint_every))
-                self.agent.learn(remaining * self.L, callback=callback, reset_num_timesteps=False)
+            callback = SearchCallback(self.L, self._on_episode, self.checkpoint, int(self.cfg.search.checkpoint_every))
+            # local search: the warm-up explores with noise around the (centred) actor, without updates
+            explore = 0
+            if self.warm:
+                explore = min(remaining, max(0, int(self.cfg.agent.warmup_episodes) + 1 - self.state["episodes_done"]))
+            if explore > 0:
+                steps, self.agent.gradient_steps = self.agent.gradient_steps, 0
+                try:
+                    self.agent.learn(explore * self.L, callback=callback, reset_num_timesteps=False)
+                finally:
+                    self.agent.gradient_steps = steps
+            if remaining > explore:
+                self.agent.learn((remaining - explore) * self.L, callback=callback, reset_num_timesteps=False)
         finally:
             self.bar.close()
             self.bar = None

@@ -30,6 +30,7 @@ Observation (all in [0, 1], F = 29 + 2 C for C LUT configurations):
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,6 +72,7 @@ class SearchProblem:
     min_top1: float | None = None
     cache: dict[bytes, dict[str, float]] = field(default_factory=dict)
     worst_reward: float | None = None  # stands in for a NaN evaluation's reward, so the buffer stays finite
+    eval_time_s: float = 0.0  # spent in ``evaluate`` (PTQ forward passes), to price the search's own overhead
 
     @property
     def num_layers(self) -> int:
@@ -85,7 +87,9 @@ class SearchProblem:
         """Search-val metrics of ``bits`` (L, 2), evaluated once per policy."""
         key = np.asarray(bits).astype(np.int8).tobytes()
         if key not in self.cache:
+            start = time.perf_counter()
             self.cache[key] = dict(self.evaluate(bits))
+            self.eval_time_s += time.perf_counter() - start
         return self.cache[key]
 
     def layer_limits(self) -> dict[str, float]:

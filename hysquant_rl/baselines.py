@@ -5,7 +5,7 @@ and records them like the agent's episodes, so every method writes the same outp
 * ``uniform``: the best single (w, a) pair that meets every budget;
 * ``greedy``: from the highest allowed bits, lower the layer with the smallest LUT sensitivity per unit of
   cost saved until every budget holds (AIMET AMP's walk; :func:`hysquant_rl.allocation.project`);
-* ``ilp``: the multiple-choice knapsack over the LUT's KL proxy (HAWQ-V3, ModelOpt, MCT style), also the RL
+* ``ilp``: the multiple-choice knapsack over the LUT's ``search.proxy`` column (KL or top-1 drop) (HAWQ-V3, ModelOpt, MCT style), also the RL
   search's warm start;
 * ``random``: ``search.episodes`` random policies in the pruned space, each made feasible by the same
   budget projection the environment uses (plain sampling almost never fits a tight budget).
@@ -75,7 +75,7 @@ class ILPSearch(Baseline):
 
 class RandomSearch(Baseline):
     def candidates(self) -> list[np.ndarray]:
-        rng = np.random.default_rng(int(self.cfg.seed))
+        rng = np.random.default_rng(int(self.cfg.search.seed))
         cells = [np.argwhere(m) + 2 for m in self.problem.mask]
         episodes = int(self.cfg.search.episodes)
         return [np.stack([c[rng.integers(len(c))] for c in cells]) for _ in range(episodes)]

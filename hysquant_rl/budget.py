@@ -33,6 +33,15 @@ def policy_totals(cost: CostModel, bits: Any) -> dict[str, float]:
     return {"latency_ms": c.latency_s * 1e3, "energy_mj": c.energy_j * 1e3, "size_mb": c.size_bytes / 1e6}
 
 
+def span(cost: CostModel, mask: np.ndarray) -> tuple[dict[str, float], dict[str, float]]:
+    """Totals of the cheapest allowed policy (every layer at its lowest bits in ``mask`` (L, 7, 7)) and of
+    uniform W8A8: the range in which a budget is both reachable and binding."""
+    grids, fixed = cost_grids(cost)
+    low = cheapest(mask)
+    minimum = {k: grid_sum(grids[k], low) + fixed[k] for k in UNITS}
+    return minimum, policy_totals(cost, [(8, 8)] * cost.num_layers)
+
+
 @dataclass(frozen=True)
 class Budgets:
     """The budgets in force: ``limits`` maps latency_ms / energy_mj / size_mb to a total (fixed part included);
@@ -63,8 +72,7 @@ class Budgets:
 def resolve(cfg: Any, cost: CostModel, mask: np.ndarray) -> Budgets:
     """Budgets from ``cfg`` (the ``budget`` group); refuses, with the minimum achievable in the message, a
     budget below what the all-minimum-bits policy of the pruned space ``mask`` (L, 7, 7) costs."""
-    grids, fixed = cost_grids(cost)
-    reference = policy_totals(cost, [(8, 8)] * cost.num_layers)
+    minimum, reference = span(cost, mask)
     limits: dict[str, float] = {}
     for key in UNITS:
         candidates = []
@@ -76,14 +84,13 @@ def resolve(cfg: Any, cost: CostModel, mask: np.ndarray) -> Budgets:
             limits[key] = min(candidates)  # both given: the tighter holds
             if limits[key] <= 0:
                 raise HySquantError(f"budget.{key} must be positive, got {limits[key]}")
-    low = cheapest(mask)
     for key, limit in limits.items():
-        minimum = grid_sum(grids[key], low) + fixed[key]
-        if limit < minimum:
+        if limit < minimum[key]:
+            low = minimum[key]
             raise HySquantError(
                 f"budget {key.split('_')[0]} {limit:.4g} {UNITS[key]} ({limit / reference[key]:.3f}x W8A8) is below the"
-                f" {minimum:.4g} {UNITS[key]} ({minimum / reference[key]:.3f}x W8A8) of the all-minimum-bits policy:"
-                f" set budget.{_RATIO[key]} >= {minimum / reference[key]:.3f} or relax the pruning rules"
+                f" {low:.4g} {UNITS[key]} ({low / reference[key]:.3f}x W8A8) of the all-minimum-bits policy:"
+                f" set budget.{_RATIO[key]} >= {low / reference[key]:.3f} or relax the pruning rules"
             )
     floor = cfg.get("min_top1")
     return Budgets(limits, None if floor is None else float(floor), reference)

@@ -3,3 +3,7 @@
 
 class HySquantError(Exception):
     """Bad input or an impossible request. The CLI prints ``error: <message>`` and exits with status 2."""
+
+
+class NoPolicyError(HySquantError):
+    """A search method found no policy within the budgets (benchmarks record it and go on)."""

@@ -86,11 +86,17 @@ class Evaluator:
 
     def evaluate(self, bits: Sequence[tuple[int, int]] | None = None, split: str = "search_val") -> Metrics:
         """Apply ``bits`` (or keep the current ones) and measure them on ``split``."""
+        return self.evaluate_with_predictions(bits, split)[0]
+
+    def evaluate_with_predictions(
+        self, bits: Sequence[tuple[int, int]] | None = None, split: str = "search_val"
+    ) -> tuple[Metrics, torch.Tensor]:
+        """:meth:`evaluate`, plus the top-1 class of every image (N,), for paired tests between policies."""
         ref, labels = self.fp32(split)
         if bits is not None:
             self.qmodel.apply_bits(bits)
         if all(b == (FP32_BITS, FP32_BITS) for b in self.qmodel.bits()):
-            return metrics_from_logits(ref, labels, ref)
+            return metrics_from_logits(ref, labels, ref), ref.argmax(dim=1)
         self.evaluations += 1
         logits, _ = self.logits(self.data.split(split))
-        return metrics_from_logits(logits, labels, ref)
+        return metrics_from_logits(logits, labels, ref), logits.argmax(dim=1)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from hysquant_rl.data import DataSplits, load_data
@@ -43,7 +44,7 @@ class Pipeline:
 
     def policy(self, bits: Sequence[tuple[int, int]], **meta: Any) -> QuantPolicy:
         """A :class:`QuantPolicy` for this model's weights; ``meta`` as in :meth:`QuantPolicy.from_bits`."""
-        meta.setdefault("seed", int(self.cfg.seed))
+        meta.setdefault("seed", int(OmegaConf.select(self.cfg, "search.seed", default=self.cfg.seed)))
         return QuantPolicy.from_bits(self.layers, bits, self.spec.name, self.weights_sha256, **meta)
 
     def measure(self, bits: Sequence[tuple[int, int]], splits: Sequence[str] = ("search_val",)) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import numpy as np
 
 from hysquant_rl.allocation import proxy_grid, uniform_frontier
 from hysquant_rl.budget import Budgets, cost_grids, policy_totals, resolve
-from hysquant_rl.errors import HySquantError
+from hysquant_rl.errors import HySquantError, NoPolicyError
 from hysquant_rl.export import export_quantized
 from hysquant_rl.hardware import load_profile, make_cost_model
 from hysquant_rl.io import save_json
@@ -101,6 +101,19 @@ class Recorder:
         policy.save(self.out / "best_policy.json")
 
 
+@dataclass
+class SearchResult:
+    """What a search found before the test split: the policy ``bits`` (L, 2) and how it was found."""
+
+    bits: np.ndarray
+    budgets: Budgets
+    problem: Any  # envs.SearchProblem: search-val metrics cache, evaluation time
+    recorder: Recorder
+    rounds: list[dict[str, Any]]
+    lut: Any
+    wall_s: float
+
+
 def run_search(cfg: Any, out: Path, pipe: Pipeline | None = None) -> dict[str, Any]:
     """The whole job into ``out``; ``pipe`` reuses an already built pipeline of the same config (benchmarks)."""
     from hysquant_rl.sensitivity import build_lut, log_summary
@@ -110,48 +123,63 @@ def run_search(cfg: Any, out: Path, pipe: Pipeline | None = None) -> dict[str, A
     lut = build_lut(cfg, pipe)
     log_summary(lut)
     lut.write(out)
+    result = search(cfg, pipe, lut, out)
+    summary = finish(cfg, pipe, result.bits, result.budgets, result.recorder, result.rounds, out, start, lut)
+    return summary
+
+
+def search(cfg: Any, pipe: Pipeline, lut: Any, out: Path, log_lut: bool = True) -> SearchResult:
+    """Budgets -> ``search.method`` on search-val -> hardware check, re-searching with tightened internal
+    budgets while the checked policy misses one (paper 3.3). Writes TensorBoard (with the LUT's heatmap when
+    ``log_lut``: seconds of plotting) and best_policy.json to ``out``."""
+    start = time.perf_counter()
     mask = lut.mask()
     budgets = resolve(cfg.budget, pipe.cost, mask)
     log.info("budgets on %s at batch %d: %s", pipe.cost.device, pipe.cost.batch_size, budgets.describe())
     method = str(cfg.search.method)
     if method not in METHODS:
         raise HySquantError(f"unknown search.method={method!r}: use one of {', '.join(METHODS)}")
+    proxy_name = str(cfg.search.proxy)
+    if proxy_name not in PROXIES:
+        raise HySquantError(f"search.proxy={proxy_name!r} is unknown: use one of {', '.join(PROXIES)}")
     grids, fixed = cost_grids(pipe.cost)
-    proxy = proxy_grid(lut.configs, lut.matrix("kl"))
+    proxy = proxy_grid(lut.configs, lut.matrix(proxy_name))
     from torch.utils.tensorboard import SummaryWriter
 
     recorder = Recorder(pipe, out, method, budgets, writer=SummaryWriter(str(out / "tb")))
-    lut.log_to(recorder.writer)
+    if log_lut:
+        lut.log_to(recorder.writer)
 
-    # Hardware feedback (paper 3.3): the internal budgets start at the user's and tighten by the
-    # measured-over-modelled ratio while the checked policy misses one.
+    # Hardware feedback: the internal budgets start at the user's and tighten by the measured-over-modelled
+    # ratio while the checked policy misses one.
     check_cost = make_cost_model(pipe.layers, pipe.matmuls, load_profile(cfg.hardware))
     internal = dict(budgets.limits)
     rounds = []
     problem = make_problem(cfg, pipe, lut, proxy, mask, grids, fixed, budgets)
     searcher = METHODS[method](cfg, pipe, problem, recorder, out)
     best_bits = None
-    for r in range(int(cfg.search.max_rounds)):
-        bits = searcher.run(internal, round_index=r)
-        if bits is None:
-            raise HySquantError(f"search found no policy within {budgets.describe()}: relax the budgets")
-        modelled = {k: v for k, v in problem.totals(bits).items() if k in budgets.limits}
-        checked = policy_totals(check_cost, bits)
-        top1 = problem.metrics(bits)["top1"]
-        holds = budgets.holds(checked, top1)
-        rounds.append({"round": r, "internal_limits": dict(internal), "modelled": modelled, "checked": checked,
-                       "backend": check_cost.backend, "holds": holds})
-        log.info("round %d: checked on %s (%s): %s", r, check_cost.backend, check_cost.device,
-                 ", ".join(f"{k} {'ok' if v else 'MISSED'}" for k, v in holds.items()) or "no budget")
-        best_bits = bits
-        if all(holds.values()):
-            break
-        for k, limit in budgets.limits.items():
-            if checked[k] > limit:
-                internal[k] = internal[k] * limit / checked[k]
-    summary = finish(cfg, pipe, best_bits, budgets, recorder, rounds, out, start, lut)
-    recorder.writer.close()
-    return summary
+    try:
+        for r in range(int(cfg.search.max_rounds)):
+            bits = searcher.run(internal, round_index=r)
+            if bits is None:
+                raise NoPolicyError(f"search.method={method} found no policy within {budgets.describe()}: relax the budgets")
+            modelled = {k: v for k, v in problem.totals(bits).items() if k in budgets.limits}
+            checked = policy_totals(check_cost, bits)
+            top1 = problem.metrics(bits)["top1"]
+            holds = budgets.holds(checked, top1)
+            rounds.append({"round": r, "internal_limits": dict(internal), "modelled": modelled, "checked": checked,
+                           "backend": check_cost.backend, "holds": holds})
+            log.info("round %d: checked on %s (%s): %s", r, check_cost.backend, check_cost.device,
+                     ", ".join(f"{k} {'ok' if v else 'MISSED'}" for k, v in holds.items()) or "no budget")
+            best_bits = bits
+            if all(holds.values()):
+                break
+            for k, limit in budgets.limits.items():
+                if checked[k] > limit:
+                    internal[k] = internal[k] * limit / checked[k]
+    finally:
+        recorder.writer.close()
+    return SearchResult(np.asarray(best_bits), budgets, problem, recorder, rounds, lut, time.perf_counter() - start)
 
 
 def finish(cfg, pipe, bits, budgets, recorder, rounds, out, start, lut) -> dict[str, Any]:
@@ -249,5 +277,10 @@ def _method(name: str) -> Any:
 
     return make
 
+
+PROXIES = ("kl", "top1_drop")
+"""LUT columns ``search.proxy`` may name: the additive sensitivity the ILP minimises and the greedy walk and the
+budget projection follow. KL is smooth; top-1 drops on a small search-val split are noisy, and an optimiser
+summing them exploits the noise."""
 
 METHODS: dict[str, Any] = {name: _method(name) for name in ("rl", "ilp", "greedy", "uniform", "random")}

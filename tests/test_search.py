@@ -113,18 +113,38 @@ def test_ten_episode_search_and_resume(tmp_path, digits_pipeline):
         assert (out / name).exists(), name
 
 
+def test_warm_start_agent_starts_at_the_warm_start(digits_pipeline, lut):
+    """The local-search agent's actor is centred (action 0.5 = the ILP policy) and explores with the sigma asked."""
+    from agents.factory import make_agent
+
+    p = problem(digits_pipeline, lut)
+    start = np.stack([np.full(p.num_layers, 6), np.full(p.num_layers, 8)], 1)
+    p.warm_start = np.clip(start, 2, 8)
+    env = HySquantEnv(p)
+    agent = make_agent(make_cfg("search").agent, env, p.num_layers, seed=0, local_sigma=0.1)
+    obs, _ = env.reset()
+    action, _ = agent.predict(obs, deterministic=True)
+    assert np.allclose(action, 0.5)
+    assert agent.learning_starts == 0 and agent.action_noise.sigma == pytest.approx(0.2)  # SB3 units: 2x [0, 1]
+    draws = np.stack([agent.action_noise() for _ in range(600)])  # crosses a 256-draw block
+    assert np.abs(draws).max() <= 2 * 0.2 + 1e-6 and 0.08 < draws.std() < 0.2
+
+
 def test_bad_search_input(tmp_path, digits_pipeline):
     with pytest.raises(HySquantError, match=r"all-minimum-bits policy: set budget.latency_ratio >= 0\.\d+"):
         run_search(make_cfg("search", QUICK + ["budget.latency_ratio=0.05"]), tmp_path / "a", digits_pipeline)
     with pytest.raises(HySquantError, match="holds no checkpoint"):
         run_search(make_cfg("search", QUICK + ["resume=true"]), tmp_path / "b", digits_pipeline)
+    with pytest.raises(HySquantError, match=r"search.proxy='loss' is unknown: use one of kl, top1_drop"):
+        run_search(make_cfg("search", ["search.method=ilp", "search.proxy=loss"]), tmp_path / "c", digits_pipeline)
 
 
-@pytest.mark.parametrize("method", ["uniform", "greedy", "ilp", "random"])
-def test_baseline_methods(tmp_path, digits_pipeline, method):
+@pytest.mark.parametrize(("method", "proxy"), [("uniform", "kl"), ("greedy", "kl"), ("ilp", "kl"), ("ilp", "top1_drop"), ("random", "kl")])
+def test_baseline_methods(tmp_path, digits_pipeline, method, proxy):
     from hysquant_rl.allocation import solve_ilp
 
-    summary = run_search(make_cfg("search", [f"search.method={method}", "search.episodes=4"]), tmp_path, digits_pipeline)
+    overrides = [f"search.method={method}", f"search.proxy={proxy}", "search.episodes=4"]
+    summary = run_search(make_cfg("search", overrides), tmp_path, digits_pipeline)
     policy = QuantPolicy.load(tmp_path / "best_policy.json")
     bits = np.array(policy.bits())
     assert policy.provenance["method"] == method
@@ -138,6 +158,6 @@ def test_baseline_methods(tmp_path, digits_pipeline, method):
         lut = build_lut(make_cfg("search"), digits_pipeline)
         grids, fixed = cost_grids(digits_pipeline.cost)
         limits = {k: v - fixed[k] for k, v in summary["budgets"].items() if k in grids}
-        assert np.array_equal(bits, solve_ilp(proxy_grid(lut.configs, lut.matrix("kl")), lut.mask(), grids, limits))
+        assert np.array_equal(bits, solve_ilp(proxy_grid(lut.configs, lut.matrix(proxy)), lut.mask(), grids, limits))
     if method == "greedy":
         assert not (bits == bits[0]).all()  # lowered layer by layer, not uniformly
