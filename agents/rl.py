@@ -2,8 +2,8 @@
 
 Warm start (on by default): the ILP policy over the LUT's ``search.proxy`` column (KL by default) is evaluated
 first and its episode is put in the replay buffer, and actions become offsets of up to ``search.offset_range``
-bits around it (action 0.5 = the ILP's choice). The additive proxy already knows each layer's own sensitivity; the agent spends its
-episodes on what a sum cannot see, the interactions between layers. ``search.warm_start=false`` gives the
+bits around it (action 0.5 = the ILP's choice). The additive proxy already knows each layer's own sensitivity;
+the agent spends its episodes on what a sum cannot see, the interactions between layers. ``search.warm_start=false`` gives the
 plain HAQ-style agent (actions over each layer's full allowed range).
 """
 

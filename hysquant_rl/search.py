@@ -110,7 +110,6 @@ class SearchResult:
     problem: Any  # envs.SearchProblem: search-val metrics cache, evaluation time
     recorder: Recorder
     rounds: list[dict[str, Any]]
-    lut: Any
     wall_s: float
 
 
@@ -124,8 +123,7 @@ def run_search(cfg: Any, out: Path, pipe: Pipeline | None = None) -> dict[str, A
     log_summary(lut)
     lut.write(out)
     result = search(cfg, pipe, lut, out)
-    summary = finish(cfg, pipe, result.bits, result.budgets, result.recorder, result.rounds, out, start, lut)
-    return summary
+    return finish(cfg, pipe, result.bits, result.budgets, result.recorder, result.rounds, out, start, lut)
 
 
 def search(cfg: Any, pipe: Pipeline, lut: Any, out: Path, log_lut: bool = True) -> SearchResult:
@@ -150,8 +148,8 @@ def search(cfg: Any, pipe: Pipeline, lut: Any, out: Path, log_lut: bool = True) 
     if log_lut:
         lut.log_to(recorder.writer)
 
-    # Hardware feedback: the internal budgets start at the user's and tighten by the measured-over-modelled
-    # ratio while the checked policy misses one.
+    # Hardware feedback (paper 3.3): the internal budgets start at the user's and tighten by the
+    # measured-over-modelled ratio while the checked policy misses one.
     check_cost = make_cost_model(pipe.layers, pipe.matmuls, load_profile(cfg.hardware))
     internal = dict(budgets.limits)
     rounds = []
@@ -179,7 +177,7 @@ def search(cfg: Any, pipe: Pipeline, lut: Any, out: Path, log_lut: bool = True) 
                     internal[k] = internal[k] * limit / checked[k]
     finally:
         recorder.writer.close()
-    return SearchResult(np.asarray(best_bits), budgets, problem, recorder, rounds, lut, time.perf_counter() - start)
+    return SearchResult(np.asarray(best_bits), budgets, problem, recorder, rounds, time.perf_counter() - start)
 
 
 def finish(cfg, pipe, bits, budgets, recorder, rounds, out, start, lut) -> dict[str, Any]:
