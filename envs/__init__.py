@@ -2,9 +2,9 @@
 
 import gymnasium
 
-from envs.hysquant_env import HySquantEnv, SearchProblem
+from envs.hysquant_env import HySquantEnv, SearchProblem, policy_key
 
 if "HySquant-v0" not in gymnasium.registry:
     gymnasium.register(id="HySquant-v0", entry_point="envs.hysquant_env:HySquantEnv")
 
-__all__ = ["HySquantEnv", "SearchProblem"]
+__all__ = ["HySquantEnv", "SearchProblem", "policy_key"]

@@ -45,6 +45,11 @@ BUDGETS = ("latency_ms", "energy_mj", "size_mb")
 SCORES = ("top1", "kl", "loss")
 
 
+def policy_key(bits: np.ndarray) -> bytes:
+    """The cache key of a policy (L, 2): its bit-widths as bytes."""
+    return np.asarray(bits).astype(np.int8).tobytes()
+
+
 @dataclass
 class SearchProblem:
     """Everything an episode needs, computed once per search.
@@ -85,7 +90,7 @@ class SearchProblem:
 
     def metrics(self, bits: np.ndarray) -> dict[str, float]:
         """Search-val metrics of ``bits`` (L, 2), evaluated once per policy."""
-        key = np.asarray(bits).astype(np.int8).tobytes()
+        key = policy_key(bits)
         if key not in self.cache:
             start = time.perf_counter()
             self.cache[key] = dict(self.evaluate(bits))
@@ -223,7 +228,7 @@ class HySquantEnv(gym.Env):
             projected = project(chosen, p.proxy, p.mask, p.costs, p.layer_limits())
             if projected is not None:
                 bits = projected
-        cached = bits.astype(np.int8).tobytes() in p.cache
+        cached = policy_key(bits) in p.cache
         metrics = p.metrics(bits)
         totals = p.totals(bits)
         reward, penalty = p.reward(metrics, totals)

@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 from hysquant_rl.budget import UNITS, policy_totals, span
 from hysquant_rl.errors import HySquantError, NoPolicyError
 from hysquant_rl.hardware import CostModel, load_profile
-from hysquant_rl.io import atomic_write, save_json
+from hysquant_rl.io import atomic_write, records, save_json
 from hysquant_rl.pipeline import Pipeline, build
 from hysquant_rl.policy import parse_uniform
 
@@ -71,6 +71,7 @@ def lut_build_seconds(lut: Any) -> float | None:
 
 
 def run_bench(cfg: Any, out: Path) -> dict[str, Any]:
+    from envs import policy_key
     from hysquant_rl.search import search
     from hysquant_rl.sensitivity import build_lut
 
@@ -89,7 +90,7 @@ def run_bench(cfg: Any, out: Path) -> dict[str, Any]:
 
     def test_metrics(bits: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
         """Test metrics and per-image top-1 hits (N,) of a policy, evaluated once per policy."""
-        key = np.asarray(bits).astype(np.int8).tobytes()
+        key = policy_key(bits)
         if key not in test_cache:
             m, pred = base.evaluator.evaluate_with_predictions([tuple(x) for x in np.asarray(bits).tolist()], "test")
             test_cache[key] = (m.to_dict(), pred.numpy() == labels)
@@ -186,9 +187,7 @@ def aggregate(runs: pd.DataFrame) -> list[dict[str, Any]]:
     table["unit"] = g["unit"].first()
     table["limit_ratio_of_w8a8"] = g["limit_ratio_of_w8a8"].first()
     table["all_within_budget"] = g["within_budget"].apply(lambda x: bool(x.dropna().all()))
-    rows = table.reset_index().to_dict("records")
-    return [{k: (None if isinstance(v, float) and np.isnan(v) else v.item() if isinstance(v, np.generic) else v)
-             for k, v in r.items()} for r in rows]
+    return records(table.reset_index())
 
 
 def episode_speed(runs: pd.DataFrame) -> list[dict[str, Any]]:

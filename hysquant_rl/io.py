@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
+
+import numpy as np
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
@@ -47,6 +50,15 @@ def save_torch(obj: Any, path: str | os.PathLike) -> Path:
     import torch
 
     return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def records(frame: Any) -> list[dict[str, Any]]:
+    """A pandas DataFrame's rows as JSON-ready dicts: numpy scalars -> Python numbers, NaN -> None."""
+    out = []
+    for row in frame.to_dict("records"):
+        row = {k: v.item() if isinstance(v, np.generic) else v for k, v in row.items()}
+        out.append({k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()})
+    return out
 
 
 def save_json(obj: Any, path: str | os.PathLike) -> Path:

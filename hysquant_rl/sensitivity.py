@@ -37,7 +37,7 @@ import pandas as pd
 
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.executor import Executor, Job, Result, make_executor
-from hysquant_rl.io import atomic_write, save_json
+from hysquant_rl.io import atomic_write, records, save_json
 from hysquant_rl.quant.quantizer import FP32_BITS, MAX_BITS, MIN_BITS
 
 log = logging.getLogger(__name__)
@@ -297,7 +297,7 @@ class LUT:
         doc: dict[str, Any] = {
             "format": FORMAT, "version": VERSION, "complete": True, **self.meta,
             "configs": [list(c) for c in self.configs], "fp32": dict(self.fp32),
-            "rows": _records(self.frame),
+            "rows": records(self.frame),
         }
         if self.allowed is not None:
             before, after = self.search_space()
@@ -379,11 +379,6 @@ class LUT:
                       for n, a in zip(self.layer_names, self.allowed) if a.reason]
             writer.add_text("lut/pruned", "| layer | w | a | why |\n|---|---|---|---|\n" + "\n".join(pruned or ["| - | | | |"]))
         writer.add_figure("lut/heatmap", lut_heatmap_figure(self))
-
-
-def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """Rows as JSON-ready dicts (numpy scalars -> Python numbers)."""
-    return [{k: v.item() if isinstance(v, np.generic) else v for k, v in row.items()} for row in frame.to_dict("records")]
 
 
 # -- building ----------------------------------------------------------------------------------------------
