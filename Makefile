@@ -17,6 +17,8 @@ demo: $(STAMP)
 	$(VENV)/bin/hysquant-search
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

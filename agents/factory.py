@@ -13,6 +13,7 @@ from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
 from hysquant_rl.errors import HySquantError
+from hysquant_rl.settings import AgentSettings
 
 AGENTS: dict[str, type[OffPolicyAlgorithm]] = {"ddpg": DDPG, "td3": TD3, "sac": SAC}
 
@@ -43,29 +44,33 @@ class DecayingTruncatedNormalNoise(ActionNoise):
 
 
 def make_agent(
-    cfg: Any, env: gym.Env, steps_per_episode: int, seed: int, tensorboard_log: str | None = None,
+    agent: AgentSettings,
+    env: gym.Env,
+    steps_per_episode: int,
+    seed: int,
+    tensorboard_log: str | None = None,
     local_sigma: float | None = None,
 ) -> OffPolicyAlgorithm:
-    """The SB3 agent named ``cfg.name`` with the ``conf/agent/<name>.yaml`` hyperparameters; updates run once
+    """The SB3 agent named ``agent.name`` with its hyperparameters (``conf/agent/<name>.yaml``); updates run once
     per episode (``gradient_steps`` of them), after ``warmup_episodes`` episodes of exploration.
 
     ``local_sigma`` (in [0, 1] action units) makes it a local search around action 0.5 (a warm start): the
     actor's output layer starts at zero so its first actions are 0.5 everywhere, exploration is noise of that
     sigma around the actor from the first episode (no uniform warm-up, which would throw the warm start
     away; :class:`agents.rl.RLSearch` holds the updates back for ``warmup_episodes``)."""
-    name = str(cfg.name)
+    name = agent.name
     if name not in AGENTS:
         raise HySquantError(f"unknown agent {name!r}: use agent= one of {', '.join(sorted(AGENTS))}")
     kwargs: dict[str, Any] = dict(
-        learning_rate=float(cfg.learning_rate),
-        buffer_size=int(cfg.buffer_size),
-        learning_starts=0 if local_sigma is not None else int(cfg.warmup_episodes) * steps_per_episode,
-        batch_size=int(cfg.batch_size),
-        tau=float(cfg.tau),
-        gamma=float(cfg.gamma),
+        learning_rate=agent.learning_rate,
+        buffer_size=agent.buffer_size,
+        learning_starts=0 if local_sigma is not None else agent.warmup_episodes * steps_per_episode,
+        batch_size=agent.batch_size,
+        tau=agent.tau,
+        gamma=agent.gamma,
         train_freq=(1, "episode"),
-        gradient_steps=int(cfg.gradient_steps),
-        policy_kwargs={"net_arch": list(cfg.net_arch)},
+        gradient_steps=agent.gradient_steps,
+        policy_kwargs={"net_arch": list(agent.net_arch)},
         seed=seed,
         device="cpu",
         verbose=0,
@@ -73,14 +78,14 @@ def make_agent(
     )
     if name != "sac":
         n = int(np.prod(env.action_space.shape))
-        sigma = float(cfg.noise_sigma) if local_sigma is None else float(local_sigma)
-        kwargs["action_noise"] = DecayingTruncatedNormalNoise(n, 2.0 * sigma, float(cfg.noise_decay), seed)
-    agent = AGENTS[name]("MlpPolicy", env, **kwargs)
+        sigma = agent.noise_sigma if local_sigma is None else float(local_sigma)
+        kwargs["action_noise"] = DecayingTruncatedNormalNoise(n, 2.0 * sigma, agent.noise_decay, seed)
+    model = AGENTS[name]("MlpPolicy", env, **kwargs)
     if local_sigma is not None:
-        last = [m for m in agent.actor.mu.modules() if isinstance(m, torch.nn.Linear)][-1]
+        last = [m for m in model.actor.mu.modules() if isinstance(m, torch.nn.Linear)][-1]
         with torch.no_grad():
             last.weight.zero_()
             last.bias.zero_()
-        if getattr(agent, "actor_target", None) is not None:
-            agent.actor_target.load_state_dict(agent.actor.state_dict())
-    return agent
+        if getattr(model, "actor_target", None) is not None:
+            model.actor_target.load_state_dict(model.actor.state_dict())
+    return model

@@ -3,8 +3,8 @@
 Warm start (on by default): the ILP policy over the LUT's ``search.proxy`` column (KL by default) is evaluated
 first and its episode is put in the replay buffer, and actions become offsets of up to ``search.offset_range``
 bits around it (action 0.5 = the ILP's choice). The additive proxy already knows each layer's own sensitivity;
-the agent spends its episodes on what a sum cannot see, the interactions between layers. ``search.warm_start=false`` gives the
-plain HAQ-style agent (actions over each layer's full allowed range).
+the agent spends its episodes on what a sum cannot see, the interactions between layers.
+``search.warm_start=false`` gives the plain HAQ-style agent (actions over each layer's full allowed range).
 """
 
 from __future__ import annotations
@@ -19,10 +19,13 @@ from tqdm import tqdm
 
 from agents.callbacks import SearchCallback
 from agents.factory import AGENTS, make_agent
-from envs import HySquantEnv, SearchProblem
-from hysquant_rl.allocation import solve_ilp
+from envs import HySquantEnv
 from hysquant_rl.errors import HySquantError, NoPolicyError
 from hysquant_rl.io import atomic_write, save_json
+from hysquant_rl.search.allocation import solve_ilp
+from hysquant_rl.search.problem import SearchProblem
+from hysquant_rl.search.recorder import Recorder
+from hysquant_rl.settings import SearchSettings
 
 log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
@@ -32,32 +35,28 @@ class RLSearch:
     """``run(limits)`` trains the agent for ``search.episodes`` more episodes and returns the best policy
     that meets ``limits`` (a policy is always projected onto them in ``project`` mode)."""
 
-    def __init__(self, cfg, pipe, problem: SearchProblem, recorder, out: Path) -> None:
-        self.cfg, self.pipe, self.recorder, self.out = cfg, pipe, recorder, out
-        self.L = len(pipe.layers)
+    def __init__(self, search: SearchSettings, problem: SearchProblem, recorder: Recorder, out: Path) -> None:
+        self.search, self.recorder, self.out = search, recorder, out
         self.problem = problem
-        self.warm = bool(cfg.search.warm_start)
+        self.L = problem.num_layers
+        self.warm = search.warm_start
         if self.warm:
             self.problem.warm_start = self._ilp(self.problem.limits)
         self.env = HySquantEnv(self.problem)
         self.ckpt = out / CHECKPOINT_DIR
         self.state = {"episodes_done": 0, "seeded": False, "round": 0}
         self.bar: tqdm | None = None
-        if bool(cfg.resume):
+        if search.resume:
             self.agent = self._load()
         else:
-            self.agent = make_agent(cfg.agent, self.env, self.L, int(cfg.search.seed), local_sigma=self._local_sigma())
+            # with a warm start: exploration of search.warm_start_noise_bits around the agent's choice
+            local_sigma = self.env.bits_to_action(search.warm_start_noise_bits) if self.warm else None
+            self.agent = make_agent(search.agent, self.env, self.L, search.seed, local_sigma=local_sigma)
 
     # -- pieces ------------------------------------------------------------------------------------------
-    def _local_sigma(self) -> float | None:
-        """With a warm start: ``search.warm_start_noise_bits`` in action units (one bit = 1 / (2 r + 1))."""
-        if not self.warm:
-            return None
-        return float(self.cfg.search.warm_start_noise_bits) / (2 * int(self.cfg.search.offset_range) + 1)
-
     def _ilp(self, limits: dict[str, float]) -> np.ndarray:
         p = self.problem
-        bits = solve_ilp(p.proxy, p.mask, p.costs, {k: v - p.fixed[k] for k, v in limits.items()})
+        bits = solve_ilp(p.proxy, p.mask, p.costs, p.layer_limits(limits))
         if bits is None:
             raise NoPolicyError("the LUT's integer program found no policy within the budgets: relax them")
         return bits
@@ -93,8 +92,11 @@ class RLSearch:
         atomic_write(self.ckpt / "replay_buffer.pkl", lambda f: self.agent.save_replay_buffer(f))
         noise = getattr(self.agent, "action_noise", None)
         state = {
-            **self.state, "agent": str(self.cfg.agent.name), "history": self.recorder.history,
-            "best": self.recorder.best, "noise_episodes": getattr(noise, "episodes", 0),
+            **self.state,
+            "agent": self.search.agent.name,
+            "history": self.recorder.history,
+            "best": self.recorder.best,
+            "noise_episodes": getattr(noise, "episodes", 0),
             "cache": {k.hex(): v for k, v in self.problem.cache.items()},
         }
         save_json(state, self.ckpt / "state.json")
@@ -106,8 +108,10 @@ class RLSearch:
                 f"resume=true but {self.ckpt} holds no checkpoint: pass hydra.run.dir=<the interrupted run's directory>"
             )
         state = json.loads(path.read_text())
-        if state["agent"] != str(self.cfg.agent.name):
-            raise HySquantError(f"the checkpoint in {self.ckpt} is a {state['agent']} agent: resume with agent={state['agent']}")
+        if state["agent"] != self.search.agent.name:
+            raise HySquantError(
+                f"the checkpoint in {self.ckpt} is a {state['agent']} agent: resume with agent={state['agent']}"
+            )
         agent = AGENTS[state["agent"]].load(self.ckpt / "agent.zip", env=self.env, device="cpu")
         agent.load_replay_buffer(self.ckpt / "replay_buffer.pkl")
         noise = getattr(agent, "action_noise", None)
@@ -127,19 +131,24 @@ class RLSearch:
         p.limits = dict(limits)
         if self.warm and round_index > 0:
             p.warm_start = self._ilp(p.limits)
-        target = int(self.cfg.search.episodes) * (round_index + 1)
+        target = self.search.episodes * (round_index + 1)  # episodes per round, counted across a resume
         self.state["round"] = round_index
-        self.bar = tqdm(total=target, initial=self.state["episodes_done"], desc=f"search round {round_index}",
-                        unit="episode", disable=None)
+        self.bar = tqdm(
+            total=target,
+            initial=self.state["episodes_done"],
+            desc=f"search round {round_index}",
+            unit="episode",
+            disable=None,
+        )
         try:
             if self.warm and not self.state["seeded"]:
                 self._seed_episode()
             remaining = target - self.state["episodes_done"]
-            callback = SearchCallback(self.L, self._on_episode, self.checkpoint, int(self.cfg.search.checkpoint_every))
+            callback = SearchCallback(self.L, self._on_episode, self.checkpoint, self.search.checkpoint_every)
             # local search: the warm-up explores with noise around the (centred) actor, without updates
             explore = 0
             if self.warm:
-                explore = min(remaining, max(0, int(self.cfg.agent.warmup_episodes) + 1 - self.state["episodes_done"]))
+                explore = min(remaining, max(0, self.search.agent.warmup_episodes + 1 - self.state["episodes_done"]))
             if explore > 0:
                 steps, self.agent.gradient_steps = self.agent.gradient_steps, 0
                 try:

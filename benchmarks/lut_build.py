@@ -26,27 +26,30 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
-from hysquant_rl.cli import CONF_DIR
-from hysquant_rl.executor import make_executor
+from hysquant_rl.apps import CONF_DIR, plain
+from hysquant_rl.lut.build import build_lut
+from hysquant_rl.lut.executor import make_executor
+from hysquant_rl.lut.table import LUT
 from hysquant_rl.pipeline import build
-from hysquant_rl.sensitivity import LUT, build_lut
+from hysquant_rl.settings import RunSettings
 
 DEFAULTS = ["data.search_val_size=500", "data.test_size=300"]
 
 
-def config(overrides: list[str]):
+def config(overrides: list[str]) -> RunSettings:
+    """The settings ``hysquant-lut`` resolves with ``overrides``."""
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        return compose("lut", overrides=overrides)
+        return RunSettings.from_mapping(plain(compose("lut", overrides=overrides)))
 
 
-def timed_build(cfg, pipe) -> tuple[float, float, LUT]:
-    """Seconds to start the executor ``cfg`` asks for (Ray and its actors; ~0 in-process), seconds of
+def timed_build(run: RunSettings, pipe) -> tuple[float, float, LUT]:
+    """Seconds to start the executor ``run`` asks for (Ray and its actors; ~0 in-process), seconds of
     :func:`build_lut` on it, and the LUT."""
     start = time.perf_counter()
-    executor = make_executor(cfg, int(cfg.lut.workers), pipe)
+    executor = make_executor(run, pipe)
     ready = time.perf_counter()
     with executor:
-        lut = build_lut(cfg, pipe, executor=executor)
+        lut = build_lut(run, pipe, executor=executor)
     return ready - start, time.perf_counter() - ready, lut
 
 
@@ -60,14 +63,18 @@ def main() -> None:
 
     overrides = args.overrides or DEFAULTS
     base = config(overrides)
-    cache = Path(str(base.paths.cache)).expanduser() / "bench-lut"  # models for benchmark-only splits
+    cache = base.cache_dir / "bench-lut"  # models for benchmark-only splits
     overrides = [f"paths.cache={cache}", *overrides]
     cfg = config(overrides)
     start = time.perf_counter()
     pipe = build(cfg)
-    print(f"pipeline: {pipe.spec.name} on {cfg.data.name}, {len(pipe.layers)} layers, "
-          f"{len(pipe.data.search_val)} search-val images, built in {time.perf_counter() - start:.1f} s")
-    print(f"machine: {os.cpu_count()} CPU cores, torch {torch.__version__} ({torch.get_num_threads()} threads in-process)")
+    print(
+        f"pipeline: {pipe.spec.name} on {cfg.data.name}, {len(pipe.layers)} layers, "
+        f"{len(pipe.data.search_val)} search-val images, built in {time.perf_counter() - start:.1f} s"
+    )
+    print(
+        f"machine: {os.cpu_count()} CPU cores, torch {torch.__version__} ({torch.get_num_threads()} threads in-process)"
+    )
 
     runs = [(f"{w} worker{'s' if w > 1 else ''}", [f"lut.workers={w}"]) for w in args.workers]
     if args.replay_off:
@@ -88,17 +95,25 @@ def main() -> None:
         assert hit.meta["cache"]["status"] == "hit" and pipe.evaluator.evaluations == before
 
     ref = rows[0][-1]
-    print(f"\nLUT: {ref.num_layers} layers x {len(ref.configs)} configurations ({', '.join(ref.labels)}) + FP32 rows"
-          f" = {len(ref.frame)} rows")
+    print(
+        f"\nLUT: {ref.num_layers} layers x {len(ref.configs)} configurations ({', '.join(ref.labels)}) + FP32 rows"
+        f" = {len(ref.frame)} rows"
+    )
     print(f"{'run':<22s} {'startup s':>9s} {'build s':>8s} {'total s':>8s} {'jobs':>5s} {'s/job':>6s}  same numbers")
     for name, startup, seconds, jobs, lut in rows:
         same = "yes" if lut.frame.equals(ref.frame) else "NO"
-        print(f"{name:<22s} {startup:9.1f} {seconds:8.1f} {startup + seconds:8.1f} {jobs:5d} {seconds / max(jobs, 1):6.3f}  {same}")
+        print(
+            f"{name:<22s} {startup:9.1f} {seconds:8.1f} {startup + seconds:8.1f} {jobs:5d}"
+            f" {seconds / max(jobs, 1):6.3f}  {same}"
+        )
     same = "yes" if hit.frame.equals(ref.frame) else "NO"
     print(f"{'cache hit':<22s} {0:9.1f} {hit_s:8.2f} {hit_s:8.2f} {0:5d} {'-':>6s}  {same}")
     target = rows[0][1] + rows[0][2] if rows[0][0] == "1 worker" else None
     if target is not None and len(pipe.data.search_val) == 500 and ref.num_layers * len(ref.configs) == 288:
-        print(f"\ntarget (1 worker, 288 jobs, 500 images): <= 60 s -> {'met' if target <= 60 else 'MISSED'} ({target:.1f} s)")
+        print(
+            "\ntarget (1 worker, 288 jobs, 500 images): <= 60 s ->"
+            f" {'met' if target <= 60 else 'MISSED'} ({target:.1f} s)"
+        )
     sys.stdout.flush()
 
 

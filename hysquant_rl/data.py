@@ -12,12 +12,15 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from hysquant_rl.errors import HySquantError
+
+if TYPE_CHECKING:
+    from hysquant_rl.settings import DataSettings
 
 log = logging.getLogger(__name__)
 
@@ -85,22 +88,25 @@ def list_datasets() -> list[str]:
     return sorted(_DATASETS)
 
 
-def load_data(cfg: Any, seed: int, model: torch.nn.Module | None = None) -> DataSplits:
-    """Build the splits for ``cfg.name`` (a ``conf/data/*.yaml`` mapping). ``model`` is needed only by
+def load_data(settings: DataSettings, seed: int, model: torch.nn.Module | None = None) -> DataSplits:
+    """Build the splits for ``settings.name`` (the ``conf/data/`` settings). ``model`` is needed only by
     data sets whose transforms come from the model (ImageNet: timm's resolved data config)."""
-    if cfg.name not in _DATASETS:
-        raise HySquantError(f"unknown data set {cfg.name!r}: use data= one of {', '.join(list_datasets())}")
-    splits = _DATASETS[cfg.name](cfg, seed=seed, model=model)
+    if settings.name not in _DATASETS:
+        raise HySquantError(f"unknown data set {settings.name!r}: use data= one of {', '.join(list_datasets())}")
+    splits = _DATASETS[settings.name](settings, seed=seed, model=model)
     log.info(
         "data %s: train %s, calib %d, search-val %d, test %d images",
-        cfg.name, len(splits.train) if splits.train else "-", len(splits.calib), len(splits.search_val),
+        settings.name,
+        len(splits.train) if splits.train else "-",
+        len(splits.calib),
+        len(splits.search_val),
         len(splits.test),
     )
     return splits
 
 
-def _sizes(n: int, cfg: Any) -> tuple[int, int, int]:
-    sizes = int(cfg.calib_size), int(cfg.search_val_size), int(cfg.test_size)
+def _sizes(n: int, settings: DataSettings) -> tuple[int, int, int]:
+    sizes = int(settings.calib_size), int(settings.search_val_size), int(settings.test_size)
     if sum(sizes) >= n:
         raise HySquantError(
             f"data.calib_size + search_val_size + test_size = {sum(sizes)} leaves no training images out of {n}:"
@@ -114,24 +120,31 @@ def _normalise(x: torch.Tensor, mean: float, std: float) -> torch.Tensor:
 
 
 @register_dataset("digits")
-def digits(cfg: Any, seed: int, model: Any = None) -> DataSplits:
+def digits(settings: DataSettings, seed: int, model: Any = None) -> DataSplits:
     """scikit-learn's bundled 8x8 digits (1797 images), upsampled to ``img_size``. test and search-val are
     held out of training; calibration images come from the training part, as in any PTQ deployment."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
     x = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)
-    x = torch.nn.functional.interpolate(x, size=(cfg.img_size, cfg.img_size), mode="bilinear", align_corners=False)
+    x = torch.nn.functional.interpolate(
+        x, size=(settings.img_size, settings.img_size), mode="bilinear", align_corners=False
+    )
     x = _normalise(x, 0.5, 0.5)
     y = torch.from_numpy(bunch.target.astype(np.int64))
-    n_calib, n_val, n_test = _sizes(len(x), cfg)
+    n_calib, n_val, n_test = _sizes(len(x), settings)
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     test, val, train = perm[:n_test], perm[n_test : n_test + n_val], perm[n_test + n_val :]
     calib = train[:n_calib]
     return DataSplits(
-        name="digits", num_classes=10, in_chans=1, img_size=cfg.img_size,
-        calib=Split("calib", x[calib], y[calib]), search_val=Split("search_val", x[val], y[val]),
-        test=Split("test", x[test], y[test]), train=Split("train", x[train], y[train]),
+        name="digits",
+        num_classes=10,
+        in_chans=1,
+        img_size=settings.img_size,
+        calib=Split("calib", x[calib], y[calib]),
+        search_val=Split("search_val", x[val], y[val]),
+        test=Split("test", x[test], y[test]),
+        train=Split("train", x[train], y[train]),
     )
 
 
@@ -157,18 +170,23 @@ def _find_idx(root: Path, stem: str) -> Path | None:
     return None
 
 
-FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+FASHION_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 
 
 @register_dataset("fashion_mnist")
-def fashion_mnist(cfg: Any, seed: int, model: Any = None) -> DataSplits:
+def fashion_mnist(settings: DataSettings, seed: int, model: Any = None) -> DataSplits:
     """Fashion-MNIST IDX files under ``data.root`` (Debian's ``dataset-fashion-mnist`` by default), padded
     from 28 to ``img_size``. The model trains on ``train_size`` training images; calibration and search-val
     come from the training images it never saw; test is the official test set (``test_size`` of it)."""
-    root = Path(str(cfg.root)).expanduser()
+    root = Path(str(settings.root)).expanduser()
     paths = [_find_idx(root, stem) for stem in FASHION_FILES]
     if None in paths:
-        if cfg.download:
+        if settings.download:
             import torchvision
 
             torchvision.datasets.FashionMNIST(str(root), train=True, download=True)
@@ -181,26 +199,33 @@ def fashion_mnist(cfg: Any, seed: int, model: Any = None) -> DataSplits:
                 " dataset-fashion-mnist, point data.root at the IDX files, or set data.download=true"
             )
     xtr, ytr, xte, yte = (_read_idx(p) for p in paths)
-    pad = (int(cfg.img_size) - xtr.shape[-1]) // 2
+    pad = (int(settings.img_size) - xtr.shape[-1]) // 2
 
     def tensor(images: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
         x = torch.nn.functional.pad(x, (pad, pad, pad, pad))
         return _normalise(x, 0.2860, 0.3530)
 
-    n_train, n_calib, n_val = int(cfg.train_size), int(cfg.calib_size), int(cfg.search_val_size)
+    n_train, n_calib, n_val = int(settings.train_size), int(settings.calib_size), int(settings.search_val_size)
     if n_train + n_calib + n_val > len(xtr):
         raise HySquantError(
             f"data.train_size + calib_size + search_val_size = {n_train + n_calib + n_val} exceeds the"
             f" {len(xtr)} Fashion-MNIST training images: lower them"
         )
     perm = np.random.default_rng(seed).permutation(len(xtr))
-    train, calib, val = perm[:n_train], perm[n_train : n_train + n_calib], perm[n_train + n_calib : n_train + n_calib + n_val]
-    n_test = len(xte) if cfg.test_size is None else min(int(cfg.test_size), len(xte))
+    train, calib, val = (
+        perm[:n_train],
+        perm[n_train : n_train + n_calib],
+        perm[n_train + n_calib : n_train + n_calib + n_val],
+    )
+    n_test = len(xte) if settings.test_size is None else min(int(settings.test_size), len(xte))
     test = np.random.default_rng(seed).permutation(len(xte))[:n_test] if n_test < len(xte) else np.arange(len(xte))
     ytr_t, yte_t = torch.from_numpy(ytr.astype(np.int64)), torch.from_numpy(yte.astype(np.int64))
     return DataSplits(
-        name="fashion_mnist", num_classes=10, in_chans=1, img_size=int(cfg.img_size),
+        name="fashion_mnist",
+        num_classes=10,
+        in_chans=1,
+        img_size=int(settings.img_size),
         calib=Split("calib", tensor(xtr[calib]), ytr_t[calib]),
         search_val=Split("search_val", tensor(xtr[val]), ytr_t[val]),
         test=Split("test", tensor(xte[test]), yte_t[test]),
@@ -209,17 +234,19 @@ def fashion_mnist(cfg: Any, seed: int, model: Any = None) -> DataSplits:
 
 
 @register_dataset("imagenet")
-def imagenet(cfg: Any, seed: int, model: torch.nn.Module | None = None) -> DataSplits:
+def imagenet(settings: DataSettings, seed: int, model: torch.nn.Module | None = None) -> DataSplits:
     """An ImageFolder tree ``data.root/{train,val}/<class>/*.JPEG``. Calibration and search-val are drawn
     (seeded, disjoint) from train and held as tensors; test streams from val (``test_size`` images, or all).
     Transforms are timm's eval transforms from the model's resolved data config."""
     import timm.data
     from torchvision.datasets import ImageFolder
 
-    root = Path(str(cfg.root)).expanduser()
+    root = Path(str(settings.root)).expanduser()
     for sub in ("train", "val"):
         if not (root / sub).is_dir():
-            raise HySquantError(f"data.root={root} has no {sub}/ folder: point data.root at an ImageNet tree with train/ and val/")
+            raise HySquantError(
+                f"data.root={root} has no {sub}/ folder: point data.root at an ImageNet tree with train/ and val/"
+            )
     if model is None:
         raise ValueError("the imagenet loader needs the model to resolve its transforms")
     transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
@@ -227,9 +254,11 @@ def imagenet(cfg: Any, seed: int, model: torch.nn.Module | None = None) -> DataS
     val = ImageFolder(str(root / "val"), transform=transform)
     if train.classes != val.classes:
         raise HySquantError(f"{root}/train and {root}/val have different class folders: fix the tree")
-    n_calib, n_val = int(cfg.calib_size), int(cfg.search_val_size)
+    n_calib, n_val = int(settings.calib_size), int(settings.search_val_size)
     if n_calib + n_val > len(train):
-        raise HySquantError(f"data.calib_size + search_val_size exceed the {len(train)} images in {root}/train: lower them")
+        raise HySquantError(
+            f"data.calib_size + search_val_size exceed the {len(train)} images in {root}/train: lower them"
+        )
     perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
 
     def stack(idx: torch.Tensor, name: str) -> Split:
@@ -237,16 +266,20 @@ def imagenet(cfg: Any, seed: int, model: torch.nn.Module | None = None) -> DataS
         return Split(name, torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items]))
 
     test_idx = torch.randperm(len(val), generator=torch.Generator().manual_seed(seed))
-    if cfg.test_size is not None:
-        test_idx = test_idx[: int(cfg.test_size)]
+    if settings.test_size is not None:
+        test_idx = test_idx[: int(settings.test_size)]
     test_idx = test_idx.sort().values  # sequential reads
     subset = torch.utils.data.Subset(val, test_idx.tolist())
     loader = torch.utils.data.DataLoader(
-        subset, batch_size=int(cfg.batch_size), shuffle=False, num_workers=int(cfg.workers)
+        subset, batch_size=int(settings.batch_size), shuffle=False, num_workers=int(settings.workers)
     )
     x0, _ = train[0]
     return DataSplits(
-        name="imagenet", num_classes=len(train.classes), in_chans=int(x0.shape[0]), img_size=int(x0.shape[-1]),
-        calib=stack(perm[:n_calib], "calib"), search_val=stack(perm[n_calib : n_calib + n_val], "search_val"),
+        name="imagenet",
+        num_classes=len(train.classes),
+        in_chans=int(x0.shape[0]),
+        img_size=int(x0.shape[-1]),
+        calib=stack(perm[:n_calib], "calib"),
+        search_val=stack(perm[n_calib : n_calib + n_val], "search_val"),
         test=Split("test", loader=loader, size=len(subset)),
     )

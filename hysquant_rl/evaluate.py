@@ -12,8 +12,9 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from hysquant_rl.bits import FP32_BITS
 from hysquant_rl.data import DataSplits, Split
-from hysquant_rl.quant import FP32_BITS, QuantModel
+from hysquant_rl.quant import QuantModel
 
 
 @dataclass(frozen=True)

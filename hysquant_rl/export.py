@@ -43,11 +43,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from hysquant_rl.bits import FP32_BITS
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.io import save_torch
 from hysquant_rl.policy import QuantPolicy, to_json_types
 from hysquant_rl.quant.model import QuantMixin, QuantModel
-from hysquant_rl.quant.quantizer import FP32_BITS, dequantize
+from hysquant_rl.quant.quantizer import dequantize
 
 FAKEQUANT_FILE = "model_fakequant.pt"
 INT_FILE = "model_int.pt"
@@ -95,8 +96,13 @@ def _check_ready(qmodel: QuantModel, policy: QuantPolicy) -> None:
 def _layer_record(layer: QuantMixin) -> dict[str, Any]:
     """The int-file entry of one layer (see the module docstring)."""
     record: dict[str, Any] = {
-        "w_bits": layer.w_bits, "a_bits": layer.a_bits,
-        "w_int": None, "w_scale": None, "w_zero_point": None, "a_scale": None, "a_zero_point": None,
+        "w_bits": layer.w_bits,
+        "a_bits": layer.a_bits,
+        "w_int": None,
+        "w_scale": None,
+        "w_zero_point": None,
+        "a_scale": None,
+        "a_zero_point": None,
         "a_min": None if layer.act_min is None else layer.act_min.detach().clone(),
         "a_max": None if layer.act_max is None else layer.act_max.detach().clone(),
     }
@@ -140,15 +146,18 @@ def export_quantized(
         if layer.w_bits != FP32_BITS:
             fake_state[f"{name}.weight"] = layer.quantized_weight(layer.w_bits).detach()
     fakequant = {
-        "format": FAKEQUANT_FORMAT, **header,
+        "format": FAKEQUANT_FORMAT,
+        **header,
         "state_dict": fake_state,
         "act_qparams": {
             name: {"bits": r["a_bits"], "scale": r["a_scale"], "zero_point": r["a_zero_point"]}
-            for name, r in records.items() if r["a_bits"] != FP32_BITS
+            for name, r in records.items()
+            if r["a_bits"] != FP32_BITS
         },
     }
     integer = {
-        "format": INT_FORMAT, **header,
+        "format": INT_FORMAT,
+        **header,
         "state_dict": {k: v for k, v in state.items() if k not in coded},
         "layers": records,
     }

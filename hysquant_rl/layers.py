@@ -9,68 +9,11 @@ they are inventoried apart, as :class:`AttentionMatmul`, so cost models can pric
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
-KINDS = (
-    "conv", "depthwise", "pointwise", "attention-qkv", "attention-proj", "mlp-fc1", "mlp-fc2", "classifier", "other",
-)
-FAMILIES = ("cnn", "transformer")
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """One quantizable layer. Shapes are per image (batch dimension dropped); counts are per image."""
-
-    index: int  # position in forward order
-    name: str
-    op: str  # "conv2d" or "linear"
-    kind: str  # one of KINDS
-    family: str  # "cnn" or "transformer"
-    in_channels: int  # in_features for Linear
-    out_channels: int  # out_features for Linear
-    kernel: tuple[int, int]  # (1, 1) for Linear
-    stride: tuple[int, int]  # (1, 1) for Linear
-    groups: int
-    input_shape: tuple[int, ...]  # as traced at batch 1, batch dim dropped: (C, H, W); Linear (..., C)
-    output_shape: tuple[int, ...]
-    tokens: int  # rows a Linear multiplies per image (1 for a classifier); H_out * W_out for Conv2d
-    params: int  # weight + bias elements
-    macs: int  # multiply-accumulates per image
-
-    @property
-    def in_elems(self) -> int:
-        """Input-activation elements per image."""
-        return math.prod(self.input_shape)
-
-    @property
-    def out_elems(self) -> int:
-        """Output elements per image."""
-        return math.prod(self.output_shape)
-
-    @property
-    def weight_elems(self) -> int:
-        return self.out_channels * (self.in_channels // self.groups) * self.kernel[0] * self.kernel[1]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class AttentionMatmul:
-    """The two activation x activation matmuls of one attention module, per image."""
-
-    name: str  # the attention module
-    heads: int
-    tokens: int  # sequence length N
-    head_dim: int
-    sequences: int  # sequences per image (MobileViT: one per pixel of a patch)
-    macs: int  # q k^T plus attention x v
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from hysquant_rl.units import AttentionMatmul, LayerInfo
 
 
 def _kind(name: str, module: nn.Module, classifier: nn.Module | None) -> str:
@@ -83,7 +26,7 @@ def _kind(name: str, module: nn.Module, classifier: nn.Module | None) -> str:
             return "pointwise"
         return "conv"
     leaf = name.rsplit(".", 2)[-2:]
-    parent, own = (leaf if len(leaf) == 2 else ("", leaf[0]))
+    parent, own = leaf if len(leaf) == 2 else ("", leaf[0])
     if own == "qkv" or own in ("q", "k", "v", "kv"):
         return "attention-qkv"
     if own == "proj" and "attn" in parent:
@@ -113,9 +56,7 @@ def _classifier(model: nn.Module) -> nn.Module | None:
 
 
 @torch.inference_mode()
-def inventory(
-    model: nn.Module, input_shape: tuple[int, int, int]
-) -> tuple[list[LayerInfo], list[AttentionMatmul]]:
+def inventory(model: nn.Module, input_shape: tuple[int, int, int]) -> tuple[list[LayerInfo], list[AttentionMatmul]]:
     """Trace one forward pass of a ``(1, *input_shape)`` zero image and describe every Conv2d/Linear
     (in the order they run) and every attention module (by its ``num_heads``/``qkv`` attributes)."""
     seen: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
@@ -124,14 +65,18 @@ def inventory(
     hooks = []
     for name, m in model.named_modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
+
             def hook(mod, inp, out, name=name):
                 if name not in seen:
                     order.append(name)
                     seen[name] = (tuple(inp[0].shape), tuple(out.shape))
+
             hooks.append(m.register_forward_hook(hook))
         elif hasattr(m, "num_heads") and hasattr(m, "qkv"):
+
             def ahook(mod, inp, name=name):
                 attn.setdefault(name, tuple(inp[0].shape))
+
             hooks.append(m.register_forward_pre_hook(ahook))
     was_training = model.training
     model.eval()
@@ -163,10 +108,21 @@ def inventory(
             macs = tokens * cin * cout
         layers.append(
             LayerInfo(
-                index=index, name=name, op="conv2d" if isinstance(m, nn.Conv2d) else "linear", kind=kind, family=_family(name, kind, in_shape),
-                in_channels=cin, out_channels=cout, kernel=kernel, stride=stride, groups=groups,
-                input_shape=_per_image(in_shape), output_shape=_per_image(out_shape),
-                tokens=tokens, params=params, macs=macs,
+                index=index,
+                name=name,
+                op="conv2d" if isinstance(m, nn.Conv2d) else "linear",
+                kind=kind,
+                family=_family(name, kind, in_shape),
+                in_channels=cin,
+                out_channels=cout,
+                kernel=kernel,
+                stride=stride,
+                groups=groups,
+                input_shape=_per_image(in_shape),
+                output_shape=_per_image(out_shape),
+                tokens=tokens,
+                params=params,
+                macs=macs,
             )
         )
     matmuls = []
@@ -178,7 +134,13 @@ def inventory(
         sequences = math.prod(shape[:-2]) if len(shape) > 2 else 1
         n = shape[-2] if len(shape) > 2 else shape[0]
         matmuls.append(
-            AttentionMatmul(name=name, heads=heads, tokens=n, head_dim=head_dim, sequences=sequences,
-                            macs=2 * sequences * heads * n * n * head_dim)
+            AttentionMatmul(
+                name=name,
+                heads=heads,
+                tokens=n,
+                head_dim=head_dim,
+                sequences=sequences,
+                macs=2 * sequences * heads * n * n * head_dim,
+            )
         )
     return layers, matmuls

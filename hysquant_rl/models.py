@@ -14,13 +14,16 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import timm
 import torch
 from torch import nn
 
 from hysquant_rl.errors import HySquantError
+
+if TYPE_CHECKING:
+    from hysquant_rl.settings import DataSettings, ModelSettings
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,11 @@ class ModelSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def of(cls, m: ModelSettings) -> ModelSpec:
+        """The spec of the configured model."""
+        return cls(m.name, m.num_classes, m.in_chans, m.img_size)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -61,7 +69,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from .pth/.pt (optionally nested under state_dict/model/state_dict_ema) or .safetensors."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise HySquantError(f"model.checkpoint={path} does not exist: pass the path of a .pth, .pt or .safetensors file")
+        raise HySquantError(
+            f"model.checkpoint={path} does not exist: pass the path of a .pth, .pt or .safetensors file"
+        )
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -70,7 +80,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt or foreign files: say which file and why, not a traceback
-        raise HySquantError(f"model.checkpoint={path} could not be read ({type(e).__name__}: {e}): pass a torch or safetensors state dict") from None
+        raise HySquantError(
+            f"model.checkpoint={path} could not be read ({type(e).__name__}: {e}):"
+            " pass a torch or safetensors state dict"
+        ) from None
     for key in ("state_dict_ema", "state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -102,39 +115,26 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str, 
     model.load_state_dict(state)
 
 
-def embedded_checkpoint(cfg: Any) -> Path:
-    """Cache path of the embedded model for this config (see module docstring)."""
-    from omegaconf import OmegaConf
-
-    recipe = {
-        "model": cfg.model.name,
-        "data": OmegaConf.to_container(cfg.data, resolve=True),
-        "seed": int(cfg.seed),
-    }
+def embedded_checkpoint(model: ModelSettings, data: DataSettings, seed: int, cache_dir: Path) -> Path:
+    """Cache path of the embedded model (see module docstring)."""
+    recipe = {"model": model.name, "data": data.to_dict(), "seed": int(seed)}
     for k in ("root", "download", "batch_size", "workers"):  # do not change the weights
         recipe["data"].pop(k, None)
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
-    return Path(str(cfg.paths.cache)).expanduser() / "models" / f"{cfg.model.name}_{cfg.data.name}_{key}.pt"
+    return cache_dir / "models" / f"{model.name}_{data.name}_{key}.pt"
 
 
-def create_model(cfg: Any, data: Any = None) -> tuple[nn.Module, ModelSpec]:
-    """The FP32 model in eval mode and its spec, from a full run config (``cfg.model``, ``cfg.data``, ...).
-
-    ``data`` (a :class:`~hysquant_rl.data.DataSplits`) is needed only to train a missing embedded model.
-    """
-    m = cfg.model
+def create_model(m: ModelSettings, embedded: Path | None = None) -> tuple[nn.Module, ModelSpec]:
+    """The FP32 model in eval mode and its spec. An embedded model is read from ``embedded`` (its cache path,
+    :func:`embedded_checkpoint`), which must exist: :func:`hysquant_rl.train.ensure_embedded` trains it first."""
     check_model_name(m.name)
-    spec = ModelSpec(m.name, int(m.num_classes), int(m.in_chans), int(m.img_size))
+    spec = ModelSpec.of(m)
     if m.embedded:
-        path = embedded_checkpoint(cfg)
-        if not path.exists():
-            from hysquant_rl.train import train_embedded
-
-            log.info("embedded model %s not cached: training it (cached afterwards at %s)", m.name, path)
-            train_embedded(cfg, data, path)
+        if embedded is None or not embedded.exists():
+            raise HySquantError(f"embedded model {m.name} is not cached at {embedded}: run hysquant-train first")
         model = build_architecture(spec)
-        load_weights(model, read_state_dict(path), str(path), m.name)
-        log.info("embedded model %s from %s", m.name, path)
+        load_weights(model, read_state_dict(embedded), str(embedded), m.name)
+        log.info("embedded model %s from %s", m.name, embedded)
     elif m.checkpoint:
         model = build_architecture(spec)
         load_weights(model, read_state_dict(m.checkpoint), f"model.checkpoint={m.checkpoint}", m.name)

@@ -19,78 +19,27 @@ weights through ``weights_sha256``; :func:`validate` checks a policy against a m
 
 from __future__ import annotations
 
-import hashlib
 import json
 import operator
 import os
-import re
-import subprocess
 import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
+from hysquant_rl.bits import RANGE_TEXT, check_bits
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.io import save_json
-from hysquant_rl.quant.quantizer import FP32_BITS, MAX_BITS, MIN_BITS, check_bits
+from hysquant_rl.provenance import git_commit, package_version
 
 FORMAT = "hysquant-policy"
 VERSION = 1
-_BITS_RANGE = f"{MIN_BITS}..{MAX_BITS} or {FP32_BITS}"
 _LAYER_KEYS = ("name", "kind", "w_bits", "a_bits")
 _MODEL_KEYS = ("name", "weights_sha256", "num_layers")
 _MAX_LISTED = 8  # names listed per problem in a validation message; the rest are counted
-
-
-# -- model identity ------------------------------------------------------------------------------------
-def weights_sha256(model: nn.Module) -> str:
-    """SHA-256 (64 hex digits) of ``model``'s state dict: for each key in sorted order, the key name, dtype,
-    shape and raw bytes of the tensor. Deterministic across runs and devices; a :class:`QuantModel` hashes
-    like the model it wraps (its layers' class swap changes no key or value)."""
-    from hysquant_rl.quant.model import QuantModel
-
-    if isinstance(model, QuantModel):
-        model = model.model
-    h = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
-        if isinstance(value, torch.Tensor):
-            t = value.detach().to("cpu").contiguous()
-            h.update(f"{key}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().data)
-        else:  # a module's extra state: rare, and only simple values in practice
-            h.update(f"{key}\0{type(value).__name__}\0{value!r}\0".encode())
-    return h.hexdigest()
-
-
-# -- provenance ----------------------------------------------------------------------------------------
-@lru_cache(maxsize=1)
-def git_commit() -> str | None:
-    """HEAD of the git checkout that holds this package, or None (installed from a wheel, no git, ...)."""
-    package_dir = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--show-toplevel", "HEAD"],
-            cwd=package_dir, capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.split()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    # Only our own checkout counts, not some repository that merely contains a site-packages directory.
-    if len(out) != 2 or (Path(out[0]).resolve() / package_dir.name) != package_dir:
-        return None
-    return out[1] if re.fullmatch(r"[0-9a-f]{40}", out[1]) else None
-
-
-def _version() -> str:
-    from hysquant_rl import __version__
-
-    return __version__
 
 
 # -- file helpers --------------------------------------------------------------------------------------
@@ -176,10 +125,13 @@ class QuantPolicy:
             for layer, (w, a) in zip(layers, bits)
         ]
         prov = {
-            "method": method, "seed": seed, "episodes": episodes, "wall_time_s": wall_time_s,
+            "method": method,
+            "seed": seed,
+            "episodes": episodes,
+            "wall_time_s": wall_time_s,
             "git_commit": git_commit(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "hysquant_rl": _version(),
+            "hysquant_rl": package_version(),
             **provenance,
         }
         return cls(
@@ -219,8 +171,13 @@ class QuantPolicy:
         """The JSON document (JSON types only), top-level keys in file order."""
         return to_json_types(
             {
-                "format": FORMAT, "version": VERSION, "model": self.model, "layers": self.layers,
-                "metrics": self.metrics, "budgets": self.budgets, "provenance": self.provenance,
+                "format": FORMAT,
+                "version": VERSION,
+                "model": self.model,
+                "layers": self.layers,
+                "metrics": self.metrics,
+                "budgets": self.budgets,
+                "provenance": self.provenance,
             },
             "policy",
         )
@@ -248,8 +205,8 @@ class QuantPolicy:
             )
         if doc.get("version") != VERSION:
             raise HySquantError(
-                f"{source} has policy format version {doc.get('version')!r}, this hysquant-rl {_version()} reads "
-                f"version {VERSION}: use the hysquant-rl version that wrote it, or re-run the search"
+                f"{source} has policy format version {doc.get('version')!r}, this hysquant-rl {package_version()}"
+                f" reads version {VERSION}: use the hysquant-rl version that wrote it, or re-run the search"
             )
         model = doc.get("model")
         if not isinstance(model, dict) or any(k not in model for k in _MODEL_KEYS):
@@ -355,7 +312,7 @@ def validate(policy: QuantPolicy, layers: Sequence[Any], model_name: str, weight
             try:
                 _to_bits(entry[key], key)
             except HySquantError:
-                problems.append(f"layer {entry['name']} {key}={entry[key]!r} out of range ({_BITS_RANGE})")
+                problems.append(f"layer {entry['name']} {key}={entry[key]!r} out of range ({RANGE_TEXT})")
 
     if problems:
         raise HySquantError(f"policy does not fit model {model_name}: " + "; ".join(problems))
@@ -371,29 +328,3 @@ def validate(policy: QuantPolicy, layers: Sequence[Any], model_name: str, weight
             UserWarning,
             stacklevel=2,
         )
-
-
-# -- uniform specs -------------------------------------------------------------------------------------
-_UNIFORM = re.compile(r"w(\d+)a(\d+)")
-
-
-def parse_uniform(spec: str) -> tuple[int, int] | None:
-    """``'W8A8'``/``'w4a8'`` -> (8, 8)/(4, 8); ``'fp32'`` -> (32, 32); case-insensitive, surrounding spaces
-    ignored. Returns None for anything that is not meant as a uniform spec (e.g. a file path); raises
-    HySquantError for a spec that is malformed or out of range (``'W9A8'``, ``'W8'``, ``'fp16'``)."""
-    s = spec.strip().lower()
-    if s == "fp32":
-        return FP32_BITS, FP32_BITS
-    m = _UNIFORM.fullmatch(s)
-    hint = f"use W<w>A<a> with bits {_BITS_RANGE} (e.g. W8A8, W4A8), or fp32"
-    if m:
-        w, a = int(m.group(1)), int(m.group(2))
-        bad = [f"{what} bits {b}" for what, b in (("weight", w), ("activation", a))
-               if not (MIN_BITS <= b <= MAX_BITS or b == FP32_BITS)]
-        if bad:
-            raise HySquantError(f"uniform policy {spec!r} has {' and '.join(bad)} out of range: {hint}")
-        return w, a
-    # Starts like a spec and has no path characters: a typo, not a file name.
-    if re.fullmatch(r"(w\d|fp\d)\w*", s):
-        raise HySquantError(f"uniform policy {spec!r} is malformed: {hint}")
-    return None

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -16,12 +16,18 @@ from tqdm import tqdm
 
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.io import save_torch
+from hysquant_rl.models import ModelSpec, build_architecture, embedded_checkpoint
+
+if TYPE_CHECKING:
+    from hysquant_rl.data import DataSplits
+    from hysquant_rl.settings import ModelSettings, RunSettings, TrainRecipe
 
 log = logging.getLogger(__name__)
 
 
 def _shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
-    """Random translation by up to ``max_shift`` pixels per image (zero fill), the one augmentation digit-like data needs."""
+    """Random translation by up to ``max_shift`` pixels per image (zero fill), the one augmentation digit-like
+    data needs."""
     if max_shift <= 0:
         return x
     n, _, h, w = x.shape
@@ -40,10 +46,12 @@ def accuracy(model: torch.nn.Module, split: Any, batch_size: int = 512) -> float
     return 100.0 * correct / max(len(split), 1)
 
 
-def train_model(model: torch.nn.Module, data: Any, recipe: Any, seed: int) -> dict[str, float]:
+def train_model(model: torch.nn.Module, data: Any, recipe: TrainRecipe, seed: int) -> dict[str, float]:
     """Train ``model`` in place on ``data.train``; returns wall time (s) and search-val / test top-1 (%)."""
     if data is None or data.train is None:
-        raise HySquantError("this data set has no training split for the embedded model: use model.checkpoint or model.pretrained")
+        raise HySquantError(
+            "this data set has no training split for the embedded model: use model.checkpoint or model.pretrained"
+        )
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     x, y = data.train.x, data.train.y
@@ -73,19 +81,41 @@ def train_model(model: torch.nn.Module, data: Any, recipe: Any, seed: int) -> di
         bar.set_postfix(loss=f"{total / len(x):.3f}")
     wall = time.perf_counter() - start
     model.eval()
-    return {"train_s": wall, "search_val_top1": accuracy(model, data.search_val), "test_top1": accuracy(model, data.test)}
+    return {
+        "train_s": wall,
+        "search_val_top1": accuracy(model, data.search_val),
+        "test_top1": accuracy(model, data.test),
+    }
 
 
-def train_embedded(cfg: Any, data: Any, path: Path) -> dict[str, float]:
-    """Train the embedded model for ``cfg`` and cache its state dict at ``path``."""
-    from hysquant_rl.models import ModelSpec, build_architecture
-
-    spec = ModelSpec(cfg.model.name, int(cfg.model.num_classes), int(cfg.model.in_chans), int(cfg.model.img_size))
+def train_embedded(
+    model_settings: ModelSettings, data: DataSplits, recipe: TrainRecipe | None, seed: int, path: Path
+) -> dict[str, float]:
+    """Train the embedded model and cache its state dict at ``path`` (atomically)."""
+    if recipe is None:
+        raise HySquantError(
+            f"data {data.name} has no training recipe (data.train): use model.checkpoint or model.pretrained"
+        )
+    spec = ModelSpec.of(model_settings)
     model = build_architecture(spec)
-    metrics = train_model(model, data, cfg.data.train, int(cfg.seed))
+    metrics = train_model(model, data, recipe, seed)
     log.info(
         "trained %s on %s in %.1f s: search-val top-1 %.2f %%, test top-1 %.2f %%",
-        spec.name, cfg.data.name, metrics["train_s"], metrics["search_val_top1"], metrics["test_top1"],
+        spec.name,
+        data.name,
+        metrics["train_s"],
+        metrics["search_val_top1"],
+        metrics["test_top1"],
     )
     save_torch({"state_dict": model.state_dict(), "spec": spec.to_dict(), "metrics": metrics}, path)
     return metrics
+
+
+def ensure_embedded(run: RunSettings, data: DataSplits, force: bool = False) -> Path:
+    """The embedded model's cache path for ``run``, trained first when it is missing (or ``force``)."""
+    path = embedded_checkpoint(run.model, run.data, run.seed, run.cache_dir)
+    if force or not path.exists():
+        if not force:
+            log.info("embedded model %s not cached: training it (cached afterwards at %s)", run.model.name, path)
+        train_embedded(run.model, data, run.data.train, run.seed, path)
+    return path

@@ -1,14 +1,20 @@
-"""Shared fixtures: Hydra configs composed from the real conf/ tree, and one digits pipeline per session
-(its embedded model is trained once into the model cache, then reused, exactly as the CLI does)."""
+"""Shared fixtures: Hydra configs composed from the real conf/ tree and resolved into settings exactly as the apps
+do, and one digits pipeline per session (its embedded model is trained once into the model cache, then reused,
+exactly as the CLI does)."""
 
 from __future__ import annotations
 
 import copy
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 
-from hysquant_rl.cli import CONF_DIR
+from hysquant_rl.apps import CONF_DIR, plain
+from hysquant_rl.settings import RunSettings, SearchSettings
 
 
 def make_cfg(app: str = "search", overrides: list[str] | None = None):
@@ -16,11 +22,21 @@ def make_cfg(app: str = "search", overrides: list[str] | None = None):
         return compose(app, overrides=list(overrides or []), return_hydra_config=False)
 
 
+def run_settings(app: str = "search", overrides: list[str] | None = None) -> RunSettings:
+    """The :class:`RunSettings` an app resolves from ``conf/<app>.yaml`` with ``overrides``."""
+    return RunSettings.from_mapping(plain(make_cfg(app, overrides)))
+
+
+def search_settings(overrides: list[str] | None = None) -> SearchSettings:
+    """The :class:`SearchSettings` ``hysquant-search`` resolves with ``overrides``."""
+    return SearchSettings.from_mapping(plain(make_cfg("search", overrides)))
+
+
 @pytest.fixture(scope="session")
 def digits_pipeline():
     from hysquant_rl.pipeline import build
 
-    return build(make_cfg("search"))
+    return build(run_settings("search"))
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +52,43 @@ def small_model():
 @pytest.fixture
 def fresh_small_model(small_model):
     return copy.deepcopy(small_model)
+
+
+@dataclass
+class Ran:
+    """What a console script left: exit status and what it printed."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def run_here(monkeypatch, capsys):
+    """A console script's entry point (``hysquant_rl.apps.<app>.main``) called in this process with
+    ``hydra.run.dir=tmp_path`` and ``overrides`` on its command line: the same Hydra app, error handling and exit
+    status as the installed script, without a new interpreter and torch start-up."""
+
+    def call(main, *overrides: str, tmp_path: Path) -> Ran:
+        monkeypatch.setattr(sys, "argv", ["hysquant-app", f"hydra.run.dir={tmp_path}", *overrides])
+        root = logging.getLogger()
+        handlers, level = root.handlers[:], root.level
+        capsys.readouterr()
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        finally:  # Hydra configured logging for the run (to capsys' streams): hand the next test the old one
+            for h in root.handlers[:]:
+                if h not in handlers:
+                    root.removeHandler(h)
+                    h.close()
+            for h in handlers:
+                if h not in root.handlers:
+                    root.addHandler(h)
+            root.setLevel(level)
+        out = capsys.readouterr()
+        return Ran(code, out.out, out.err)
+
+    return call

@@ -7,14 +7,22 @@ import itertools
 import numpy as np
 import pytest
 
-from hysquant_rl.allocation import BITS, box_mask, cheapest, grid_sum, project, proxy_grid, richest, solve_ilp
+from hysquant_rl.bits import GRID_BITS as BITS
+from hysquant_rl.bits import grid_sum
+from hysquant_rl.lut.prune import box_mask
+from hysquant_rl.search.allocation import cheapest, project, proxy_grid, richest, solve_ilp
 
 
 def synthetic(seed: int, layers: int = 4):
     rng = np.random.default_rng(seed)
     w = 4.0 ** (8 - BITS)
-    objective = rng.uniform(0.1, 1, (layers, 1, 1)) * w[None, :, None] + rng.uniform(0.1, 1, (layers, 1, 1)) * w[None, None, :]
-    lat = rng.uniform(1, 3, (layers, 1, 1)) * BITS[None, :, None] + rng.uniform(1, 3, (layers, 1, 1)) * BITS[None, None, :]
+    objective = (
+        rng.uniform(0.1, 1, (layers, 1, 1)) * w[None, :, None] + rng.uniform(0.1, 1, (layers, 1, 1)) * w[None, None, :]
+    )
+    lat = (
+        rng.uniform(1, 3, (layers, 1, 1)) * BITS[None, :, None]
+        + rng.uniform(1, 3, (layers, 1, 1)) * BITS[None, None, :]
+    )
     size = rng.uniform(1, 5, (layers, 1, 1)) * BITS[None, :, None] + 0 * BITS[None, None, :]
     ranges_w = [tuple(sorted(rng.choice(BITS, 2, replace=False))) for _ in range(layers)]
     ranges_a = [tuple(sorted(rng.choice(BITS, 2, replace=False))) for _ in range(layers)]

@@ -8,17 +8,29 @@ import math
 import numpy as np
 import pytest
 
-from hysquant_rl.allocation import proxy_grid, solve_ilp
-from hysquant_rl.bench import goal, mcnemar, run_bench
-from hysquant_rl.budget import cost_grids, span
+from hysquant_rl.apps import plain
+from hysquant_rl.apps.bench import run_bench
+from hysquant_rl.bench import Goal, goal, mcnemar
+from hysquant_rl.bits import grid_sum
 from hysquant_rl.errors import HySquantError
-from hysquant_rl.sensitivity import build_lut
+from hysquant_rl.lut.build import build_lut
+from hysquant_rl.search.allocation import proxy_grid, solve_ilp
+from hysquant_rl.search.budget import span
+from hysquant_rl.settings import RunSettings
 from tests.conftest import make_cfg
+from tests.formats import missing_keys
 
 PLAN = [
-    "data=digits", "bench.quick=true", "bench.plans.quick.regimes=[1]", "bench.plans.quick.latency_fractions=[0.5]",
-    "bench.plans.quick.energy_fractions=[0.5]", "bench.plans.quick.seeds=[0,1]", "bench.plans.quick.episodes=3",
-    "bench.plans.quick.references=[W8A8,W4A8]", "agent.warmup_episodes=1", "agent.gradient_steps=2",
+    "data=digits",
+    "bench.quick=true",
+    "bench.plans.quick.regimes=[1]",
+    "bench.plans.quick.latency_fractions=[0.5]",
+    "bench.plans.quick.energy_fractions=[0.5]",
+    "bench.plans.quick.seeds=[0,1]",
+    "bench.plans.quick.episodes=3",
+    "bench.plans.quick.references=[W8A8,W4A8]",
+    "agent.warmup_episodes=1",
+    "agent.gradient_steps=2",
     "bench.throughput.repeats=1",
 ]
 
@@ -36,7 +48,7 @@ def test_bench_runs_every_method_under_the_same_budgets(bench, digits_pipeline):
     stochastic = set(cfg.bench.stochastic)
     per_setting = sum(2 if m in stochastic else 1 for m in methods)
     assert len(r["runs"]) == 2 * per_setting  # one latency and one energy budget
-    lut = build_lut(cfg, digits_pipeline)
+    lut = build_lut(RunSettings.from_mapping(plain(cfg)), digits_pipeline)
     low, w8a8 = span(digits_pipeline.cost, lut.mask())
     for run in r["runs"]:
         key = "latency_ms" if run["budget"].startswith("latency") else "energy_mj"
@@ -46,11 +58,15 @@ def test_bench_runs_every_method_under_the_same_budgets(bench, digits_pipeline):
         if run["method"] in ("random", "rl", "rl-plain") and run["found"]:
             assert run["episodes"] == 3 and 1 <= run["evaluations"] <= 3
     # the ILP-KL row is the integer program's policy over the same LUT, measured on the test split
-    grids, fixed = cost_grids(digits_pipeline.cost)
+    grids, fixed = digits_pipeline.cost.budget_grids()
     run = next(x for x in r["runs"] if x["method"] == "ilp-kl" and x["budget"].startswith("latency"))
-    bits = solve_ilp(proxy_grid(lut.configs, lut.matrix("kl")), lut.mask(), grids, {"latency_ms": run["limit"] - fixed["latency_ms"]})
-    assert run["test_top1"] == pytest.approx(digits_pipeline.evaluator.evaluate([tuple(b) for b in bits.tolist()], "test").top1)
-    assert run["latency_ms"] == pytest.approx(sum(grids["latency_ms"][i, w - 2, a - 2] for i, (w, a) in enumerate(bits)) + fixed["latency_ms"])
+    bits = solve_ilp(
+        proxy_grid(lut.configs, lut.matrix("kl")), lut.mask(), grids, {"latency_ms": run["limit"] - fixed["latency_ms"]}
+    )
+    assert run["test_top1"] == pytest.approx(
+        digits_pipeline.evaluator.evaluate([tuple(b) for b in bits.tolist()], "test").top1
+    )
+    assert run["latency_ms"] == pytest.approx(grid_sum(grids["latency_ms"], bits) + fixed["latency_ms"])
 
 
 def test_bench_aggregates_and_writes_artifacts(bench):
@@ -58,7 +74,11 @@ def test_bench_aggregates_and_writes_artifacts(bench):
     on_disk = json.loads((out / "bench.json").read_text())
     assert on_disk["table"] == json.loads(json.dumps(r["table"]))
     for row in r["table"]:
-        runs = [x for x in r["runs"] if (x["regime"], x["budget"], x["method"]) == (row["regime"], row["budget"], row["method"])]
+        runs = [
+            x
+            for x in r["runs"]
+            if (x["regime"], x["budget"], x["method"]) == (row["regime"], row["budget"], row["method"])
+        ]
         found = [x["test_top1"] for x in runs if x["found"]]
         assert row["seeds"] == len(runs) and row["found"] == len(found)
         if found:
@@ -71,6 +91,9 @@ def test_bench_aggregates_and_writes_artifacts(bench):
     ilp = next(t for t in r["table"] if t["method"] == "ilp-kl")
     assert f"| ilp-kl | {ilp['test_top1_mean']:.2f} |" in md and "## Goal" in md and "## Speed" in md
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not missing_keys(out / "bench.json", "bench")
+    during = out / "runs" / "batch1" / "latency_0.50" / "rl" / "seed0" / "best_policy.json"  # a search's own copy
+    assert not missing_keys(during, "best_policy_during_search")
     assert r["speed"]["throughput_ratio"] > 0 and r["speed"]["lut_build_s"].keys() == {"1"}
     rl = next(e for e in r["speed"]["episodes"] if e["method"] == "rl")
     assert 0 < rl["overhead_s_per_episode"] < rl["s_per_episode"]
@@ -89,7 +112,8 @@ def test_bench_aggregates_and_writes_artifacts(bench):
 def n_images(cfg) -> int:
     from hysquant_rl.data import load_data
 
-    return len(load_data(cfg.data, seed=int(cfg.seed)).split("test"))
+    run = RunSettings.from_mapping(plain(cfg))
+    return len(load_data(run.data, seed=run.seed).split("test"))
 
 
 def test_mcnemar():
@@ -103,11 +127,24 @@ def test_mcnemar():
 
 def test_goal_check():
     def row(budget, method, mean, std=None):
-        return {"regime": 1, "budget": budget, "method": method, "test_top1_mean": mean, "test_top1_std": std, "found": 1}
+        return {
+            "regime": 1,
+            "budget": budget,
+            "method": method,
+            "test_top1_mean": mean,
+            "test_top1_std": std,
+            "found": 1,
+        }
 
-    g = make_cfg("bench").bench.goal
-    table = [row("latency 0.25", "rl", 80.0, 0.4), row("latency 0.25", "ilp-kl", 79.4), row("latency 0.25", "greedy", 80.3),
-             row("latency 0.50", "rl", 84.0, 0.1), row("latency 0.50", "ilp-kl", 84.0), row("latency 0.50", "uniform", 84.2)]
+    g = Goal.from_mapping(plain(make_cfg("bench"))["bench"]["goal"])
+    table = [
+        row("latency 0.25", "rl", 80.0, 0.4),
+        row("latency 0.25", "ilp-kl", 79.4),
+        row("latency 0.25", "greedy", 80.3),
+        row("latency 0.50", "rl", 84.0, 0.1),
+        row("latency 0.50", "ilp-kl", 84.0),
+        row("latency 0.50", "uniform", 84.2),
+    ]
     tight, loose = goal(table, g)
     assert tight["tightest"] and tight["reaches_best_baseline"] and tight["best_baseline"] == "greedy"
     assert tight["margin_over_reference"] == pytest.approx(0.6) and tight["beats_reference_by_margin"]

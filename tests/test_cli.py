@@ -10,21 +10,27 @@ from pathlib import Path
 import pytest
 import torch
 
+from hysquant_rl.apps.apply import main as apply_main
 from hysquant_rl.export import INT_FILE, load_quantized
 from hysquant_rl.models import ModelSpec, build_architecture
 from hysquant_rl.policy import QuantPolicy
+from tests.conftest import Ran
+from tests.formats import missing_keys
 
 BIN = Path(sys.executable).parent
 
 
 def run(app: str, *overrides: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """The console script as a user runs it: a new process."""
     return subprocess.run(
         [str(BIN / app), f"hydra.run.dir={tmp_path}", *overrides],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
-def assert_clean_error(proc: subprocess.CompletedProcess, pattern: str) -> None:
+def assert_clean_error(proc: subprocess.CompletedProcess | Ran, pattern: str) -> None:
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr + proc.stdout
     lines = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
@@ -32,10 +38,11 @@ def assert_clean_error(proc: subprocess.CompletedProcess, pattern: str) -> None:
     assert re.search(pattern, lines[0]), lines[0]
 
 
-def test_apply_writes_policy_and_reloadable_model(tmp_path, digits_pipeline):
-    proc = run("hysquant-apply", "policy=W4A8", tmp_path=tmp_path)
+def test_apply_writes_policy_and_reloadable_model(tmp_path, digits_pipeline, run_here):
+    proc = run_here(apply_main, "policy=W4A8", tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     policy = QuantPolicy.load(tmp_path / "policy.json")
+    assert not missing_keys(tmp_path / "policy.json", "apply_policy")
     assert policy.bits() == [(4, 8)] * 72 and policy.model["weights_sha256"] == digits_pipeline.weights_sha256
     test = policy.metrics["apply"]["test"]
     assert test["n"] == 400 and 0 <= test["top1"] <= 100
@@ -49,6 +56,7 @@ def test_apply_writes_policy_and_reloadable_model(tmp_path, digits_pipeline):
 
 
 def test_apply_a_policy_file_for_other_weights(tmp_path, digits_pipeline):
+    """The exit-code contract, in a real process: one ``error:`` line, status 2, no traceback."""
     policy = digits_pipeline.policy([(8, 8)] * 72, method="uniform")
     policy.model["weights_sha256"] = "0" * 64
     policy.layers[3]["w_bits"] = 9
@@ -61,21 +69,33 @@ def test_apply_a_policy_file_for_other_weights(tmp_path, digits_pipeline):
     "overrides, pattern",
     [
         (["policy=W9A8"], r"W9A8"),
-        (["policy=W4A8", "model.name=mobilevit_xxz"], r"unknown model.name='mobilevit_xxz'.*did you mean mobilevit_xxs"),
-        (["policy=W4A8", "data=fashion_mnist", "data.root=/nonexistent"], r"Fashion-MNIST not found in data.root=/nonexistent"),
+        (
+            ["policy=W4A8", "model.name=mobilevit_xxz"],
+            r"unknown model.name='mobilevit_xxz'.*did you mean mobilevit_xxs",
+        ),
+        (
+            ["policy=W4A8", "data=fashion_mnist", "data.root=/nonexistent"],
+            r"Fashion-MNIST not found in data.root=/nonexistent",
+        ),
         (["policy=W4A8", "quant.weight_granularity=row"], r"weight_granularity='row'"),
         (["policy=/nonexistent/policy.json"], r"/nonexistent/policy.json"),
     ],
 )
-def test_bad_input_one_line(tmp_path, digits_pipeline, overrides, pattern):
-    assert_clean_error(run("hysquant-apply", *overrides, tmp_path=tmp_path), pattern)
+def test_bad_input_one_line(tmp_path, digits_pipeline, run_here, overrides, pattern):
+    assert_clean_error(run_here(apply_main, *overrides, tmp_path=tmp_path), pattern)
 
 
-def test_checkpoint_for_other_model(tmp_path, small_model):
+def test_checkpoint_for_other_model(tmp_path, small_model, run_here):
     path = tmp_path / "w.pth"
     torch.save(small_model.state_dict(), path)
-    proc = run(
-        "hysquant-apply", "policy=W8A8", "model=mobilevit_xs", f"model.checkpoint={path}", "model.num_classes=10",
-        "model.in_chans=1", "model.img_size=32", tmp_path=tmp_path / "run",
+    proc = run_here(
+        apply_main,
+        "policy=W8A8",
+        "model=mobilevit_xs",
+        f"model.checkpoint={path}",
+        "model.num_classes=10",
+        "model.in_chans=1",
+        "model.img_size=32",
+        tmp_path=tmp_path / "run",
     )
     assert_clean_error(proc, r"does not fit model mobilevit_xs.*shape mismatches")

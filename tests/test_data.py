@@ -14,7 +14,7 @@ from sklearn.datasets import load_digits
 
 from hysquant_rl.data import FASHION_FILES, load_data
 from hysquant_rl.errors import HySquantError
-from tests.conftest import make_cfg
+from tests.conftest import run_settings
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -24,7 +24,7 @@ def _rows(x: torch.Tensor) -> set[bytes]:
 
 
 def test_digits_splits_disjoint_and_seeded():
-    cfg = make_cfg()
+    cfg = run_settings()
     a = load_data(cfg.data, seed=0)
     b = load_data(cfg.data, seed=0)
     c = load_data(cfg.data, seed=1)
@@ -60,8 +60,15 @@ def fashion_root(tmp_path):
 
 
 def test_fashion_mnist_from_idx(fashion_root):
-    cfg = make_cfg(overrides=["data=fashion_mnist", f"data.root={fashion_root}", "data.train_size=1000",
-                              "data.calib_size=100", "data.search_val_size=300"])
+    cfg = run_settings(
+        overrides=[
+            "data=fashion_mnist",
+            f"data.root={fashion_root}",
+            "data.train_size=1000",
+            "data.calib_size=100",
+            "data.search_val_size=300",
+        ]
+    )
     s = load_data(cfg.data, seed=0)
     assert (len(s.train), len(s.calib), len(s.search_val), len(s.test)) == (1000, 100, 300, 297)
     assert s.test.x.shape[1:] == (1, 32, 32)
@@ -69,10 +76,10 @@ def test_fashion_mnist_from_idx(fashion_root):
 
 
 def test_fashion_mnist_missing_and_oversized(tmp_path, fashion_root):
-    cfg = make_cfg(overrides=["data=fashion_mnist", f"data.root={tmp_path / 'nowhere'}"])
+    cfg = run_settings(overrides=["data=fashion_mnist", f"data.root={tmp_path / 'nowhere'}"])
     with pytest.raises(HySquantError, match="data.download=true"):
         load_data(cfg.data, seed=0)
-    cfg = make_cfg(overrides=["data=fashion_mnist", f"data.root={fashion_root}"])
+    cfg = run_settings(overrides=["data=fashion_mnist", f"data.root={fashion_root}"])
     with pytest.raises(HySquantError, match="exceeds"):
         load_data(cfg.data, seed=0)  # 20000 training images asked of 1500
 
@@ -80,14 +87,14 @@ def test_fashion_mnist_missing_and_oversized(tmp_path, fashion_root):
 def test_corrupt_idx(tmp_path):
     for name in FASHION_FILES:
         (tmp_path / f"{name}.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x03" + struct.pack(">III", 10, 28, 28)))
-    cfg = make_cfg(overrides=["data=fashion_mnist", f"data.root={tmp_path}"])
+    cfg = run_settings(overrides=["data=fashion_mnist", f"data.root={tmp_path}"])
     with pytest.raises(HySquantError, match="truncated"):
         load_data(cfg.data, seed=0)
 
 
 @pytest.mark.skipif(not DEBIAN_FASHION.exists(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_fashion_mnist_debian_package():
-    s = load_data(make_cfg(overrides=["data=fashion_mnist"]).data, seed=0)
+    s = load_data(run_settings(overrides=["data=fashion_mnist"]).data, seed=0)
     assert (len(s.train), len(s.calib), len(s.search_val), len(s.test)) == (20000, 256, 1000, 10000)
     assert sorted(s.test.y.unique().tolist()) == list(range(10))
 
@@ -102,8 +109,17 @@ def test_imagenet_folder(tmp_path, small_model):
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray((d.images[i] * 15).astype(np.uint8)).convert("RGB").save(folder / f"{i}.png")
     model = timm.create_model("mobilevit_xxs", num_classes=10)
-    cfg = make_cfg(overrides=["data=imagenet", f"data.root={tmp_path}", "data.calib_size=8",
-                              "data.search_val_size=16", "data.test_size=20", "data.batch_size=7", "data.workers=0"])
+    cfg = run_settings(
+        overrides=[
+            "data=imagenet",
+            f"data.root={tmp_path}",
+            "data.calib_size=8",
+            "data.search_val_size=16",
+            "data.test_size=20",
+            "data.batch_size=7",
+            "data.workers=0",
+        ]
+    )
     s = load_data(cfg.data, seed=0, model=model)
     assert s.num_classes == 10 and s.in_chans == 3 and s.img_size == 256  # timm's resolved config
     assert s.calib.x.shape == (8, 3, 256, 256) and len(s.search_val) == 16 and len(s.test) == 20
@@ -111,4 +127,4 @@ def test_imagenet_folder(tmp_path, small_model):
     assert sum(len(x) for x in xs) == 20 and xs[0].shape[1:] == (3, 256, 256)
     assert not (_rows(s.calib.x) & _rows(s.search_val.x))
     with pytest.raises(HySquantError, match="no train/ folder"):
-        load_data(make_cfg(overrides=["data=imagenet", f"data.root={tmp_path / 'x'}"]).data, seed=0, model=model)
+        load_data(run_settings(overrides=["data=imagenet", f"data.root={tmp_path / 'x'}"]).data, seed=0, model=model)

@@ -11,7 +11,8 @@ import torch
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.export import FAKEQUANT_FILE, INT_FILE, export_quantized, load_quantized
 from hysquant_rl.layers import inventory
-from hysquant_rl.policy import QuantPolicy, weights_sha256
+from hysquant_rl.policy import QuantPolicy
+from hysquant_rl.provenance import weights_sha256
 from hysquant_rl.quant.model import QuantModel
 
 SPEC = {"name": "mobilevit_xxs", "num_classes": 10, "in_chans": 1}
@@ -124,8 +125,11 @@ def test_int_file_holds_codes_scales_and_zero_points(exported):
             assert torch.equal(rec["a_scale"], delta) and rec["a_zero_point"].dtype == torch.int32
             assert torch.equal(rec["a_zero_point"].float(), zero)
     assert saw_full_range == {2, 4, 8}  # min-max codes span [0, 2^bits - 1]
-    other = {k for k in full_state if not any(k == f"{n}.weight" for n, (w, _) in
-                                              zip(exported.policy.names, exported.policy.bits()) if w != 32)}
+    other = {
+        k
+        for k in full_state
+        if not any(k == f"{n}.weight" for n, (w, _) in zip(exported.policy.names, exported.policy.bits()) if w != 32)
+    }
     assert set(doc["state_dict"]) == other
 
 

@@ -6,7 +6,8 @@ import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from hysquant_rl.layers import KINDS, inventory
+from hysquant_rl.layers import inventory
+from hysquant_rl.units import KINDS
 
 
 def test_mobilevit_s_macs_match_timm():

@@ -10,7 +10,8 @@ from safetensors.torch import save_file
 
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.models import check_model_name, create_model, embedded_checkpoint
-from tests.conftest import make_cfg
+from hysquant_rl.train import ensure_embedded
+from tests.conftest import run_settings
 
 XXS = ["model=mobilevit_xxs", "model.pretrained=false", "model.num_classes=10", "model.in_chans=1", "model.img_size=32"]
 
@@ -29,7 +30,7 @@ def test_checkpoint_roundtrip(tmp_path, small_model, suffix):
         save_file(state, str(path))
     else:
         torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, path)  # DDP-style, nested
-    model, spec = create_model(make_cfg(overrides=XXS + [f"model.checkpoint={path}"]))
+    model, spec = create_model(run_settings(overrides=XXS + [f"model.checkpoint={path}"]).model)
     assert spec.input_shape == (1, 32, 32)
     x = torch.randn(2, 1, 32, 32)
     with torch.inference_mode():
@@ -38,41 +39,48 @@ def test_checkpoint_roundtrip(tmp_path, small_model, suffix):
 
 def test_checkpoint_errors(tmp_path, small_model):
     with pytest.raises(HySquantError, match="does not exist"):
-        create_model(make_cfg(overrides=XXS + [f"model.checkpoint={tmp_path / 'missing.pth'}"]))
+        create_model(run_settings(overrides=XXS + [f"model.checkpoint={tmp_path / 'missing.pth'}"]).model)
     path = tmp_path / "w.pth"
     torch.save(small_model.state_dict(), path)
     with pytest.raises(HySquantError, match=r"does not fit model mobilevit_xxs: .*shape mismatches.*head\.fc"):
-        create_model(make_cfg(overrides=XXS + [f"model.checkpoint={path}", "model.num_classes=5"]))
+        create_model(run_settings(overrides=XXS + [f"model.checkpoint={path}", "model.num_classes=5"]).model)
     with pytest.raises(HySquantError, match="does not fit model mobilevit_xs: .*shape mismatches"):
-        create_model(make_cfg(overrides=XXS + [f"model.checkpoint={path}", "model.name=mobilevit_xs"]))
+        create_model(run_settings(overrides=XXS + [f"model.checkpoint={path}", "model.name=mobilevit_xs"]).model)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(HySquantError, match="could not be read"):
-        create_model(make_cfg(overrides=XXS + [f"model.checkpoint={tmp_path / 'junk.pt'}"]))
+        create_model(run_settings(overrides=XXS + [f"model.checkpoint={tmp_path / 'junk.pt'}"]).model)
 
 
 def test_pretrained_offline_points_to_checkpoint(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # what an offline machine sees, without waiting on a network
+    hub = pytest.importorskip("huggingface_hub.constants")
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)  # read once at import: the variable alone comes too late
     with pytest.raises(HySquantError, match="model.checkpoint=PATH"):
-        create_model(make_cfg(overrides=["model=mobilevit_xxs"]))
+        create_model(run_settings(overrides=["model=mobilevit_xxs"]).model)
 
 
 def test_no_weights_is_an_error():
     with pytest.raises(HySquantError, match="has no weights"):
-        create_model(make_cfg(overrides=XXS))
+        create_model(run_settings(overrides=XXS).model)
 
 
 def test_embedded_model_trained_once_and_reused(digits_pipeline):
-    cfg = make_cfg()
-    path = embedded_checkpoint(cfg)
+    run = run_settings()
+    path = embedded_checkpoint(run.model, run.data, run.seed, run.cache_dir)
     assert path.exists()
     stamp = os.stat(path).st_mtime_ns
-    model, _ = create_model(cfg)
+    model, _ = create_model(run.model, ensure_embedded(run, data=None))  # cached: no data needed, nothing trained
     assert os.stat(path).st_mtime_ns == stamp  # loaded, not retrained
     assert torch.equal(model.state_dict()["head.fc.weight"], digits_pipeline.model.state_dict()["head.fc.weight"])
     # a different recipe is a different cache entry
-    assert embedded_checkpoint(make_cfg(overrides=["data.train.epochs=3"])) != path
-    assert embedded_checkpoint(make_cfg(overrides=["data.test_size=300"])) != path  # digits: fewer training images
-    assert embedded_checkpoint(make_cfg(overrides=["eval.batch_size=64"])) == path  # evaluation only: same weights
+    assert checkpoint_of(["data.train.epochs=3"]) != path
+    assert checkpoint_of(["data.test_size=300"]) != path  # digits: fewer training images
+    assert checkpoint_of(["eval.batch_size=64"]) == path  # evaluation only: same weights
+
+
+def checkpoint_of(overrides: list[str]):
+    run = run_settings(overrides=overrides)
+    return embedded_checkpoint(run.model, run.data, run.seed, run.cache_dir)
 
 
 def test_embedded_model_accuracy(digits_pipeline):

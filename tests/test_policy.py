@@ -13,9 +13,12 @@ import torch
 from torch import nn
 
 import hysquant_rl.policy as policy_mod
+import hysquant_rl.provenance as provenance
+from hysquant_rl.bits import parse_uniform
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.layers import inventory
-from hysquant_rl.policy import FORMAT, VERSION, QuantPolicy, parse_uniform, validate, weights_sha256
+from hysquant_rl.policy import FORMAT, VERSION, QuantPolicy, validate
+from hysquant_rl.provenance import weights_sha256
 from hysquant_rl.quant.model import QuantModel
 
 NAME = "tiny"
@@ -125,7 +128,7 @@ def test_uniform_gives_every_layer_the_same_bits(layers):
 
 
 def test_git_commit_only_reports_this_packages_checkout(monkeypatch):
-    root = Path(policy_mod.__file__).resolve().parent.parent
+    root = Path(provenance.__file__).resolve().parent.parent
     outputs = {"ours": f"{root}\n{'a' * 40}\n", "other": f"/somewhere/else\n{'b' * 40}\n"}
 
     def fake_run(stdout):
@@ -133,22 +136,32 @@ def test_git_commit_only_reports_this_packages_checkout(monkeypatch):
             if stdout is None:
                 raise subprocess.CalledProcessError(128, args[0])
             return subprocess.CompletedProcess(args[0], 0, stdout=stdout, stderr="")
+
         return run
 
     try:
         for stdout, expected in [(outputs["ours"], "a" * 40), (outputs["other"], None), (None, None)]:
-            monkeypatch.setattr(policy_mod.subprocess, "run", fake_run(stdout))
-            policy_mod.git_commit.cache_clear()
-            assert policy_mod.git_commit() == expected
+            monkeypatch.setattr(provenance.subprocess, "run", fake_run(stdout))
+            provenance.git_commit.cache_clear()
+            assert provenance.git_commit() == expected
     finally:
-        policy_mod.git_commit.cache_clear()
+        provenance.git_commit.cache_clear()
 
 
 # -- save / load -------------------------------------------------------------------------------------------
 def test_save_load_round_trip(tmp_path, layers, model):
     metrics = {"search_val": {"top1": np.float64(87.25)}, "latency_ms": torch.tensor(1.5), "curve": np.arange(3)}
-    p = QuantPolicy.from_bits(layers, [(2, 2), (4, 8), (32, 8)], NAME, weights_sha256(model),
-                              metrics=metrics, budgets={"latency_ms": 2.0}, episodes=10, wall_time_s=1.25, run="r1")
+    p = QuantPolicy.from_bits(
+        layers,
+        [(2, 2), (4, 8), (32, 8)],
+        NAME,
+        weights_sha256(model),
+        metrics=metrics,
+        budgets={"latency_ms": 2.0},
+        episodes=10,
+        wall_time_s=1.25,
+        run="r1",
+    )
     path = p.save(tmp_path / "sub" / "best_policy.json")
     doc = json.loads(path.read_text())
     assert doc["format"] == FORMAT == "hysquant-policy" and doc["version"] == VERSION == 1
@@ -199,10 +212,15 @@ def test_save_is_atomic_and_leaves_no_temp_file(tmp_path, policy, monkeypatch):
         ("[1, 2]", "expected a JSON object, got list"),
         ('{"format": "something-else", "version": 1}', "is not a HySquant policy \\(format='something-else'"),
         ('{"format": "hysquant-policy", "version": 2}', "format version 2, .* reads version 1"),
-        ('{"format": "hysquant-policy", "version": 1, "model": {"name": "m"}, "layers": []}',
-         "'model' must be an object with keys"),
-        ('{"format": "hysquant-policy", "version": 1, "model": {"name": "m", "weights_sha256": "x", "num_layers": 1},'
-         ' "layers": [{"name": "a", "kind": "conv", "w_bits": 8}]}', "layers\\[0\\] must be an object with keys"),
+        (
+            '{"format": "hysquant-policy", "version": 1, "model": {"name": "m"}, "layers": []}',
+            "'model' must be an object with keys",
+        ),
+        (
+            '{"format": "hysquant-policy", "version": 1, "model": {"name": "m", "weights_sha256": "x",'
+            ' "num_layers": 1}, "layers": [{"name": "a", "kind": "conv", "w_bits": 8}]}',
+            "layers\\[0\\] must be an object with keys",
+        ),
     ],
 )
 def test_load_errors_name_the_file_and_the_problem(tmp_path, content, match):
@@ -248,8 +266,11 @@ def _swap(p: QuantPolicy) -> None:
         (lambda p: p.layers[1].update(a_bits=1), ["layer pw a_bits=1 out of range (2..8 or 32)"], 1),
         (lambda p: p.layers[2].update(a_bits=4.5), ["layer fc a_bits=4.5 out of range"], 1),
         (lambda p: p.layers[2].update(w_bits="8"), ["layer fc w_bits='8' out of range"], 1),
-        (lambda p: p.model.update(weights_sha256="f" * 64),
-         ["made for other weights (sha256 ffffffffffff... != ", "re-run the search for these weights"], 1),
+        (
+            lambda p: p.model.update(weights_sha256="f" * 64),
+            ["made for other weights (sha256 ffffffffffff... != ", "re-run the search for these weights"],
+            1,
+        ),
         (lambda p: p.model.update(name="mobilevit_xs"), ["made for model mobilevit_xs (this is tiny)"], 1),
         (lambda p: p.model.update(num_layers=5), ["num_layers=5 but 3 layers are listed"], 1),
     ],
@@ -299,8 +320,18 @@ def test_validate_kind_mismatch_is_only_a_warning(policy, layers, model):
 # -- parse_uniform -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "spec, expected",
-    [("W8A8", (8, 8)), ("w4a8", (4, 8)), (" W2a2 ", (2, 2)), ("W32A8", (32, 8)), ("fp32", (32, 32)), ("FP32", (32, 32)),
-     ("best_policy.json", None), ("outputs/run/best_policy.json", None), ("w8a8.json", None), ("", None)],
+    [
+        ("W8A8", (8, 8)),
+        ("w4a8", (4, 8)),
+        (" W2a2 ", (2, 2)),
+        ("W32A8", (32, 8)),
+        ("fp32", (32, 32)),
+        ("FP32", (32, 32)),
+        ("best_policy.json", None),
+        ("outputs/run/best_policy.json", None),
+        ("w8a8.json", None),
+        ("", None),
+    ],
 )
 def test_parse_uniform(spec, expected):
     assert parse_uniform(spec) == expected

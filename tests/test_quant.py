@@ -121,7 +121,9 @@ def test_layer_forward_equals_equations():
     lo, hi = minmax(ref_w, per_channel=True)
     dw, zw = qparams(lo, hi, 3)
     da, za = qparams(calib.min(), calib.max(), 5)
-    expect = nn.functional.linear(dequantize(quantize(x, da, za, 5), da, za), dequantize(quantize(ref_w, dw, zw, 3), dw, zw), ref_b)
+    expect = nn.functional.linear(
+        dequantize(quantize(x, da, za, 5), da, za), dequantize(quantize(ref_w, dw, zw, 3), dw, zw), ref_b
+    )
     with torch.inference_mode():
         assert torch.allclose(qm(x), expect, atol=1e-6)
 

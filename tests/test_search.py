@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -9,37 +10,32 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from envs import HySquantEnv, SearchProblem
-from hysquant_rl.allocation import box_mask, proxy_grid
-from hysquant_rl.budget import cost_grids, resolve
+from envs import HySquantEnv
+from hysquant_rl.apps.search import run_search
+from hysquant_rl.bits import grid_sum
 from hysquant_rl.errors import HySquantError
+from hysquant_rl.lut.build import build_lut
+from hysquant_rl.lut.prune import box_mask
 from hysquant_rl.policy import QuantPolicy, validate
-from hysquant_rl.search import run_search
-from hysquant_rl.sensitivity import build_lut
-from tests.conftest import make_cfg
+from hysquant_rl.search.allocation import MIP_REL_GAP, proxy_grid
+from hysquant_rl.search.budget import resolve
+from hysquant_rl.search.problem import SearchProblem, build_problem
+from tests.conftest import run_settings, search_settings
+from tests.formats import missing_keys
 
 QUICK = ["search.episodes=10", "agent.warmup_episodes=3", "agent.gradient_steps=2", "search.checkpoint_every=1"]
 
 
 @pytest.fixture(scope="module")
 def lut(digits_pipeline):
-    return build_lut(make_cfg("search"), digits_pipeline)
+    return build_lut(run_settings("search"), digits_pipeline)
 
 
 def problem(pipe, lut, **kw) -> SearchProblem:
-    mask = lut.mask()
-    cfg = make_cfg("search")
-    budgets = resolve(cfg.budget, pipe.cost, mask)
-    grids, fixed = cost_grids(pipe.cost)
-    fields = dict(
-        layers=pipe.layers, lut_features=np.concatenate([lut.matrix("top1_drop"), lut.matrix("kl")], axis=1),
-        mask=mask, proxy=proxy_grid(lut.configs, lut.matrix("kl")), costs=grids, fixed=fixed,
-        reference=budgets.reference, limits=dict(budgets.limits),
-        evaluate=lambda bits: pipe.evaluator.evaluate(bits, "search_val").to_dict(),
-        fp32=pipe.evaluator.evaluate([(32, 32)] * len(pipe.layers), "search_val").to_dict(),
-    )
-    fields.update(kw)
-    return SearchProblem(**fields)
+    """The run's problem, built by the same code as ``hysquant-search``, with ``kw`` replacing fields."""
+    search = search_settings()
+    budgets = resolve(search.budget, pipe.cost, lut.mask())
+    return dataclasses.replace(build_problem(search, pipe, lut, budgets), **kw)
 
 
 def test_env_passes_checker(digits_pipeline, lut):
@@ -57,7 +53,9 @@ def test_reward_equals_formula(digits_pipeline, lut):
     kl = digits_pipeline.evaluator.evaluate(info["bits"], "search_val").kl
     assert info["reward"] == pytest.approx(10.0 * (-kl - 0.0), rel=1e-9)
     # penalty mode keeps the policy and subtracts the weighted relative excess
-    p2 = problem(digits_pipeline, lut, reward_metric="top1", reward_scale=0.1, budget_mode="penalty", penalty_weight=5.0)
+    p2 = problem(
+        digits_pipeline, lut, reward_metric="top1", reward_scale=0.1, budget_mode="penalty", penalty_weight=5.0
+    )
     info = HySquantEnv(p2).finish(w8a8)
     m = digits_pipeline.evaluator.evaluate(w8a8, "search_val")
     excess = info["totals"]["latency_ms"] / p2.limits["latency_ms"] - 1
@@ -66,7 +64,11 @@ def test_reward_equals_formula(digits_pipeline, lut):
 
 
 def test_nan_evaluation_is_skipped(digits_pipeline, lut):
-    p = problem(digits_pipeline, lut, evaluate=lambda bits: {"top1": float("nan"), "top5": 0.0, "kl": float("nan"), "loss": float("nan")})
+    p = problem(
+        digits_pipeline,
+        lut,
+        evaluate=lambda bits: {"top1": float("nan"), "top5": 0.0, "kl": float("nan"), "loss": float("nan")},
+    )
     info = HySquantEnv(p).finish(np.full((len(digits_pipeline.layers), 2), 4))
     assert info["skipped"] and np.isfinite(info["reward"]) and not info["feasible"]
 
@@ -87,18 +89,19 @@ def test_actions_map_into_allowed_range(digits_pipeline, lut):
     start = np.stack([np.full(len(w_rng), 6), a_rng[:, 1]], 1)
     warm = HySquantEnv(problem(digits_pipeline, lut, warm_start=start, mask=box_mask(w_rng.tolist(), a_rng.tolist())))
     assert tuple(warm.to_bits(0, np.array([0.5, 0.5]))) == tuple(start[0])  # 0.5 = the warm start
-    assert warm.to_bits(0, np.array([1.0, 0.0]))[0] == 8 and warm.to_bits(0, np.array([0.0, 0.0]))[0] == max(4, w_rng[0, 0])
+    assert warm.to_bits(0, np.array([1.0, 0.0]))[0] == 8 and warm.to_bits(0, np.array([0.0, 0.0]))[0] == max(
+        4, w_rng[0, 0]
+    )
 
 
 def test_ten_episode_search_and_resume(tmp_path, digits_pipeline):
     out = tmp_path / "run"
-    cfg = make_cfg("search", QUICK + ["search.episodes=5"])
-    run_search(cfg, out, digits_pipeline)
+    run_search(run_settings(), search_settings(QUICK + ["search.episodes=5"]), out, digits_pipeline)
     state = json.loads((out / "checkpoints" / "state.json").read_text())
     assert state["episodes_done"] == 5 and len(state["history"]) == 5
     first = [e["bits"] for e in state["history"]]
     # resume in the same run directory: continues at episode 5, does not restart from 0
-    summary = run_search(make_cfg("search", QUICK + ["resume=true"]), out, digits_pipeline)
+    summary = run_search(run_settings(), search_settings(QUICK + ["resume=true"]), out, digits_pipeline)
     state = json.loads((out / "checkpoints" / "state.json").read_text())
     assert state["episodes_done"] == 10 and [e["bits"] for e in state["history"][:5]] == first
     assert summary["episodes"] == 10
@@ -111,6 +114,8 @@ def test_ten_episode_search_and_resume(tmp_path, digits_pipeline):
     assert len(events.Scalars("episode/reward")) == 10
     for name in ("model_int.pt", "model_fakequant.pt", "summary.md", "lut.csv", "lut_heatmap.png"):
         assert (out / name).exists(), name
+    for kind, name in (("best_policy", "best_policy.json"), ("summary", "summary.json"), ("lut", "lut.json")):
+        assert not missing_keys(out / name, kind), f"{name} lost keys of its format"
 
 
 def test_warm_start_agent_starts_at_the_warm_start(digits_pipeline, lut):
@@ -121,7 +126,7 @@ def test_warm_start_agent_starts_at_the_warm_start(digits_pipeline, lut):
     start = np.stack([np.full(p.num_layers, 6), np.full(p.num_layers, 8)], 1)
     p.warm_start = np.clip(start, 2, 8)
     env = HySquantEnv(p)
-    agent = make_agent(make_cfg("search").agent, env, p.num_layers, seed=0, local_sigma=0.1)
+    agent = make_agent(search_settings().agent, env, p.num_layers, seed=0, local_sigma=0.1)
     obs, _ = env.reset()
     action, _ = agent.predict(obs, deterministic=True)
     assert np.allclose(action, 0.5)
@@ -130,21 +135,66 @@ def test_warm_start_agent_starts_at_the_warm_start(digits_pipeline, lut):
     assert np.abs(draws).max() <= 2 * 0.2 + 1e-6 and 0.08 < draws.std() < 0.2
 
 
+def test_callback_copies_the_episode_reward_onto_every_transition(digits_pipeline, lut):
+    """HAQ's reward copy: every transition of an episode carries the episode's terminal reward (the environment
+    returned 0 at its intermediate steps), and only the last one is terminal."""
+    from agents.callbacks import SearchCallback
+    from agents.factory import make_agent
+
+    p = problem(digits_pipeline, lut)
+    env = HySquantEnv(p)
+    settings = dataclasses.replace(search_settings().agent, gradient_steps=0, warmup_episodes=0)
+    agent = make_agent(settings, env, p.num_layers, seed=0)
+    rewards, checkpoints = [], []
+    callback = SearchCallback(
+        p.num_layers, lambda info: rewards.append(info["reward"]), lambda: checkpoints.append(1), 2
+    )
+    agent.learn(3 * p.num_layers, callback=callback)
+    buf, n = agent.replay_buffer, p.num_layers
+    assert len(rewards) == 3 and all(r != 0.0 for r in rewards) and len(checkpoints) == 1  # after episode 2
+    expected = np.repeat(np.asarray(rewards, dtype=np.float32)[:, None], n, axis=1)
+    np.testing.assert_array_equal(buf.rewards[: 3 * n, 0].reshape(3, n), expected)
+    done = buf.dones[: 3 * n, 0].reshape(3, n)
+    assert (done[:, -1] == 1).all() and (done[:, :-1] == 0).all()
+
+
+def pareto_optimum(objective, mask, cost, limit, bound) -> float:
+    """The exact minimum of the summed ``objective`` over one allowed pair per layer with the summed ``cost`` within
+    ``limit``, among policies whose objective is at most ``bound`` (inf when there is none): dynamic programming over
+    the Pareto front (cost, objective) of every prefix of layers. An oracle independent of the MILP solver. A prefix
+    is dropped when even the cheapest (or the best) completion would cross ``limit`` (or ``bound``)."""
+    steps = [np.stack([cost[l][mask[l]], objective[l][mask[l]]], axis=1) for l in range(len(mask))]
+    rest = np.zeros((len(steps) + 1, 2))  # the cheapest cost and the best objective of layers l..L-1
+    for l in range(len(steps) - 1, -1, -1):
+        rest[l] = rest[l + 1] + steps[l].min(axis=0)
+    front = np.zeros((1, 2))
+    for l, step in enumerate(steps):
+        cand = (front[:, None, :] + step[None]).reshape(-1, 2)
+        cand = cand[(cand[:, 0] + rest[l + 1, 0] <= limit) & (cand[:, 1] + rest[l + 1, 1] <= bound)]
+        cand = cand[np.lexsort((cand[:, 1], cand[:, 0]))]
+        cheaper_best = np.minimum.accumulate(np.r_[np.inf, cand[:-1, 1]])
+        front = cand[cand[:, 1] < cheaper_best]  # strictly better than every cheaper prefix
+    return float(front[:, 1].min()) if len(front) else float("inf")
+
+
 def test_bad_search_input(tmp_path, digits_pipeline):
+    run = run_settings()
     with pytest.raises(HySquantError, match=r"all-minimum-bits policy: set budget.latency_ratio >= 0\.\d+"):
-        run_search(make_cfg("search", QUICK + ["budget.latency_ratio=0.05"]), tmp_path / "a", digits_pipeline)
+        run_search(run, search_settings(QUICK + ["budget.latency_ratio=0.05"]), tmp_path / "a", digits_pipeline)
     with pytest.raises(HySquantError, match="holds no checkpoint"):
-        run_search(make_cfg("search", QUICK + ["resume=true"]), tmp_path / "b", digits_pipeline)
+        run_search(run, search_settings(QUICK + ["resume=true"]), tmp_path / "b", digits_pipeline)
     with pytest.raises(HySquantError, match=r"search.proxy='loss' is unknown: use one of kl, top1_drop"):
-        run_search(make_cfg("search", ["search.method=ilp", "search.proxy=loss"]), tmp_path / "c", digits_pipeline)
+        search_settings(["search.method=ilp", "search.proxy=loss"])
+    with pytest.raises(HySquantError, match=r"unknown search.method='annealing': use one of rl, uniform"):
+        run_search(run, search_settings(["search.method=annealing"]), tmp_path / "d", digits_pipeline)
 
 
-@pytest.mark.parametrize(("method", "proxy"), [("uniform", "kl"), ("greedy", "kl"), ("ilp", "kl"), ("ilp", "top1_drop"), ("random", "kl")])
-def test_baseline_methods(tmp_path, digits_pipeline, method, proxy):
-    from hysquant_rl.allocation import solve_ilp
-
-    overrides = [f"search.method={method}", f"search.proxy={proxy}", "search.episodes=4"]
-    summary = run_search(make_cfg("search", overrides), tmp_path, digits_pipeline)
+@pytest.mark.parametrize(
+    ("method", "proxy"), [("uniform", "kl"), ("greedy", "kl"), ("ilp", "kl"), ("ilp", "top1_drop"), ("random", "kl")]
+)
+def test_baseline_methods(tmp_path, digits_pipeline, lut, method, proxy):
+    search = search_settings([f"search.method={method}", f"search.proxy={proxy}", "search.episodes=4"])
+    summary = run_search(run_settings(), search, tmp_path, digits_pipeline)
     policy = QuantPolicy.load(tmp_path / "best_policy.json")
     bits = np.array(policy.bits())
     assert policy.provenance["method"] == method
@@ -154,10 +204,13 @@ def test_baseline_methods(tmp_path, digits_pipeline, method, proxy):
         assert (bits == bits[0]).all() and summary["episodes"] >= 1
     if method == "random":
         assert summary["episodes"] == 4
-    if method == "ilp":
-        lut = build_lut(make_cfg("search"), digits_pipeline)
-        grids, fixed = cost_grids(digits_pipeline.cost)
-        limits = {k: v - fixed[k] for k, v in summary["budgets"].items() if k in grids}
-        assert np.array_equal(bits, solve_ilp(proxy_grid(lut.configs, lut.matrix(proxy)), lut.mask(), grids, limits))
+    if method == "ilp":  # the MILP's policy is optimal: checked by an exact dynamic program, not by the solver
+        p = problem(digits_pipeline, lut, proxy=proxy_grid(lut.configs, lut.matrix(proxy)))
+        limit = p.layer_limits()["latency_ms"]
+        found = grid_sum(p.proxy, bits)
+        assert grid_sum(p.costs["latency_ms"], bits) <= limit * (1 + 1e-9)
+        # no policy within the budget beats it by more than the solver's gap (the search is bounded by its value)
+        optimum = pareto_optimum(p.proxy, p.mask, p.costs["latency_ms"], limit * (1 + 1e-9), found * (1 + 1e-9))
+        assert optimum * (1 - 1e-9) <= found <= optimum * (1 + MIP_REL_GAP) + 1e-15
     if method == "greedy":
         assert not (bits == bits[0]).all()  # lowered layer by layer, not uniformly

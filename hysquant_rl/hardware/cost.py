@@ -37,12 +37,26 @@ from typing import Any
 
 import numpy as np
 
+from hysquant_rl.bits import CHOICES, FP32_BITS, GRID, GRID_BITS, check_bits
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.hardware.profile import DeviceProfile
-from hysquant_rl.layers import AttentionMatmul, LayerInfo
-from hysquant_rl.quant.quantizer import FP32_BITS, check_bits
+from hysquant_rl.units import AttentionMatmul, LayerInfo
 
-BIT_CHOICES: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8, FP32_BITS)  # every bit-width a policy may use
+BIT_CHOICES = CHOICES  # every bit-width a policy may use, the cost tables' axis order
+BUDGET_UNITS: dict[str, tuple[str, float, float, str]] = {  # budget key -> (SI field, x multiplier / divisor, unit)
+    "latency_ms": ("latency_s", 1e3, 1.0, "ms"),
+    "energy_mj": ("energy_j", 1e3, 1.0, "mJ"),
+    "size_mb": ("size_bytes", 1.0, 1e6, "MB"),
+}
+"""The cost model's SI units (s, J, byte) -> the units budgets and reports use (ms, mJ, MB = 1e6 bytes)."""
+
+
+def in_budget_units(cost: Any) -> dict[str, float]:
+    """Latency [ms], energy [mJ] and size [MB] of a :class:`LayerCost` or :class:`PolicyCost` (:data:`BUDGET_UNITS`):
+    the one conversion from SI units."""
+    return {key: getattr(cost, field) * mul / div for key, (field, mul, div, _) in BUDGET_UNITS.items()}
+
+
 BIAS_BITS = 32  # biases stay 32-bit (int32 accumulator scale in integer kernels)
 INT8_BYTES = 1  # an activation a quantized consumer reads, as the producer's epilogue writes it
 # bit-width -> position in BIT_CHOICES, -1 where not allowed; one spare -1 at the end so that a lookup with
@@ -102,17 +116,15 @@ class PolicyCost:
     fixed_latency_s: float  # attention matmuls, policy-independent [s]
     fixed_energy_j: float  # [J]
 
+    def totals(self) -> dict[str, float]:
+        """Latency [ms], energy [mJ] and size [MB] (:func:`in_budget_units`)."""
+        return in_budget_units(self)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         for k in ("layer_latency_s", "layer_energy_j", "layer_deployable"):
             d[k] = d[k].tolist()
         return d
-
-
-def _bits(value: Any, what: str) -> int:
-    if isinstance(value, np.integer):
-        value = int(value)
-    return check_bits(value, what)
 
 
 class CostModel:
@@ -210,9 +222,21 @@ class CostModel:
         latency = sum(max(o / peak, b / p.memory_bandwidth) for o, b in kernels)
         energy = ops * p.compute_power_w / peak + p.memory_power_w * memory_s
         return LayerCost(
-            name=m.name, w_bits=FP32_BITS, a_bits=FP32_BITS, precision=p.float_precision, deployable=True,
-            batch_size=batch, ops=ops, bytes_moved=nbytes, compute_s=compute_s, memory_s=memory_s,
-            latency_s=latency, energy_j=energy, size_bytes=0.0, bitops=0, backend=self.backend,
+            name=m.name,
+            w_bits=FP32_BITS,
+            a_bits=FP32_BITS,
+            precision=p.float_precision,
+            deployable=True,
+            batch_size=batch,
+            ops=ops,
+            bytes_moved=nbytes,
+            compute_s=compute_s,
+            memory_s=memory_s,
+            latency_s=latency,
+            energy_j=energy,
+            size_bytes=0.0,
+            bitops=0,
+            backend=self.backend,
         )
 
     # -- queries ---------------------------------------------------------------------------------------
@@ -221,16 +245,25 @@ class CostModel:
         activation, so this layer's output is written as int8 (1 byte) instead of fp16."""
         if not 0 <= i < self.num_layers:
             raise HySquantError(f"layer index {i} is out of range 0..{self.num_layers - 1}")
-        w = _INDEX[_bits(w_bits, "weight bit-width")]
-        a = _INDEX[_bits(a_bits, "activation bit-width")]
+        w = _INDEX[check_bits(w_bits, "weight bit-width")]
+        a = _INDEX[check_bits(a_bits, "activation bit-width")]
         c = int(bool(consumer_quantized))
         return LayerCost(
-            name=self.layers[i].name, w_bits=int(w_bits), a_bits=int(a_bits), precision=self._precision[w][a],
-            deployable=bool(self._deployable[w, a]), batch_size=self.batch_size, ops=float(self._ops[i]),
-            bytes_moved=float(self._bytes[i, w, a, c]), compute_s=float(self._compute_s[i, w, a]),
-            memory_s=float(self._memory_s[i, w, a, c]), latency_s=float(self._latency[i, w, a, c]),
-            energy_j=float(self._energy[i, w, a, c]), size_bytes=float(self._size[i, w]),
-            bitops=int(self._bitops[i, w, a]), backend=self.backend,
+            name=self.layers[i].name,
+            w_bits=int(w_bits),
+            a_bits=int(a_bits),
+            precision=self._precision[w][a],
+            deployable=bool(self._deployable[w, a]),
+            batch_size=self.batch_size,
+            ops=float(self._ops[i]),
+            bytes_moved=float(self._bytes[i, w, a, c]),
+            compute_s=float(self._compute_s[i, w, a]),
+            memory_s=float(self._memory_s[i, w, a, c]),
+            latency_s=float(self._latency[i, w, a, c]),
+            energy_j=float(self._energy[i, w, a, c]),
+            size_bytes=float(self._size[i, w]),
+            bitops=int(self._bitops[i, w, a]),
+            backend=self.backend,
         )
 
     def config_cost(self, i: int, w_bits: int, a_bits: int) -> LayerCost:
@@ -253,7 +286,7 @@ class CostModel:
         if (idx < 0).any():
             layer, col = map(int, np.argwhere(idx < 0)[0])
             what = "weight" if col == 0 else "activation"
-            _bits(int(arr[layer, col]), f"layer {self.layers[layer].name} {what} bit-width")
+            check_bits(int(arr[layer, col]), f"layer {self.layers[layer].name} {what} bit-width")
         pair = idx[:, 0] * len(BIT_CHOICES) + idx[:, 1]
         consumer = np.zeros(self.num_layers, dtype=np.intp)
         consumer[:-1] = arr[1:, 1] != FP32_BITS
@@ -268,22 +301,27 @@ class CostModel:
         deployable = self._deployable.ravel()[pair]
         rows = self._rows
         return PolicyCost(
-            device=self.device, backend=self.backend, batch_size=self.batch_size,
+            device=self.device,
+            backend=self.backend,
+            batch_size=self.batch_size,
             latency_s=float(latency.sum()) + self.fixed_latency_s,
             energy_j=float(energy.sum()) + self.fixed_energy_j,
             size_bytes=float(self._size[rows, pair // len(BIT_CHOICES)].sum()),
             bitops=int(self._bitops.reshape(self.num_layers, -1)[rows, pair].sum()),
             deployable=bool(deployable.all()),
-            layer_latency_s=latency, layer_energy_j=energy, layer_deployable=deployable,
-            fixed_latency_s=self.fixed_latency_s, fixed_energy_j=self.fixed_energy_j,
+            layer_latency_s=latency,
+            layer_energy_j=energy,
+            layer_deployable=deployable,
+            fixed_latency_s=self.fixed_latency_s,
+            fixed_energy_j=self.fixed_energy_j,
         )
 
     def quantized_grid(self, metric: str) -> np.ndarray:
-        """Per-layer cost (n, 7, 7) of every integer pair (w, a) in 2..8 x 2..8, ``metric`` one of
+        """Per-layer cost (n, GRID, GRID) of every integer pair (w, a) in 2..8 x 2..8, ``metric`` one of
         ``latency_s``, ``energy_j``, ``size_bytes``, ``bitops``. Inside a fully quantized policy every
         consumer quantizes its input, so a policy's total is exactly the sum of these over its layers plus
         the fixed part (``fixed_latency_s`` / ``fixed_energy_j``; size and BitOps have none)."""
-        q = _INDEX[2:9]
+        q = _INDEX[GRID_BITS]
         consumer = np.ones(self.num_layers, dtype=np.intp)
         consumer[-1] = 0  # the logits are written as fp16
         rows = self._rows[:, None, None]
@@ -293,10 +331,18 @@ class CostModel:
         if metric == "energy_j":
             return self._energy[rows, w, a, consumer[:, None, None]]
         if metric == "size_bytes":
-            return np.broadcast_to(self._size[rows, w], (self.num_layers, 7, 7)).copy()
+            return np.broadcast_to(self._size[rows, w], (self.num_layers, GRID, GRID)).copy()
         if metric == "bitops":
             return self._bitops[rows, w, a].astype(np.float64)
         raise ValueError(f"unknown cost metric {metric!r}")
+
+    def budget_grids(self) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        """Per-layer grids (n, GRID, GRID) of every budget in its unit (:data:`BUDGET_UNITS`), and each one's
+        policy-independent fixed part: a fully quantized policy's total is the grid sum plus the fixed part."""
+        fixed_si = {"latency_s": self.fixed_latency_s, "energy_j": self.fixed_energy_j, "size_bytes": 0.0}
+        grids = {key: self.quantized_grid(field) * mul / div for key, (field, mul, div, _) in BUDGET_UNITS.items()}
+        fixed = {key: fixed_si[field] * mul / div for key, (field, mul, div, _) in BUDGET_UNITS.items()}
+        return grids, fixed
 
     def uniform_cost(self, w_bits: int, a_bits: int) -> PolicyCost:
         """:meth:`policy_cost` of every layer at (w_bits, a_bits)."""

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.hardware.cost import CostModel
 from hysquant_rl.hardware.profile import DeviceProfile
-from hysquant_rl.layers import AttentionMatmul, LayerInfo
+from hysquant_rl.units import AttentionMatmul, LayerInfo
 
 NO_CUDA = "hardware.backend=measured needs a CUDA GPU; use hardware.backend=modelled"
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -74,8 +74,9 @@ def _round_up(x: int, multiple: int) -> int:
     return -(-x // multiple) * multiple
 
 
-def float_kernel(layer: LayerInfo, batch: int, dtype: torch.dtype, device: torch.device,
-                 gen: torch.Generator) -> tuple[Kernel, str]:
+def float_kernel(
+    layer: LayerInfo, batch: int, dtype: torch.dtype, device: torch.device, gen: torch.Generator
+) -> tuple[Kernel, str]:
     """The layer as a float kernel on ``device``: (callable, description of what it runs)."""
     bias = layer.params > layer.weight_elems
     if is_linear(layer):
@@ -87,8 +88,10 @@ def float_kernel(layer: LayerInfo, batch: int, dtype: torch.dtype, device: torch
         return (lambda: F.linear(x, w, b)), f"F.linear {dtype} ({m}x{k}) @ ({k}x{n})"
     c, h, wd = layer.input_shape
     _, ho, wo = layer.output_shape
-    pad = (_padding(h, ho, layer.kernel[0], layer.stride[0], layer.name),
-           _padding(wd, wo, layer.kernel[1], layer.stride[1], layer.name))
+    pad = (
+        _padding(h, ho, layer.kernel[0], layer.stride[0], layer.name),
+        _padding(wd, wo, layer.kernel[1], layer.stride[1], layer.name),
+    )
     x = torch.randn(batch, c, h, wd, device=device, dtype=dtype, generator=gen)
     x = x.contiguous(memory_format=torch.channels_last)  # the tensor-core layout of cuDNN
     w = torch.randn(layer.out_channels, c // layer.groups, *layer.kernel, device=device, dtype=dtype, generator=gen)
@@ -98,8 +101,7 @@ def float_kernel(layer: LayerInfo, batch: int, dtype: torch.dtype, device: torch
     return fn, f"F.conv2d {dtype} channels_last {tuple(x.shape)} k{layer.kernel} s{layer.stride} g{layer.groups}"
 
 
-def int8_kernel(layer: LayerInfo, batch: int, device: torch.device,
-                gen: torch.Generator) -> tuple[Kernel | None, str]:
+def int8_kernel(layer: LayerInfo, batch: int, device: torch.device, gen: torch.Generator) -> tuple[Kernel | None, str]:
     """A Linear layer as ``torch._int_mm`` on ``device``: (callable, description), or (None, why not)."""
     if not is_linear(layer):
         return None, "convolution: PyTorch has no int8 convolution on CUDA"
@@ -120,8 +122,9 @@ def int8_kernel(layer: LayerInfo, batch: int, device: torch.device,
     return fn, f"torch._int_mm int8 ({mp}x{kp}) @ ({kp}x{np_}) -> int32{padded}"
 
 
-def attention_kernel(m: AttentionMatmul, batch: int, dtype: torch.dtype, device: torch.device,
-                     gen: torch.Generator) -> tuple[Kernel, str]:
+def attention_kernel(
+    m: AttentionMatmul, batch: int, dtype: torch.dtype, device: torch.device, gen: torch.Generator
+) -> tuple[Kernel, str]:
     """softmax(q k^T * scale) v of one attention module: (callable, description)."""
     shape = (batch * m.sequences, m.heads, m.tokens, m.head_dim)
     q, k, v = (torch.randn(shape, device=device, dtype=dtype, generator=gen) for _ in range(3))
@@ -244,8 +247,10 @@ class MeasuredCostModel(CostModel):
             for i, layer in enumerate(self.layers):
                 fl_fn, fl_desc = float_kernel(layer, batch, dtype, device, gen)
                 t_float, e_float = self._measure(fl_fn, meter)
-                record: dict[str, Any] = {"name": layer.name, "float": {"kernel": fl_desc, "latency_s": t_float,
-                                                                        "energy_j": e_float}}
+                record: dict[str, Any] = {
+                    "name": layer.name,
+                    "float": {"kernel": fl_desc, "latency_s": t_float, "energy_j": e_float},
+                }
                 int_fn, int_desc = int8_kernel(layer, batch, device, gen)
                 t_int, e_int = t_float, e_float
                 if int_fn is not None:

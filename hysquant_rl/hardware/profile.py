@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from hysquant_rl.bits import FP32_BITS, MAX_BITS, MIN_BITS
 from hysquant_rl.errors import HySquantError
-from hysquant_rl.quant.quantizer import FP32_BITS, MAX_BITS, MIN_BITS
 
 BACKENDS = ("modelled", "measured")
 _PRECISION = re.compile(r"^(fp32|fp16|bf16|int(\d+))$")
@@ -147,8 +147,13 @@ def _read_profile(name: str) -> dict[str, Any]:
 # -- validation ----------------------------------------------------------------------------------------
 
 _REQUIRED = (
-    "name", "peak_ops", "memory_bandwidth", "max_power_w", "memory_power_w",
-    "deployable_weight_bits", "deployable_activation_bits",
+    "name",
+    "peak_ops",
+    "memory_bandwidth",
+    "max_power_w",
+    "memory_power_w",
+    "deployable_weight_bits",
+    "deployable_activation_bits",
 )
 
 
@@ -175,25 +180,14 @@ def _bit_list(data: Mapping[str, Any], key: str, where: str) -> tuple[int, ...]:
     return tuple(sorted(set(out)))
 
 
-def _to_dict(cfg: Any) -> dict[str, Any]:
-    try:  # a Hydra/OmegaConf node: resolve interpolations into plain containers
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except ImportError:
-        pass
-    return dict(cfg)
-
-
-def load_profile(cfg: Mapping[str, Any] | str) -> DeviceProfile:
-    """Build a :class:`DeviceProfile` from a ``hardware`` config node, a plain mapping, or a profile name.
+def load_profile(settings: Mapping[str, Any] | str) -> DeviceProfile:
+    """Build a :class:`DeviceProfile` from the ``hardware`` settings (a mapping) or a profile name.
 
     A mapping that lacks some fields is completed from the known profile it names (so
     ``{"name": "a100", "batch_size": 64}`` is A100 at batch 64); a complete mapping may describe any device.
     Raises :class:`HySquantError` for an unknown profile name (listing the known ones) or a bad field.
     """
-    data = {"name": cfg} if isinstance(cfg, str) else _to_dict(cfg)
+    data = {"name": settings} if isinstance(settings, str) else dict(settings)
     if any(k not in data for k in _REQUIRED):
         name = data.get("name")
         if not isinstance(name, str):

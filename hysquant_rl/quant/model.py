@@ -14,10 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from hysquant_rl.quant.quantizer import FP32_BITS, check_bits, fake_quantize, minmax, qparams, quantize
+from hysquant_rl.bits import FP32_BITS, check_bits
+from hysquant_rl.quant.quantizer import fake_quantize, minmax, qparams, quantize
+from hysquant_rl.settings import GRANULARITIES, check_choice
 
 QUANTIZABLE = (nn.Conv2d, nn.Linear)
-GRANULARITIES = ("tensor", "channel")
 
 
 class QuantMixin:
@@ -119,12 +120,7 @@ class QuantModel(nn.Module):
 
     def __init__(self, model: nn.Module, names: Sequence[str], weight_granularity: str = "tensor") -> None:
         super().__init__()
-        from hysquant_rl.errors import HySquantError
-
-        if weight_granularity not in GRANULARITIES:
-            raise HySquantError(
-                f"quant.weight_granularity={weight_granularity!r} is unknown: use one of {', '.join(GRANULARITIES)}"
-            )
+        check_choice(weight_granularity, "quant.weight_granularity", GRANULARITIES)
         self.model = model
         self.names = list(names)
         modules = dict(model.named_modules())

@@ -14,18 +14,6 @@ from __future__ import annotations
 
 import torch
 
-FP32_BITS = 32
-MIN_BITS, MAX_BITS = 2, 8
-
-
-def check_bits(bits: int, what: str = "bit-width") -> int:
-    """Return ``bits`` if it is 2..8 or 32 (FP32), else raise a one-line :class:`HySquantError`."""
-    from hysquant_rl.errors import HySquantError
-
-    if isinstance(bits, bool) or not isinstance(bits, int) or not (MIN_BITS <= bits <= MAX_BITS or bits == FP32_BITS):
-        raise HySquantError(f"{what} {bits!r} is out of range: use an integer {MIN_BITS}..{MAX_BITS}, or 32 for FP32")
-    return bits
-
 
 def qparams(xmin: torch.Tensor, xmax: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale Delta and zero point Z for ranges ``[xmin, xmax]`` (any matching shapes, e.g. per channel).

@@ -1,4 +1,5 @@
-"""Plots written next to a run's results. First: the LUT heatmap (paper figure 4 as a picture).
+"""What a LUT shows a person: the heatmap (paper figure 4 as a picture), the run directory's files, the log
+lines and the TensorBoard entries.
 
 Figures are drawn with matplotlib's Agg backend (no display needed) and written atomically as PNG.
 """
@@ -6,24 +7,31 @@ Figures are drawn with matplotlib's Agg backend (no display needed) and written 
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hysquant_rl.io import atomic_write
+from hysquant_rl.lut.prune import SPACE_CONVENTION
+from hysquant_rl.lut.table import LUT, SPLIT
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from hysquant_rl.sensitivity import LUT
+log = logging.getLogger(__name__)
 
 FAMILY_COLOURS = {"cnn": "black", "transformer": "tab:purple"}  # y tick labels: which part of the hybrid
 _ROW_INCH = 0.16  # per layer: 72 layers -> a figure about 13 inches tall, names at 6 pt stay readable
 _COLUMN_INCH = 0.85
-_TITLES = {"top1_drop": "top-1 drop from FP32 (points)", "top5_drop": "top-5 drop from FP32 (points)",
-           "kl": "logit KL to FP32 (nats)", "loss": "cross-entropy (nats)"}
+_TITLES = {
+    "top1_drop": "top-1 drop from FP32 (points)",
+    "top5_drop": "top-5 drop from FP32 (points)",
+    "kl": "logit KL to FP32 (nats)",
+    "loss": "cross-entropy (nats)",
+}
 
 
 def lut_heatmap_figure(lut: LUT, columns: Sequence[str] = ("top1_drop", "kl")) -> Figure:
@@ -49,7 +57,9 @@ def lut_heatmap_figure(lut: LUT, columns: Sequence[str] = ("top1_drop", "kl")) -
             cmap, fmt = "magma_r", "{:.1e}"
         else:
             span = max(float(np.abs(values).max()), 1e-6)
-            norm = TwoSlopeNorm(vcenter=0.0, vmin=min(float(values.min()), -span / 10), vmax=max(float(values.max()), span / 10))
+            norm = TwoSlopeNorm(
+                vcenter=0.0, vmin=min(float(values.min()), -span / 10), vmax=max(float(values.max()), span / 10)
+            )
             cmap, fmt = "RdBu_r", "{:.2f}"
         image = ax.imshow(values, aspect="auto", cmap=cmap, norm=norm, interpolation="nearest")
         for (i, j), v in np.ndenumerate(values):
@@ -72,8 +82,12 @@ def lut_heatmap_figure(lut: LUT, columns: Sequence[str] = ("top1_drop", "kl")) -
         tick.set_color(FAMILY_COLOURS.get(family, "black"))
     if pruned:
         right = axes[-1].secondary_yaxis("right")
-        right.set_yticks(range(n_layers), [f"w{a.w[0]}-{a.w[1]} a{a.a[0]}-{a.a[1]}" if a.reason else "" for a in lut.allowed],
-                         fontsize=6, family="monospace")
+        right.set_yticks(
+            range(n_layers),
+            [f"w{a.w[0]}-{a.w[1]} a{a.a[0]}-{a.a[1]}" if a.reason else "" for a in lut.allowed],
+            fontsize=6,
+            family="monospace",
+        )
         right.set_ylabel("allowed bits (pruned layers)", fontsize=7)
     model = lut.meta.get("model", {}).get("name", "model")
     device = lut.meta.get("device", {})
@@ -97,3 +111,75 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
 def save_lut_heatmap(lut: LUT, path: str | Path, columns: Sequence[str] = ("top1_drop", "kl")) -> Path:
     """:func:`lut_heatmap_figure` written to ``path`` (PNG)."""
     return save_figure(lut_heatmap_figure(lut, columns), path)
+
+
+def write_lut(lut: LUT, out: str | Path) -> dict[str, Path]:
+    """:meth:`LUT.save` (``lut.csv``, ``lut.json``) plus ``lut_heatmap.png`` into the directory ``out``."""
+    paths = lut.save(out)
+    paths["heatmap"] = save_lut_heatmap(lut, Path(out) / "lut_heatmap.png")
+    return paths
+
+
+def log_to_tensorboard(lut: LUT, writer: Any) -> None:
+    """Put the LUT into TensorBoard: the most sensitive layers and the pruned ranges as text, the
+    search-space sizes as scalars, the heatmap as a figure."""
+    top = lut.most_sensitive(5)
+    rows = "\n".join(
+        f"| {r.layer} | {r.kind} | {r.config} | {r.top1_drop:.2f} | {r.kl:.3g} |" for r in top.itertuples()
+    )
+    writer.add_text("lut/most_sensitive", f"| layer | kind | config | top-1 drop | KL |\n|---|---|---|---|---|\n{rows}")
+    if lut.allowed is not None:
+        before, after = lut.search_space()
+        writer.add_scalar("lut/log10_space_before", before)
+        writer.add_scalar("lut/log10_space_after", after)
+        pruned = [
+            f"| {n} | {a.w[0]}..{a.w[1]} | {a.a[0]}..{a.a[1]} | {a.reason} |"
+            for n, a in zip(lut.layer_names, lut.allowed)
+            if a.reason
+        ]
+        writer.add_text(
+            "lut/pruned", "| layer | w | a | why |\n|---|---|---|---|\n" + "\n".join(pruned or ["| - | | | |"])
+        )
+    writer.add_figure("lut/heatmap", lut_heatmap_figure(lut))
+
+
+def log_summary(lut: LUT) -> None:
+    """Log the cache outcome, the table's size, the five most sensitive layers and the search-space size."""
+    c, b = lut.meta["cache"], lut.meta["build"]
+    log.info(
+        "LUT cache %s: %s (%d jobs reused, %d evaluated in %.1f s on %d worker(s))",
+        c["status"],
+        c["path"],
+        c["reused"],
+        c["evaluated"],
+        b["wall_s"],
+        b["workers"],
+    )
+    log.info(
+        "LUT: %d layers x %d configurations (%s) + FP32 = %d rows on %s (%d images, FP32 top-1 %.2f %%)",
+        lut.num_layers,
+        len(lut.configs),
+        ", ".join(lut.labels),
+        len(lut.frame),
+        SPLIT,
+        int(lut.fp32["n"]),
+        lut.fp32["top1"],
+    )
+    top = lut.most_sensitive(5)
+    log.info(
+        "five most sensitive layers (worst configuration):\n%s",
+        "\n".join(
+            f"  {r.index:3d} {r.layer:<40s} {r.kind:<15s} {r.config:<5s} top-1 drop {r.top1_drop:6.2f}  KL {r.kl:.4g}"
+            for r in top.itertuples()
+        ),
+    )
+    before, after = lut.search_space()
+    pruned = sum(bool(a.reason) for a in lut.allowed)
+    log.info(
+        "search space: 10^%.1f policies before pruning, 10^%.1f after (%d of %d layers pruned; %s)",
+        before,
+        after,
+        pruned,
+        lut.num_layers,
+        SPACE_CONVENTION,
+    )

@@ -6,18 +6,23 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig
+
+from hysquant_rl.apps import app, plain, run_dir
+from hysquant_rl.bits import FP32_BITS, parse_uniform
 from hysquant_rl.export import export_quantized
 from hysquant_rl.pipeline import Pipeline, build
-from hysquant_rl.policy import QuantPolicy, parse_uniform, validate
+from hysquant_rl.policy import QuantPolicy, validate
+from hysquant_rl.settings import RunSettings
 
 log = logging.getLogger(__name__)
 
 
-def resolve_policy(spec: str, pipe: Pipeline) -> QuantPolicy:
+def resolve_policy(spec: str, pipe: Pipeline, seed: int) -> QuantPolicy:
     """A policy JSON path, validated against the model; or a uniform spec such as ``W4A8`` or ``FP32``."""
     uniform = parse_uniform(spec)
     if uniform is not None:
-        return pipe.policy([uniform] * len(pipe.layers), method="uniform")
+        return pipe.policy([uniform] * len(pipe.layers), method="uniform", seed=seed)
     policy = QuantPolicy.load(Path(spec).expanduser())
     validate(policy, pipe.layers, pipe.spec.name, pipe.weights_sha256)
     return policy
@@ -38,17 +43,27 @@ def format_metrics(label: str, metrics: dict[str, Any]) -> str:
     return " | ".join(parts)
 
 
-def apply_policy(cfg: Any, out: Path) -> QuantPolicy:
-    """Evaluate ``cfg.policy`` on search-val and test; write ``policy.json`` (with those metrics), the
+def apply_policy(run: RunSettings, spec: str, out: Path) -> QuantPolicy:
+    """Evaluate the policy ``spec`` on search-val and test; write ``policy.json`` (with those metrics), the
     fake-quantized checkpoint and the integer weights into ``out``."""
-    pipe = build(cfg)
-    policy = resolve_policy(str(cfg.policy), pipe)
-    policy.metrics = {**policy.metrics, "apply": pipe.measure(policy.bits(), ("search_val", "test"))}
-    fp32 = pipe.measure([(32, 32)] * len(pipe.layers), ("search_val", "test"))
+    parse_uniform(spec)  # a malformed spec fails before minutes of model and data preparation
+    pipe = build(run)
+    policy = resolve_policy(spec, pipe, run.seed)
+    splits = ("search_val", "test")
+    policy.metrics = {**policy.metrics, "apply": pipe.measure(policy.bits(), splits)}
+    fp32 = pipe.measure([(FP32_BITS, FP32_BITS)] * len(pipe.layers), splits)
     log.info(format_metrics("FP32", fp32))
-    log.info(format_metrics(str(cfg.policy) if parse_uniform(str(cfg.policy)) else "policy", policy.metrics["apply"]))
+    log.info(format_metrics(spec if parse_uniform(spec) else "policy", policy.metrics["apply"]))
     policy.save(out / "policy.json")
     pipe.qmodel.apply_bits(policy.bits())
     paths = export_quantized(pipe.qmodel, policy, pipe.spec.to_dict(), out)
     log.info("wrote %s, %s and %s", out / "policy.json", paths["fakequant"], paths["int"])
     return policy
+
+
+def _main(cfg: DictConfig) -> QuantPolicy:
+    settings = plain(cfg)
+    return apply_policy(RunSettings.from_mapping(settings), str(settings["policy"]), run_dir())
+
+
+main = app("apply")(_main)

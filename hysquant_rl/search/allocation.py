@@ -12,9 +12,10 @@ Three pieces every search method shares:
 * :func:`project`: lower bits until every budget holds, each time on the layer whose proxy increase per unit
   of (normalised) cost saved is smallest: HAQ's budget wall made sensitivity-aware.
 
-Arrays: ``(L, 7, 7)`` over layers x w in 2..8 x a in 2..8; a policy is an ``(L, 2)`` int array of bits.
+Arrays: ``(L, GRID, GRID)`` over layers x w in 2..8 x a in 2..8 (:mod:`hysquant_rl.bits`); a policy is an
+``(L, 2)`` int array of bits.
 Costs are additive: inside a fully quantized policy a layer's cost does not depend on its neighbours
-(see :meth:`hysquant_rl.hardware.CostModel.quantized_grid`).
+(see :meth:`hysquant_rl.hardware.cost.CostModel.quantized_grid`).
 """
 
 from __future__ import annotations
@@ -25,82 +26,72 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp, nnls
 from scipy.sparse import csr_array
 
-BITS = np.arange(2, 9)  # the quantized bit-widths a policy may use
-NB = len(BITS)
-
-
-def to_index(bits: np.ndarray) -> np.ndarray:
-    """Bits 2..8 -> grid index 0..6."""
-    return np.asarray(bits, dtype=np.intp) - 2
-
-
-def grid_sum(grid: np.ndarray, bits: np.ndarray) -> float:
-    """Sum over layers of ``grid[l, w_l, a_l]`` for a policy ``bits`` (L, 2)."""
-    i = to_index(bits)
-    return float(grid[np.arange(len(i)), i[:, 0], i[:, 1]].sum())
+from hysquant_rl.bits import GRID, GRID_BITS, MAX_BITS, grid_sum, to_bits, to_index
 
 
 def proxy_grid(configs: Sequence[tuple[int, int]], values: np.ndarray) -> np.ndarray:
-    """Extend ``values`` (L, C) measured at ``configs`` (C pairs in 2..8) to the full (L, 7, 7) grid."""
+    """Extend ``values`` (L, C) measured at ``configs`` (C pairs in 2..8) to the full (L, GRID, GRID) grid."""
     configs = [(int(w), int(a)) for w, a in configs]
     values = np.clip(np.asarray(values, dtype=np.float64), 0.0, None)
-    feats = np.array([[4.0 ** (8 - w), 4.0 ** (8 - a)] for w, a in configs])
+    feats = np.array([[4.0 ** (MAX_BITS - w), 4.0 ** (MAX_BITS - a)] for w, a in configs])
     norm = feats.max(axis=0)
     feats_n = feats / norm  # conditioning: 4^6 spans too many orders for a plain lstsq
-    wf, af = 4.0 ** (8 - BITS) / norm[0], 4.0 ** (8 - BITS) / norm[1]
-    grid = np.empty((len(values), NB, NB))
+    wf, af = 4.0 ** (MAX_BITS - GRID_BITS) / norm[0], 4.0 ** (MAX_BITS - GRID_BITS) / norm[1]
+    grid = np.empty((len(values), GRID, GRID))
     for l, row in enumerate(values):
         (aw, aa), _ = nnls(feats_n, row)
         grid[l] = aw * wf[:, None] + aa * af[None, :]
     for (w, a), col in zip(configs, values.T):
-        grid[:, w - 2, a - 2] = col
+        grid[:, to_index(w), to_index(a)] = col
     # monotone: a pair never looks better than any pair with more bits on both operands
     grid = np.maximum.accumulate(grid[:, ::-1, :], axis=1)[:, ::-1, :]
     return np.maximum.accumulate(grid[:, :, ::-1], axis=2)[:, :, ::-1]
-
-
-def box_mask(w_range: Sequence[tuple[int, int]], a_range: Sequence[tuple[int, int]]) -> np.ndarray:
-    """(L, 7, 7) mask of the pairs inside each layer's allowed [w_min, w_max] x [a_min, a_max]."""
-    mask = np.zeros((len(w_range), NB, NB), dtype=bool)
-    for l, ((w0, w1), (a0, a1)) in enumerate(zip(w_range, a_range)):
-        mask[l, w0 - 2 : w1 - 1, a0 - 2 : a1 - 1] = True
-    return mask
 
 
 def cheapest(mask: np.ndarray) -> np.ndarray:
     """The all-minimum-bits policy (L, 2): each layer at its lowest allowed w and a (costs are monotone)."""
     w = np.argmax(mask.any(axis=2), axis=1)
     a = np.argmax(mask.any(axis=1), axis=1)
-    return np.stack([w, a], axis=1) + 2
+    return to_bits(np.stack([w, a], axis=1))
 
 
 def richest(mask: np.ndarray) -> np.ndarray:
     """The all-maximum-bits policy (L, 2)."""
-    w = NB - 1 - np.argmax(mask.any(axis=2)[:, ::-1], axis=1)
-    a = NB - 1 - np.argmax(mask.any(axis=1)[:, ::-1], axis=1)
-    return np.stack([w, a], axis=1) + 2
+    w = GRID - 1 - np.argmax(mask.any(axis=2)[:, ::-1], axis=1)
+    a = GRID - 1 - np.argmax(mask.any(axis=1)[:, ::-1], axis=1)
+    return to_bits(np.stack([w, a], axis=1))
 
 
 def uniform_frontier(fits: Callable[[int, int], bool]) -> list[tuple[int, int]]:
     """Uniform pairs (w, a) in 2..8 that ``fits`` with no fitting pair above them on either operand: the only
     candidates for the best uniform policy, since more bits never hurt accuracy."""
-    ok = {(w, a) for w in BITS.tolist() for a in BITS.tolist() if fits(w, a)}
+    ok = {(w, a) for w in GRID_BITS.tolist() for a in GRID_BITS.tolist() if fits(w, a)}
     return sorted((w, a) for w, a in ok if (w + 1, a) not in ok and (w, a + 1) not in ok)
 
 
+MIP_REL_GAP = 1e-6  # the ILP's optimality gap, relative to its optimum
+
+
 def solve_ilp(
-    objective: np.ndarray, mask: np.ndarray, costs: Mapping[str, np.ndarray], limits: Mapping[str, float],
+    objective: np.ndarray,
+    mask: np.ndarray,
+    costs: Mapping[str, np.ndarray],
+    limits: Mapping[str, float],
     time_limit_s: float = 60.0,
 ) -> np.ndarray | None:
-    """Minimise the summed ``objective`` (L, 7, 7) over one allowed pair per layer subject to
+    """Minimise the summed ``objective`` (L, GRID, GRID) over one allowed pair per layer subject to
     ``sum costs[k] <= limits[k]`` for every budget ``k``. Returns the policy (L, 2), or None if infeasible.
 
     A solution is re-checked against the exact sums; if the solver's tolerance let one overshoot, its limit is
-    tightened by the overshoot and the problem solved again.
+    tightened by the overshoot and the problem solved again. The objective is divided by a lower bound of its
+    optimum (each layer at its best allowed pair): HiGHS stops at an absolute gap of 1e-6, which is several
+    percent of a KL sum of 1e-4 nats; scaled, the gap that remains is the relative ``MIP_REL_GAP``.
     """
     cells = np.argwhere(mask)  # (K, 3): layer, w index, a index
     n_layers = mask.shape[0]
     c = objective[mask]
+    floor = sum(float(objective[l][mask[l]].min()) for l in range(n_layers))
+    c = c / max(floor, float(np.abs(c).max()) * 1e-6, 1e-300)
     pick = csr_array((np.ones(len(cells)), (cells[:, 0], np.arange(len(cells)))), shape=(n_layers, len(cells)))
     names = [k for k in limits if k in costs]
     scaled = {k: float(limits[k]) for k in names}
@@ -109,13 +100,18 @@ def solve_ilp(
         if names:
             rows = np.stack([costs[k][mask] / scaled[k] if scaled[k] > 0 else costs[k][mask] for k in names])
             constraints.append(LinearConstraint(rows, -np.inf, [1.0 if scaled[k] > 0 else 0.0 for k in names]))
-        res = milp(c, constraints=constraints, integrality=np.ones(len(cells)), bounds=Bounds(0, 1),
-                   options={"time_limit": time_limit_s})
+        res = milp(
+            c,
+            constraints=constraints,
+            integrality=np.ones(len(cells)),
+            bounds=Bounds(0, 1),
+            options={"time_limit": time_limit_s, "mip_rel_gap": MIP_REL_GAP},
+        )
         if res.x is None:
             return None
         chosen = cells[res.x > 0.5]
         chosen = chosen[np.argsort(chosen[:, 0])]
-        bits = chosen[:, 1:] + 2
+        bits = to_bits(chosen[:, 1:])
         over = {k: grid_sum(costs[k], bits) / float(limits[k]) for k in names if float(limits[k]) > 0}
         worst = max(over.values(), default=0.0)
         if worst <= 1.0:
@@ -127,7 +123,10 @@ def solve_ilp(
 
 
 def project(
-    bits: np.ndarray, objective: np.ndarray, mask: np.ndarray, costs: Mapping[str, np.ndarray],
+    bits: np.ndarray,
+    objective: np.ndarray,
+    mask: np.ndarray,
+    costs: Mapping[str, np.ndarray],
     limits: Mapping[str, float],
 ) -> np.ndarray | None:
     """Lower bits of ``bits`` (L, 2) one step at a time until every ``sum costs[k] <= limits[k]``; each step
@@ -141,7 +140,7 @@ def project(
     while True:
         over = [k for k in names if totals[k] > limits[k]]
         if not over:
-            return idx + 2
+            return to_bits(idx)
         best = None
         for axis in (0, 1):  # lower w, or lower a
             new = idx.copy()

@@ -10,8 +10,6 @@ import logging
 import math
 import re
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,28 +20,17 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from hysquant_rl.apps import plain
+from hysquant_rl.apps.lut import run_lut
 from hysquant_rl.errors import HySquantError
-from hysquant_rl.executor import (
-    Job,
-    LocalExecutor,
-    PrefixReplay,
-    RayExecutor,
-    Worker,
-    make_executor,
-    trunk,
-)
-from hysquant_rl.sensitivity import (
-    COLUMNS,
-    LUT,
-    PruneRules,
-    build_lut,
-    cache_key,
-    cache_path,
-    parse_configs,
-    prune,
-    run_lut,
-)
-from tests.conftest import make_cfg
+from hysquant_rl.lut.build import build_lut, cache_key, cache_path
+from hysquant_rl.lut.executor import Job, LocalExecutor, RayExecutor, Worker, make_executor
+from hysquant_rl.lut.prune import PruneRules, prune
+from hysquant_rl.lut.replay import PrefixReplay, trunk
+from hysquant_rl.lut.report import write_lut
+from hysquant_rl.lut.table import COLUMNS, LUT
+from hysquant_rl.settings import RunSettings, parse_configs
+from tests.conftest import make_cfg, run_settings
 
 CONFIGS = "[[4,8],[8,4]]"  # one test configuration per operand: W4 (at A8) and A4 (at W8)
 FP = (32, 32)
@@ -60,8 +47,8 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def lut_cfg(cache_dir: Path, *extra: str):
-    return make_cfg("lut", [f"lut.configs={CONFIGS}", f"lut.cache_dir={cache_dir}", "threads=1", *extra])
+def lut_cfg(cache_dir: Path, *extra: str) -> RunSettings:
+    return run_settings("lut", [f"lut.configs={CONFIGS}", f"lut.cache_dir={cache_dir}", "threads=1", *extra])
 
 
 @pytest.fixture(scope="module")
@@ -84,14 +71,23 @@ def free_port() -> int:
 
 def test_configs_parse_pairs_and_labels():
     assert parse_configs([[4, 4], [4, 8], "W8A4", "w8a8"]) == [(4, 4), (4, 8), (8, 4), (8, 8)]
-    cfg = make_cfg("lut")
-    assert parse_configs(cfg.lut.configs) == [(4, 4), (4, 8), (8, 4), (8, 8)]  # the paper's four, by default
+    assert run_settings("lut").lut.configs == ((4, 4), (4, 8), (8, 4), (8, 8))  # the paper's four, by default
 
 
-@pytest.mark.parametrize("bad, named", [
-    ([[4, 9]], "[4, 9]"), ([[1, 8]], "[1, 8]"), ([[32, 32]], "[32, 32]"), ([[4]], "[4]"), ([[4, 8, 8]], "[4, 8, 8]"),
-    (["W9A8"], "W9A8"), ([[4.0, 8]], "[4.0, 8]"), ([[4, 8], [4, 8]], "W4A8 twice"), ([], "[]"),
-])
+@pytest.mark.parametrize(
+    "bad, named",
+    [
+        ([[4, 9]], "[4, 9]"),
+        ([[1, 8]], "[1, 8]"),
+        ([[32, 32]], "[32, 32]"),
+        ([[4]], "[4]"),
+        ([[4, 8, 8]], "[4, 8, 8]"),
+        (["W9A8"], "W9A8"),
+        ([[4.0, 8]], "[4.0, 8]"),
+        ([[4, 8], [4, 8]], "W4A8 twice"),
+        ([], "[]"),
+    ],
+)
 def test_bad_configs_are_one_line_errors(bad, named):
     with pytest.raises(HySquantError) as e:
         parse_configs(bad)
@@ -99,12 +95,15 @@ def test_bad_configs_are_one_line_errors(bad, named):
 
 
 def test_bad_settings_fail_before_any_work(tmp_path):
-    for override, message in (("lut.configs=[[4,8],[4,9]]", "[4, 9]"), ("prune.max_kl=-1", "prune.max_kl"),
-                              ("lut.workers=0", "lut.workers")):
+    for override, message in (
+        ("lut.configs=[[4,8],[4,9]]", "[4, 9]"),
+        ("prune.max_kl=-1", "prune.max_kl"),
+        ("lut.workers=0", "lut.workers"),
+    ):
         cfg = make_cfg("lut", [f"lut.cache_dir={tmp_path}", override])
         start = time.perf_counter()
         with pytest.raises(HySquantError, match=re.escape(message)):
-            run_lut(cfg, tmp_path)
+            run_lut(RunSettings.from_mapping(plain(cfg)), tmp_path)
         assert time.perf_counter() - start < 5  # no model, data or LUT work was done (that takes seconds)
     assert not list(tmp_path.iterdir())
 
@@ -113,7 +112,7 @@ def test_unknown_hardware_profile_fails_before_the_pipeline(tmp_path):
     cfg = make_cfg("lut", [f"lut.cache_dir={tmp_path}"])
     cfg.hardware = OmegaConf.create({"name": "nope"})
     with pytest.raises(HySquantError, match="unknown hardware profile 'nope'"):
-        run_lut(cfg, tmp_path)
+        run_lut(RunSettings.from_mapping(plain(cfg)), tmp_path)
 
 
 def test_rows_are_single_layer_measurements_priced_by_the_cost_model(clean, digits_pipeline):
@@ -136,13 +135,22 @@ def test_rows_are_single_layer_measurements_priced_by_the_cost_model(clean, digi
             bits[i] = (w, a)
             m = pipe.evaluator.evaluate(bits)
             assert (top1[i, j], lut.matrix("top5")[i, j], lut.matrix("kl")[i, j], lut.matrix("loss")[i, j]) == (
-                m.top1, m.top5, m.kl, m.loss)
+                m.top1,
+                m.top5,
+                m.kl,
+                m.loss,
+            )
     # priced as that layer at that configuration (ms, mJ); FP32 rows at the float precision with no drop
     for row in lut.frame.sample(12, random_state=0).itertuples():
         c = pipe.cost.config_cost(row.index, row.w_bits, row.a_bits)
         assert row.latency_ms == pytest.approx(c.latency_s * 1e3) and row.energy_mj == pytest.approx(c.energy_j * 1e3)
         assert (row.size_bytes, row.bitops, row.precision, row.deployable, row.batch_size) == (
-            c.size_bytes, c.bitops, c.precision, c.deployable, c.batch_size)
+            c.size_bytes,
+            c.bitops,
+            c.precision,
+            c.deployable,
+            c.batch_size,
+        )
     fp_rows = lut.frame[lut.frame["config"] == "FP32"]
     assert (fp_rows[["top1_drop", "top5_drop", "kl"]] == 0).all().all()
     assert set(fp_rows["precision"]) == {pipe.cost.profile.float_precision}
@@ -151,7 +159,7 @@ def test_rows_are_single_layer_measurements_priced_by_the_cost_model(clean, digi
 
 def test_files_round_trip(clean, tmp_path):
     _, lut, _, _ = clean
-    paths = lut.write(tmp_path)
+    paths = write_lut(lut, tmp_path)
     assert {p.name for p in paths.values()} == {"lut.csv", "lut.json", "lut_heatmap.png"}
     assert paths["heatmap"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     csv = pd.read_csv(paths["csv"])
@@ -162,7 +170,8 @@ def test_files_round_trip(clean, tmp_path):
     doc = json.loads(paths["json"].read_text())
     assert doc["key"]["model"]["weights_sha256"] == lut.meta["model"]["weights_sha256"]
     assert len(doc["prune"]["allowed"]) == lut.num_layers and doc["prune"]["log10_space_before"] == pytest.approx(
-        lut.num_layers * math.log10(49))
+        lut.num_layers * math.log10(49)
+    )
 
 
 def test_most_sensitive_orders_by_drop_then_kl(clean):
@@ -170,7 +179,9 @@ def test_most_sensitive_orders_by_drop_then_kl(clean):
     top = lut.most_sensitive(5)
     assert len(top) == 5 and top["layer"].is_unique
     drop, kl = lut.matrix("top1_drop"), lut.matrix("kl")
-    worst = sorted(((drop[i].max(), kl[i][drop[i] == drop[i].max()].max(), i) for i in range(lut.num_layers)), reverse=True)
+    worst = sorted(
+        ((drop[i].max(), kl[i][drop[i] == drop[i].max()].max(), i) for i in range(lut.num_layers)), reverse=True
+    )
     assert top["index"].tolist() == [i for _, _, i in worst[:5]]
     assert top["top1_drop"].tolist() == [d for d, _, _ in worst[:5]]
 
@@ -194,16 +205,18 @@ def test_cache_key_covers_what_changes_the_numbers(clean, digits_pipeline):
         # the same pipeline object stands in for the rebuilt one: only the config-driven parts can move
         pipe = digits_pipeline
         if override.startswith("hardware"):
-            from hysquant_rl.hardware import load_profile, make_cost_model
+            from hysquant_rl.hardware import make_cost_model
 
-            pipe = dataclasses.replace(pipe, cost=make_cost_model(pipe.layers, pipe.matmuls, load_profile(other.hardware)))
+            pipe = dataclasses.replace(pipe, cost=make_cost_model(pipe.layers, pipe.matmuls, other.hardware))
         k2 = cache_key(other, pipe, lut.configs)
         assert part(k2) != part(key) and cache_path(other, pipe, k2) != path, override
     other_weights = dataclasses.replace(digits_pipeline, weights_sha256="0" * 64)
     assert cache_key(cfg, other_weights, lut.configs)["model"] != key["model"]
     assert cache_key(cfg, digits_pipeline, [(8, 4), (4, 8)])["configs"] != key["configs"]
     # what cannot change a number does not invalidate the cache
-    assert cache_key(lut_cfg(path.parent, "eval.prefix_cache_mb=0", "lut.workers=2"), digits_pipeline, lut.configs) == key
+    assert (
+        cache_key(lut_cfg(path.parent, "eval.prefix_cache_mb=0", "lut.workers=2"), digits_pipeline, lut.configs) == key
+    )
 
 
 # -- the cache ---------------------------------------------------------------------------------------------
@@ -289,17 +302,24 @@ def test_pruning_rules_raise_minimum_bits_from_the_configs_present():
     configs = [(4, 4), (4, 8), (8, 4), (8, 8)]
     rules = PruneRules(max_drop=1.0, max_kl=0.02)
     ok = [0.0, 0.0, 0.0, 0.0]
-    drop = np.array([
-        ok,                      # 0: nothing fails
-        [5.0, 0.0, 3.0, 0.0],    # 1: A4 hurts (W8A4): activations keep 8 bits (the paper's rule)
-        [2.0, 2.0, 0.0, 0.0],    # 2: W4 hurts (W4A8): weights keep 8 bits
-        [9.0, 9.0, 9.0, 4.0],    # 3: even W8A8 hurts: 8 bits on both
-        [2.0, 0.0, 0.0, 0.0],    # 4: only W4A4 hurts: each operand alone is fine, so nothing is pruned
-    ])
+    drop = np.array(
+        [
+            ok,  # 0: nothing fails
+            [5.0, 0.0, 3.0, 0.0],  # 1: A4 hurts (W8A4): activations keep 8 bits (the paper's rule)
+            [2.0, 2.0, 0.0, 0.0],  # 2: W4 hurts (W4A8): weights keep 8 bits
+            [9.0, 9.0, 9.0, 4.0],  # 3: even W8A8 hurts: 8 bits on both
+            [2.0, 0.0, 0.0, 0.0],  # 4: only W4A4 hurts: each operand alone is fine, so nothing is pruned
+        ]
+    )
     kl = np.zeros_like(drop)
     allowed = prune(configs, drop, kl, rules)
     assert [(a.w, a.a) for a in allowed] == [
-        ((2, 8), (2, 8)), ((2, 8), (8, 8)), ((8, 8), (2, 8)), ((8, 8), (8, 8)), ((2, 8), (2, 8))]
+        ((2, 8), (2, 8)),
+        ((2, 8), (8, 8)),
+        ((8, 8), (2, 8)),
+        ((8, 8), (8, 8)),
+        ((2, 8), (2, 8)),
+    ]
     assert "A4 fails at W8A4" in allowed[1].reason and allowed[0].reason == ""
     # KL alone prunes (top-1 unchanged), and a null threshold switches its test off
     kl_only = np.array([[0.0, 0.0, 0.5, 0.0]])
@@ -370,7 +390,7 @@ def test_executor_runs_any_policy_and_replay_falls_back(digits_pipeline):
     n = len(pipe.layers)
     policies = [[(8, 8)] * n, [(4, 8)] * (n // 2) + [(8, 4)] * (n - n // 2), [FP] * 40 + [(4, 4)] * (n - 40)]
     jobs = [Job(np.array(b), "search_val", tag=k) for k, b in enumerate(policies)] + [Job([FP] * n, "test", tag="fp")]
-    with make_executor(make_cfg("lut"), 1, pipe) as ex:
+    with make_executor(run_settings("lut"), pipe) as ex:
         results = {r.job.tag: r for r in ex.map(jobs)}
         assert ex.evaluations == 3  # the all-FP32 job is answered from the cached FP32 logits
     for k, b in enumerate(policies):
@@ -402,13 +422,13 @@ def test_ray_address_that_does_not_answer_is_one_line_and_loses_nothing(clean, d
     assert f"ray.address={address} does not answer" in str(e.value) and "\n" not in str(e.value)
     assert path.read_bytes() == before  # the partial results are still there for the next run
     with pytest.raises(HySquantError, match=r"could not start ray.address=auto: ConnectionError"):
-        make_executor(lut_cfg(tmp_path, "ray.address=auto"), 2)  # no cluster on this machine
+        make_executor(lut_cfg(tmp_path, "ray.address=auto", "lut.workers=2"))  # no cluster on this machine
 
 
 def test_two_ray_workers_build_exactly_the_single_process_lut(clean, digits_pipeline, tmp_path):
     pytest.importorskip("ray")
     cfg = lut_cfg(tmp_path, "lut.workers=2", "lut.configs=[[4,8]]")  # threads=1: explicit in each actor
-    with RayExecutor(cfg, workers=2) as ex:
+    with RayExecutor(cfg) as ex:
         lut = build_lut(cfg, digits_pipeline, executor=ex)
         assert ex.evaluations == len(digits_pipeline.layers)
         # the same actors serve search policies: results as they complete, tags intact
@@ -420,14 +440,12 @@ def test_two_ray_workers_build_exactly_the_single_process_lut(clean, digits_pipe
         assert got[w] == digits_pipeline.evaluator.evaluate(b)
 
 
-def test_hysquant_lut_app_writes_and_logs(clean, tmp_path):
+def test_hysquant_lut_app_writes_and_logs(clean, tmp_path, run_here):
+    from hysquant_rl.apps.lut import main
+
     _, lut, _, path = clean
     out = tmp_path / "run"
-    proc = subprocess.run(
-        [str(Path(sys.executable).with_name("hysquant-lut")), f"lut.configs={CONFIGS}", f"lut.cache_dir={path.parent}",
-         f"hydra.run.dir={out}", "threads=1"],
-        check=False, capture_output=True, text=True, timeout=300,
-    )
+    proc = run_here(main, f"lut.configs={CONFIGS}", f"lut.cache_dir={path.parent}", "threads=1", tmp_path=out)
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = proc.stdout + proc.stderr
     assert "LUT cache hit" in text and "five most sensitive layers" in text

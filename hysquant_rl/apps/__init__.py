@@ -1,0 +1,64 @@
+"""The console scripts, one module each, all over the shared ``conf/`` tree:
+
+    hysquant-train    apps/train.py   train (or report) the embedded default model
+    hysquant-lut      apps/lut.py     build the sensitivity lookup table (LUT)
+    hysquant-search   apps/search.py  search a mixed-precision policy under hardware budgets
+    hysquant-apply    apps/apply.py   evaluate a policy on the test split and write the quantized model
+    hysquant-bench    apps/bench.py   every search method under the same budgets, figures and plots
+
+This is the only layer that sees a Hydra config: each app resolves it once (:func:`settings_of`) into the typed
+settings of :mod:`hysquant_rl.settings` and passes those down. A :class:`HySquantError` ends a run with one
+``error: ...`` line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from hysquant_rl.errors import HySquantError
+
+log = logging.getLogger("hysquant_rl")
+CONF_DIR = str(importlib.resources.files("hysquant_rl.conf"))
+
+
+def run_dir() -> Path:
+    """The Hydra run directory of the current job."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def plain(cfg: DictConfig) -> dict[str, Any]:
+    """The config as plain containers, interpolations resolved; a value left ``???`` is a one-line error."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise HySquantError(f"{', '.join(missing)} must be set: pass {missing[0]}=... on the command line")
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
+    """Make ``fn(cfg)`` a Hydra console script over ``conf/<config_name>.yaml`` that turns a
+    :class:`HySquantError` into one ``error:`` line and exit status 2."""
+
+    def deco(fn: Callable[[DictConfig], Any]) -> Callable[[], Any]:
+        @functools.wraps(fn)
+        def task(cfg: DictConfig) -> Any:
+            try:
+                return fn(cfg)
+            except HySquantError as e:
+                log.error("error: %s", e)
+                print(f"error: {e}", file=sys.stderr)
+                sys.exit(2)
+
+        return hydra.main(version_base=None, config_path=CONF_DIR, config_name=config_name)(task)
+
+    return deco

@@ -1,0 +1,32 @@
+"""``hysquant-train``: train the embedded model of ``model=embedded`` on ``data=...`` into the model cache
+(``train.force=true`` retrains it)."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from hysquant_rl.apps import app, log, plain
+from hysquant_rl.errors import HySquantError
+from hysquant_rl.settings import RunSettings
+
+
+def run_train(cfg: DictConfig) -> None:
+    from hysquant_rl.data import load_data
+    from hysquant_rl.models import embedded_checkpoint
+    from hysquant_rl.train import ensure_embedded
+
+    settings = plain(cfg)
+    run = RunSettings.from_mapping(settings)
+    if not run.model.embedded:
+        raise HySquantError(
+            f"model={run.model.name} is not the embedded model: hysquant-train trains model=embedded only"
+        )
+    force = bool(settings["train"]["force"])
+    path = embedded_checkpoint(run.model, run.data, run.seed, run.cache_dir)
+    if path.exists() and not force:
+        log.info("embedded model already cached at %s (train.force=true retrains it)", path)
+        return
+    ensure_embedded(run, load_data(run.data, seed=run.seed), force=True)
+
+
+main = app("train")(run_train)

@@ -1,0 +1,115 @@
+"""The outer loop of paper section 3.3: budgets -> a search method on search-val -> the best feasible policy
+checked on the hardware backend -> while a budget is missed, internal budgets tightened by checked/modelled
+and the search repeated.
+
+The method is given as a factory (``make_method(search, problem, recorder, out)``): the baselines of
+:mod:`hysquant_rl.search.baselines`, or the RL agent the app layer adds from ``agents/``. The library never
+imports ``envs/`` or ``agents/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hysquant_rl.errors import NoPolicyError
+from hysquant_rl.hardware import make_cost_model
+from hysquant_rl.search.budget import Budgets, resolve
+from hysquant_rl.search.problem import SearchProblem, build_problem
+from hysquant_rl.search.recorder import Recorder
+
+if TYPE_CHECKING:
+    from hysquant_rl.lut.table import LUT
+    from hysquant_rl.pipeline import Pipeline
+    from hysquant_rl.settings import SearchSettings
+
+log = logging.getLogger(__name__)
+
+MethodFactory = Callable[["SearchSettings", SearchProblem, Recorder, Path], Any]
+
+
+@dataclass
+class SearchResult:
+    """What a search found before the test split: the policy ``bits`` (L, 2) and how it was found."""
+
+    bits: np.ndarray
+    budgets: Budgets
+    problem: SearchProblem  # search-val metrics cache, evaluation time
+    recorder: Recorder
+    rounds: list[dict[str, Any]]
+    wall_s: float
+
+
+def search(
+    search: SearchSettings,
+    pipe: Pipeline,
+    lut: LUT,
+    out: Path,
+    make_method: MethodFactory,
+    log_lut: bool = True,
+) -> SearchResult:
+    """Budgets -> ``make_method`` on search-val -> hardware check, re-searching with tightened internal budgets
+    while the checked policy misses one (paper 3.3). Writes TensorBoard (with the LUT's heatmap when ``log_lut``:
+    seconds of plotting) and best_policy.json to ``out``."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from hysquant_rl.lut.report import log_to_tensorboard
+
+    start = time.perf_counter()
+    budgets = resolve(search.budget, pipe.cost, lut.mask())
+    log.info("budgets on %s at batch %d: %s", pipe.cost.device, pipe.cost.batch_size, budgets.describe())
+    recorder = Recorder(pipe, out, search.method, search.seed, budgets, writer=SummaryWriter(str(out / "tb")))
+    if log_lut:
+        log_to_tensorboard(lut, recorder.writer)
+
+    # The search prices with the roofline; the check runs on the profile's backend (the same model when that is
+    # the roofline). The internal budgets start at the user's and tighten by the checked-over-modelled ratio.
+    profile = pipe.cost.profile
+    check = pipe.cost if profile.backend == pipe.cost.backend else make_cost_model(pipe.layers, pipe.matmuls, profile)
+    internal = dict(budgets.limits)
+    rounds: list[dict[str, Any]] = []
+    problem = build_problem(search, pipe, lut, budgets)
+    method = make_method(search, problem, recorder, out)
+    best_bits = None
+    try:
+        for r in range(search.max_rounds):
+            bits = method.run(internal, round_index=r)
+            if bits is None:
+                raise NoPolicyError(
+                    f"search.method={search.method} found no policy within {budgets.describe()}: relax the budgets"
+                )
+            modelled = {k: v for k, v in problem.totals(bits).items() if k in budgets.limits}
+            checked = check.policy_cost(bits).totals()
+            holds = budgets.holds(checked, problem.metrics(bits)["top1"])
+            rounds.append(
+                {
+                    "round": r,
+                    "internal_limits": dict(internal),
+                    "modelled": modelled,
+                    "checked": checked,
+                    "backend": check.backend,
+                    "holds": holds,
+                }
+            )
+            log.info(
+                "round %d: checked on %s (%s): %s",
+                r,
+                check.backend,
+                check.device,
+                ", ".join(f"{k} {'ok' if v else 'MISSED'}" for k, v in holds.items()) or "no budget",
+            )
+            best_bits = bits
+            if all(holds.values()):
+                break
+            for k, limit in budgets.limits.items():
+                if checked[k] > limit:
+                    internal[k] = internal[k] * limit / checked[k]
+    finally:
+        recorder.writer.close()
+    return SearchResult(np.asarray(best_bits), budgets, problem, recorder, rounds, time.perf_counter() - start)

@@ -1,0 +1,389 @@
+"""Typed settings: the ``conf/`` tree, resolved once at an app's boundary, as small frozen dataclasses.
+
+Each app (``hysquant_rl/apps/``) composes its Hydra config, turns it into plain containers and builds the
+settings below with ``from_mapping``; everything under the app layer takes these, never a raw config. Each
+``from_mapping`` checks what it reads and raises a one-line :class:`HySquantError` naming the key.
+
+* :class:`RunSettings`: what every app shares (seed, threads, model, data, quantizer, evaluation, hardware
+  profile, LUT, Ray); its ``lut`` is a :class:`LUTSettings` with the pruning rules.
+* :class:`SearchSettings`: ``hysquant-search`` on top (method, episodes, reward, budget, agent).
+
+Torch-free, like everything the search and the cost model read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hysquant_rl.bits import MAX_BITS, MIN_BITS, label, parse_uniform
+from hysquant_rl.errors import HySquantError
+from hysquant_rl.hardware.profile import DeviceProfile, load_profile
+from hysquant_rl.lut.prune import PruneRules
+
+PROXIES = ("kl", "top1_drop")
+"""LUT columns ``search.proxy`` may name: the additive sensitivity the ILP minimises and the greedy walk and the
+budget projection follow. KL is smooth; top-1 drops on a small search-val split are noisy, and an optimiser
+summing them exploits the noise."""
+REWARD_METRICS = ("top1", "kl", "loss")
+BUDGET_MODES = ("project", "penalty")
+GRANULARITIES = ("tensor", "channel")
+
+
+# -- checks ----------------------------------------------------------------------------------------------------
+
+
+def _integer(value: Any, key: str, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+        floor = "" if minimum is None else f" >= {minimum}"
+        raise HySquantError(f"{key}={value!r} must be an integer{floor}")
+    return value
+
+
+def _number(value: Any, key: str, positive: bool = False, optional: bool = False) -> float | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (positive and not value > 0):
+        raise HySquantError(f"{key}={value!r} must be a {'positive ' if positive else ''}number")
+    return float(value)
+
+
+def check_choice(value: Any, key: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise HySquantError(f"{key}={value!r} is unknown: use one of {', '.join(choices)}")
+    return str(value)
+
+
+# -- shared by every app ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """``conf/model/``: which timm architecture, and where its weights come from."""
+
+    name: str
+    num_classes: int
+    in_chans: int
+    img_size: int
+    embedded: bool = False
+    pretrained: bool = False
+    checkpoint: str | None = None
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[str, Any]) -> ModelSettings:
+        return cls(
+            name=str(m["name"]),
+            num_classes=_integer(m["num_classes"], "model.num_classes", 1),
+            in_chans=_integer(m["in_chans"], "model.in_chans", 1),
+            img_size=_integer(m["img_size"], "model.img_size", 1),
+            embedded=bool(m.get("embedded", False)),
+            pretrained=bool(m.get("pretrained", False)),
+            checkpoint=None if m.get("checkpoint") in (None, "") else str(m["checkpoint"]),
+        )
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """``data.train``: how ``hysquant-train`` trains the embedded model on this data set."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    label_smoothing: float
+    max_shift: int
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """``conf/data/``: one data set and its splits. ``given`` names the keys the config set, so that
+    :meth:`to_dict` (what the model and LUT cache keys hash) is the config as written."""
+
+    name: str
+    num_classes: int
+    in_chans: int
+    img_size: int
+    calib_size: int
+    search_val_size: int
+    test_size: int | None = None
+    train_size: int | None = None
+    root: str | None = None
+    download: bool = False
+    batch_size: int | None = None  # loader batch of a streamed test split
+    workers: int | None = None  # loader processes of a streamed test split
+    train: TrainRecipe | None = None
+    given: tuple[str, ...] = field(default=(), repr=False)
+
+    @classmethod
+    def from_mapping(cls, d: Mapping[str, Any]) -> DataSettings:
+        known = {f for f in cls.__dataclass_fields__ if f != "given"}
+        values = {k: v for k, v in d.items() if k in known}
+        for key in ("calib_size", "search_val_size"):
+            _integer(d.get(key), f"data.{key}", 1)
+        for key in ("test_size", "train_size"):
+            if d.get(key) is not None:
+                _integer(d[key], f"data.{key}", 1)
+        if isinstance(values.get("train"), Mapping):
+            values["train"] = TrainRecipe(**values["train"])
+        if values.get("root") is not None:
+            values["root"] = str(values["root"])
+        return cls(**values, given=tuple(k for k in d if k in known))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The keys the config set, with their values (the recipe as a mapping)."""
+        d = asdict(self)
+        return {k: d[k] for k in self.given}
+
+
+@dataclass(frozen=True)
+class QuantSettings:
+    """``quant``: quantizer options (the equations are the paper's, per tensor by default)."""
+
+    weight_granularity: str = "tensor"
+
+    @classmethod
+    def from_mapping(cls, q: Mapping[str, Any]) -> QuantSettings:
+        return cls(check_choice(q.get("weight_granularity", "tensor"), "quant.weight_granularity", GRANULARITIES))
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """``eval``: batch size of every evaluation, and the FP32-prefix replay's memory in MB per worker and split."""
+
+    batch_size: int = 256
+    prefix_cache_mb: float = 1024.0
+
+    @classmethod
+    def from_mapping(cls, e: Mapping[str, Any]) -> EvalSettings:
+        return cls(
+            batch_size=_integer(e["batch_size"], "eval.batch_size", 1),
+            prefix_cache_mb=float(e.get("prefix_cache_mb", 1024.0)),
+        )
+
+    def key(self) -> dict[str, Any]:
+        """What changes a measured number (the replay is bit-identical to a full pass)."""
+        return {"batch_size": self.batch_size}
+
+
+def parse_configs(items: Any) -> list[tuple[int, int]]:
+    """``lut.configs`` -> (w_bits, a_bits) pairs, bits 2..8. Items are ``[w, a]`` pairs or ``"W4A8"`` strings.
+    Raises :class:`HySquantError` naming the first bad item, a duplicate, or an empty list."""
+    hint = (
+        f"use [w_bits, a_bits] pairs with bits {MIN_BITS}..{MAX_BITS}, e.g. lut.configs=[[4,4],[8,8]]"
+        " (FP32 rows are added anyway)"
+    )
+    if not isinstance(items, (list, tuple)) or not items:
+        raise HySquantError(f"lut.configs={items!r} is not a non-empty list: {hint}")
+    out: list[tuple[int, int]] = []
+    for item in items:
+        pair = _pair(item)
+        if pair is None:
+            raise HySquantError(
+                f"lut.configs: {item!r} is not a (w_bits, a_bits) pair with bits {MIN_BITS}..{MAX_BITS}: {hint}"
+            )
+        if pair in out:
+            raise HySquantError(f"lut.configs lists {label(*pair)} twice: {hint}")
+        out.append(pair)
+    return out
+
+
+def _pair(item: Any) -> tuple[int, int] | None:
+    if isinstance(item, str):
+        try:
+            pair = parse_uniform(item)
+        except HySquantError:
+            return None
+    elif isinstance(item, (list, tuple)) and len(item) == 2:
+        pair = tuple(item)
+    else:
+        return None
+    if pair is None or not all(
+        isinstance(b, int) and not isinstance(b, bool) and MIN_BITS <= b <= MAX_BITS for b in pair
+    ):
+        return None
+    return int(pair[0]), int(pair[1])
+
+
+@dataclass(frozen=True)
+class LUTSettings:
+    """``lut`` and ``prune``: the configurations every layer is measured at, the build's workers and cache."""
+
+    configs: tuple[tuple[int, int], ...]
+    rules: PruneRules
+    cache_dir: Path
+    workers: int = 1
+    cache: bool = True
+    save_every: int = 8
+
+    @classmethod
+    def from_mapping(cls, lut: Mapping[str, Any], prune: Mapping[str, Any]) -> LUTSettings:
+        return cls(
+            configs=tuple(parse_configs(lut["configs"])),
+            rules=PruneRules.from_mapping(prune),
+            cache_dir=Path(str(lut["cache_dir"])).expanduser(),
+            workers=_positive(lut["workers"], "lut.workers"),
+            cache=bool(lut["cache"]),
+            save_every=_positive(lut["save_every"], "lut.save_every"),
+        )
+
+
+def _positive(v: Any, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise HySquantError(f"{name}={v!r} must be a positive integer")
+    return v
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    """``ray``: where LUT and evaluation workers run (null address: this machine)."""
+
+    address: str | None = None
+    connect_timeout_s: float = 5.0
+
+    @classmethod
+    def from_mapping(cls, r: Mapping[str, Any]) -> RaySettings:
+        return cls(address=r.get("address") or None, connect_timeout_s=float(r.get("connect_timeout_s", 5.0)))
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What every app shares (``conf/base.yaml`` and its groups)."""
+
+    seed: int
+    threads: int | None
+    cache_dir: Path  # paths.cache: embedded models (and the LUT cache by default)
+    model: ModelSettings
+    data: DataSettings
+    quant: QuantSettings
+    eval: EvalSettings
+    hardware: DeviceProfile
+    lut: LUTSettings
+    ray: RaySettings
+
+    @classmethod
+    def from_mapping(cls, c: Mapping[str, Any]) -> RunSettings:
+        threads = c.get("threads")
+        return cls(
+            seed=_integer(c["seed"], "seed"),
+            threads=None if not threads else _integer(threads, "threads", 1),
+            cache_dir=Path(str(c["paths"]["cache"])).expanduser(),
+            model=ModelSettings.from_mapping(c["model"]),
+            data=DataSettings.from_mapping(c["data"]),
+            quant=QuantSettings.from_mapping(c["quant"]),
+            eval=EvalSettings.from_mapping(c["eval"]),
+            hardware=load_profile(c["hardware"]),
+            lut=LUTSettings.from_mapping(c["lut"], c["prune"]),
+            ray=RaySettings.from_mapping(c["ray"]),
+        )
+
+
+# -- hysquant-search -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    """``conf/budget/``: latency [ms], energy [mJ] and size [MB] per inference, each absolute and/or as a ratio of
+    uniform W8A8 (both given: the tighter holds; None: no such budget), an accuracy floor on search-val top-1 [%],
+    and what an episode does with a policy over budget (``mode``: project or penalty)."""
+
+    mode: str = "project"
+    penalty_weight: float = 10.0
+    latency_ms: float | None = None
+    latency_ratio: float | None = None
+    energy_mj: float | None = None
+    energy_ratio: float | None = None
+    size_mb: float | None = None
+    size_ratio: float | None = None
+    min_top1: float | None = None
+
+    @classmethod
+    def from_mapping(cls, b: Mapping[str, Any]) -> BudgetSpec:
+        values: dict[str, Any] = {"mode": check_choice(b.get("mode", "project"), "budget.mode", BUDGET_MODES)}
+        values["penalty_weight"] = _number(b.get("penalty_weight", 10.0), "budget.penalty_weight")
+        for key in ("latency_ms", "latency_ratio", "energy_mj", "energy_ratio", "size_mb", "size_ratio", "min_top1"):
+            values[key] = _number(b.get(key), f"budget.{key}", optional=True)
+        return cls(**values)
+
+    def given(self, key: str) -> tuple[float | None, float | None]:
+        """(absolute, ratio of W8A8) of the budget ``key`` (latency_ms, energy_mj, size_mb)."""
+        return getattr(self, key), getattr(self, f"{key.split('_')[0]}_ratio")
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """``conf/agent/``: the SB3 agent and its hyperparameters (HAQ's for DDPG)."""
+
+    name: str
+    net_arch: tuple[int, ...]
+    learning_rate: float
+    buffer_size: int
+    batch_size: int
+    tau: float
+    gamma: float
+    gradient_steps: int  # updates after every episode
+    warmup_episodes: int  # exploration before the first update
+    noise_sigma: float  # HAQ's truncated-normal exploration, in [0, 1] action units
+    noise_decay: float  # per episode
+
+    @classmethod
+    def from_mapping(cls, a: Mapping[str, Any]) -> AgentSettings:
+        return cls(
+            name=str(a["name"]),
+            net_arch=tuple(int(n) for n in a["net_arch"]),
+            learning_rate=float(a["learning_rate"]),
+            buffer_size=_integer(a["buffer_size"], "agent.buffer_size", 1),
+            batch_size=_integer(a["batch_size"], "agent.batch_size", 1),
+            tau=float(a["tau"]),
+            gamma=float(a["gamma"]),
+            gradient_steps=_integer(a["gradient_steps"], "agent.gradient_steps", 0),
+            warmup_episodes=_integer(a["warmup_episodes"], "agent.warmup_episodes", 0),
+            noise_sigma=float(a["noise_sigma"]),
+            noise_decay=float(a["noise_decay"]),
+        )
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """``conf/search.yaml``: how a policy is searched. ``episodes`` counts PTQ evaluations per hardware round
+    (paper 3.3), for every episodic method."""
+
+    method: str
+    proxy: str
+    seed: int
+    episodes: int
+    max_rounds: int
+    warm_start: bool
+    offset_range: int
+    warm_start_noise_bits: float
+    checkpoint_every: int
+    reference: tuple[str, ...]
+    reward_metric: str
+    reward_scale: float
+    resume: bool
+    budget: BudgetSpec
+    agent: AgentSettings
+
+    @classmethod
+    def from_mapping(cls, c: Mapping[str, Any]) -> SearchSettings:
+        s, r = c["search"], c["reward"]
+        for spec in s["reference"]:
+            parse_uniform(str(spec))
+        return cls(
+            method=str(s["method"]),
+            proxy=check_choice(s["proxy"], "search.proxy", PROXIES),
+            seed=_integer(s["seed"], "search.seed"),
+            episodes=_integer(s["episodes"], "search.episodes"),
+            max_rounds=_integer(s["max_rounds"], "search.max_rounds"),
+            warm_start=bool(s["warm_start"]),
+            offset_range=_integer(s["offset_range"], "search.offset_range", 0),
+            warm_start_noise_bits=float(s["warm_start_noise_bits"]),
+            checkpoint_every=_integer(s["checkpoint_every"], "search.checkpoint_every"),
+            reference=tuple(str(x) for x in s["reference"]),
+            reward_metric=check_choice(r["metric"], "reward.metric", REWARD_METRICS),
+            reward_scale=float(r["scale"]),
+            resume=bool(c.get("resume", False)),
+            budget=BudgetSpec.from_mapping(c["budget"]),
+            agent=AgentSettings.from_mapping(c["agent"]),
+        )

@@ -1,0 +1,100 @@
+"""The layout's rules, read from the source: data flows one way (no import circles), the library never imports the
+Gymnasium adapter or the agents, and pricing and allocating a policy never load torch."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("hysquant_rl", "envs", "agents")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))}
+
+
+def runtime_imports(path: Path, known: set[str]) -> set[str]:
+    """Our modules that ``path`` imports at run time, anywhere in the file (function-level imports too), leaving out
+    ``if TYPE_CHECKING:`` blocks. ``from pkg import sub`` counts as importing the module ``pkg.sub`` when it is one."""
+    tree = ast.parse(path.read_text())
+    skip = {
+        id(node)
+        for branch in ast.walk(tree)
+        if isinstance(branch, ast.If) and "TYPE_CHECKING" in ast.unparse(branch.test)
+        for stmt in branch.body
+        for node in ast.walk(stmt)
+    }
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            subs = {f"{node.module}.{a.name}" for a in node.names}
+            found |= (subs & known) or {node.module}
+    return {m for m in found if m in known}
+
+
+def import_graph() -> dict[str, set[str]]:
+    mods = modules()
+    return {name: runtime_imports(path, set(mods)) - {name} for name, path in mods.items()}
+
+
+def test_no_import_circles():
+    graph = import_graph()
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    cycles = []
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycles.append(path[path.index(nxt) :] + [nxt])
+            elif nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert not cycles, "import circles: " + "; ".join(" -> ".join(c) for c in cycles)
+    assert len(graph) > 30  # the walk saw the package, not an empty tree
+
+
+def test_the_library_never_imports_envs_or_agents():
+    """Only the app layer (hysquant_rl.apps) may reach the agent, which sits on top of the library."""
+    offenders = {
+        name: sorted(m for m in deps if m.split(".")[0] in ("envs", "agents"))
+        for name, deps in import_graph().items()
+        if name.startswith("hysquant_rl") and not name.startswith("hysquant_rl.apps")
+    }
+    assert not {k: v for k, v in offenders.items() if v}
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "hysquant_rl.hardware",
+        "hysquant_rl.hardware.cost",
+        "hysquant_rl.search.budget",
+        "hysquant_rl.search.problem",
+        "hysquant_rl.search.allocation",
+        "hysquant_rl.bits",
+        "hysquant_rl.settings",
+    ],
+)
+def test_pricing_and_allocating_never_import_torch(module):
+    code = f"import sys, {module}; sys.exit('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"importing {module} imports torch {proc.stderr[-500:]}"
