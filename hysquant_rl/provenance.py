@@ -8,15 +8,18 @@ import re
 import subprocess
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def weights_sha256(model: nn.Module) -> str:
     """SHA-256 (64 hex digits) of ``model``'s state dict: for each key in sorted order, the key name, dtype,
     shape and raw bytes of the tensor. Deterministic across runs and devices; a :class:`QuantModel` hashes
     like the model it wraps (its layers' class swap changes no key or value)."""
+    import torch
+
     from hysquant_rl.quant.model import QuantModel
 
     if isinstance(model, QuantModel):

@@ -20,7 +20,10 @@ Costs are additive: inside a fully quantized policy a layer's cost does not depe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import os
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp, nnls
@@ -72,6 +75,21 @@ def uniform_frontier(fits: Callable[[int, int], bool]) -> list[tuple[int, int]]:
 MIP_REL_GAP = 1e-6  # the ILP's optimality gap, relative to its optimum
 
 
+@contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """File descriptor 1 to /dev/null: HiGHS prints notes of its own search straight there (not through Python,
+    and whatever its ``disp`` option says)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def solve_ilp(
     objective: np.ndarray,
     mask: np.ndarray,
@@ -100,13 +118,14 @@ def solve_ilp(
         if names:
             rows = np.stack([costs[k][mask] / scaled[k] if scaled[k] > 0 else costs[k][mask] for k in names])
             constraints.append(LinearConstraint(rows, -np.inf, [1.0 if scaled[k] > 0 else 0.0 for k in names]))
-        res = milp(
-            c,
-            constraints=constraints,
-            integrality=np.ones(len(cells)),
-            bounds=Bounds(0, 1),
-            options={"time_limit": time_limit_s, "mip_rel_gap": MIP_REL_GAP},
-        )
+        with _quiet_stdout():
+            res = milp(
+                c,
+                constraints=constraints,
+                integrality=np.ones(len(cells)),
+                bounds=Bounds(0, 1),
+                options={"time_limit": time_limit_s, "mip_rel_gap": MIP_REL_GAP},
+            )
         if res.x is None:
             return None
         chosen = cells[res.x > 0.5]
