@@ -99,7 +99,8 @@ def build(run: RunSettings) -> Pipeline:
         p.requires_grad_(False)
     sha = weights_sha256(model)
     layers, matmuls = inventory(model, (data.in_chans, data.img_size, data.img_size))
-    qmodel = QuantModel(model, [layer.name for layer in layers], run.quant.weight_granularity)
+    q = run.quant
+    qmodel = QuantModel(model, [layer.name for layer in layers], q.weight_granularity, q.calibrator, q.percentile)
     start = time.perf_counter()
     qmodel.calibrate(data.calib.batches(run.eval.batch_size))
     log.info(

@@ -30,6 +30,7 @@ summing them exploits the noise."""
 REWARD_METRICS = ("top1", "kl", "loss")
 BUDGET_MODES = ("project", "penalty")
 GRANULARITIES = ("tensor", "channel")
+CALIBRATORS = ("minmax", "percentile", "mse")  # activation range rules: hysquant_rl/quant/calibrate.py
 
 
 # -- checks ----------------------------------------------------------------------------------------------------
@@ -139,13 +140,35 @@ class DataSettings:
 
 @dataclass(frozen=True)
 class QuantSettings:
-    """``quant``: quantizer options (the equations are the paper's, per tensor by default)."""
+    """``quant``: quantizer options (the equations are the paper's, per tensor and min-max by default).
+    ``calibrator``: the activation range rule (:mod:`hysquant_rl.quant.calibrate`); ``percentile``: its ``p``."""
 
     weight_granularity: str = "tensor"
+    calibrator: str = "minmax"
+    percentile: float = 99.99
 
     @classmethod
     def from_mapping(cls, q: Mapping[str, Any]) -> QuantSettings:
-        return cls(check_choice(q.get("weight_granularity", "tensor"), "quant.weight_granularity", GRANULARITIES))
+        percentile = _number(q.get("percentile", 99.99), "quant.percentile")
+        if not 0 < percentile <= 100:
+            raise HySquantError(f"quant.percentile={percentile!r} must be in (0, 100], e.g. 99.99")
+        return cls(
+            weight_granularity=check_choice(
+                q.get("weight_granularity", "tensor"), "quant.weight_granularity", GRANULARITIES
+            ),
+            calibrator=check_choice(q.get("calibrator", "minmax"), "quant.calibrator", CALIBRATORS),
+            percentile=percentile,
+        )
+
+    def key(self) -> dict[str, Any]:
+        """What changes a measured number: the percentile only under its rule, the rule only when not min-max (so
+        that a min-max LUT cache keeps its key)."""
+        key: dict[str, Any] = {"weight_granularity": self.weight_granularity}
+        if self.calibrator != "minmax":
+            key["calibrator"] = self.calibrator
+        if self.calibrator == "percentile":
+            key["percentile"] = self.percentile
+        return key
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from torch import nn
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.layers import inventory
 from hysquant_rl.quant import QuantModel, dequantize, fake_quantize, qparams, quantize
+from hysquant_rl.quant.calibrate import histogram, mse_range, percentile_range
 from hysquant_rl.quant.quantizer import minmax
 
 
@@ -148,3 +149,83 @@ def test_bad_bits_and_granularity(fresh_small_model):
         qm.apply_bits([(8, 1)] * len(qm.layers))
     with pytest.raises(HySquantError, match="weight_granularity"):
         QuantModel(nn.Sequential(nn.Linear(2, 2)), ["0"], "row")
+
+
+# -- calibrators -------------------------------------------------------------------------------------------
+
+
+def _planted() -> torch.Tensor:
+    """A seeded bell of 200k values with five planted outliers far out (0.0025 % of the mass)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200_000, generator=g)
+    x[:5] = torch.tensor([40.0, -35.0, 50.0, 45.0, -38.0])
+    return x
+
+
+def _error(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int) -> float:
+    delta, zero = qparams(lo, hi, bits)
+    return (fake_quantize(x.clone(), delta, zero, bits) - x).pow(2).mean().item()
+
+
+def test_percentile_and_mse_beat_minmax_on_outliers():
+    x = _planted()
+    lo, hi = x.min(), x.max()
+    hist = histogram(x, lo, hi)
+    assert hist.sum().item() == x.numel()
+    p_lo, p_hi = percentile_range(hist, lo, hi, 99.99)
+    m_lo, m_hi = mse_range(hist, lo, hi, 4)
+    minmax_err = _error(x, lo, hi, 4)
+    # the 0.01 % tails of a standard normal are near +-3.7: the outliers are clipped, the bell keeps its levels
+    assert -4.5 < p_lo.item() < -3.0 and 3.0 < p_hi.item() < 4.5
+    assert _error(x, p_lo, p_hi, 4) < 0.5 * minmax_err
+    assert _error(x, m_lo, m_hi, 4) < 0.5 * minmax_err
+    assert percentile_range(hist, lo, hi, 100.0) == (lo, hi)  # p = 100 is min-max
+
+
+def test_mse_range_depends_on_bits_and_never_loses_to_minmax():
+    x = torch.randn(50_000, generator=torch.Generator().manual_seed(1)) ** 3  # heavy tails, no planted points
+    lo, hi = x.min(), x.max()
+    hist = histogram(x, lo, hi)
+    ranges = {b: mse_range(hist, lo, hi, b) for b in (2, 4, 8)}
+    widths = {b: (r[1] - r[0]).item() for b, r in ranges.items()}
+    assert widths[2] < widths[4] <= widths[8] <= (hi - lo).item()  # fewer levels: clip harder
+    for b, (a, c) in ranges.items():
+        assert _error(x, a, c, b) <= _error(x, lo, hi, b) * (1 + 1e-6)
+
+
+@pytest.mark.parametrize("calibrator", ["percentile", "mse"])
+def test_calibrators_in_the_model(fresh_small_model, calibrator):
+    """A second calibration pass records a histogram over each layer's min-max range; the quantizer's range is the
+    calibrator's, inside min-max; FP32 stays bit-identical."""
+    batches = [torch.randn(8, 1, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    qm = QuantModel(
+        fresh_small_model,
+        [l.name for l in inventory(fresh_small_model, (1, 32, 32))[0]],
+        calibrator=calibrator,
+        percentile=99.0,
+    )
+    with torch.inference_mode():
+        ref = qm(batches[0])
+    qm.calibrate(batches)
+    n_inputs = [sum(b.numel() for b in batches)]  # the first layer sees the images themselves
+    first = qm.layers[0]
+    assert first.act_hist.sum().item() == pytest.approx(n_inputs[0])
+    for layer in qm.layers:
+        lo, hi = layer.act_range(4)
+        assert layer.act_min <= lo <= hi <= layer.act_max
+    narrower = sum((l.act_range(4)[1] - l.act_range(4)[0]) < (l.act_max - l.act_min) for l in qm.layers)
+    assert narrower > len(qm.layers) // 2
+    with torch.inference_mode():
+        assert torch.equal(qm(batches[0]), ref)
+
+
+def test_bad_calibrator_settings_are_one_line():
+    from hysquant_rl.settings import QuantSettings
+
+    with pytest.raises(HySquantError, match=r"quant.calibrator='kl' is unknown: use one of minmax, percentile, mse"):
+        QuantSettings.from_mapping({"calibrator": "kl"})
+    for p in (0, -1, 100.5):
+        with pytest.raises(HySquantError, match=r"quant.percentile=.* must be in \(0, 100\]"):
+            QuantSettings.from_mapping({"calibrator": "percentile", "percentile": p})
+    assert QuantSettings().key() == {"weight_granularity": "tensor"}  # min-max LUT caches keep their key
+    assert QuantSettings(calibrator="percentile", percentile=99.9).key()["percentile"] == 99.9

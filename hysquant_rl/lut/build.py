@@ -55,7 +55,7 @@ def cache_key(run: RunSettings, pipe: Pipeline, configs: list[tuple[int, int]]) 
         "seed": run.seed,
         "split": SPLIT,
         "split_size": len(pipe.data.split(SPLIT)),
-        "quant": {"weight_granularity": run.quant.weight_granularity},
+        "quant": run.quant.key(),
         "configs": [list(c) for c in configs],
         "hardware": {**pipe.cost.profile.to_dict(), "batch_size": pipe.cost.batch_size, "backend": pipe.cost.backend},
         "eval": run.eval.key(),

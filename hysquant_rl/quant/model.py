@@ -4,6 +4,10 @@ Each quantizable layer's class is swapped for a subclass with :class:`QuantMixin
 names and parameters stay as they were). A policy is then applied by setting ``w_bits``/``a_bits`` on each
 layer: fake-quantized weights are cached per (layer, bits) and activation (Delta, Z) per (layer, bits), so
 switching policies costs nothing but the next forward pass.
+
+Activation ranges come from the calibrator (:mod:`hysquant_rl.quant.calibrate`): min-max by default; the
+percentile and MSE rules read a histogram recorded in a second calibration pass. Weights are always min-max
+(per tensor or per output channel).
 """
 
 from __future__ import annotations
@@ -15,27 +19,75 @@ import torch
 from torch import nn
 
 from hysquant_rl.bits import FP32_BITS, check_bits
+from hysquant_rl.quant.calibrate import histogram, mse_range, percentile_range
 from hysquant_rl.quant.quantizer import fake_quantize, minmax, qparams, quantize
-from hysquant_rl.settings import GRANULARITIES, check_choice
+from hysquant_rl.settings import CALIBRATORS, GRANULARITIES, check_choice
 
 QUANTIZABLE = (nn.Conv2d, nn.Linear)
 
 
-class QuantMixin:
-    """Adds min-max fake quantization of the input activation and the weight to a Conv2d/Linear."""
+class ActivationQuant:
+    """An activation tensor's quantizer (one per unit input): calibration observes it, the layer's calibrator
+    turns what was seen into a range per bit-width, and :meth:`quantize_input` fake-quantizes at ``a_bits``."""
 
-    w_bits: int
     a_bits: int
 
-    def _init_quant(self, per_channel: bool) -> None:
-        self.w_bits = FP32_BITS
+    def _init_activation(self, calibrator: str = "minmax", percentile: float = 100.0) -> None:
         self.a_bits = FP32_BITS
-        self.per_channel = per_channel
-        self.observing = False
+        self.calibrator, self.percentile = calibrator, percentile
+        self.observing: bool | str = False  # False, "range" (min-max pass) or "histogram" (second pass)
         self.act_min: torch.Tensor | None = None
         self.act_max: torch.Tensor | None = None
-        self._w_cache: dict[int, torch.Tensor] = {}
+        self.act_hist: torch.Tensor | None = None  # (BINS,) over [act_min, act_max], non-default calibrators
         self._a_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def act_range(self, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The range the ``bits``-bit quantizer covers, by the calibrator."""
+        if self.act_min is None:
+            raise RuntimeError("activation ranges are not calibrated: call QuantModel.calibrate first")
+        if self.calibrator == "minmax" or self.act_hist is None:
+            return self.act_min, self.act_max
+        if self.calibrator == "percentile":
+            return percentile_range(self.act_hist, self.act_min, self.act_max, self.percentile)
+        return mse_range(self.act_hist, self.act_min, self.act_max, bits)
+
+    def act_qparams(self, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Delta and Z of the activation at ``bits``, from the calibrated range."""
+        if bits not in self._a_cache:
+            self._a_cache[bits] = qparams(*self.act_range(bits), bits)
+        return self._a_cache[bits]
+
+    def _observe(self, x: torch.Tensor) -> None:
+        if self.observing == "histogram":
+            counts = histogram(x, self.act_min, self.act_max)
+            self.act_hist = counts if self.act_hist is None else self.act_hist + counts
+        else:
+            lo, hi = x.detach().min().float(), x.detach().max().float()
+            self.act_min = lo if self.act_min is None else torch.minimum(self.act_min, lo)
+            self.act_max = hi if self.act_max is None else torch.maximum(self.act_max, hi)
+        self._a_cache.clear()
+
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` observed (during calibration) and fake-quantized at ``a_bits`` (unchanged at FP32)."""
+        if self.observing:
+            self._observe(x)
+        if self.a_bits == FP32_BITS:
+            return x
+        delta, zero = self.act_qparams(self.a_bits)
+        return fake_quantize(x, delta, zero, self.a_bits)
+
+
+class QuantMixin(ActivationQuant):
+    """Adds fake quantization of the input activation (:class:`ActivationQuant`) and of the weight (min-max, per
+    tensor or per output channel) to a Conv2d/Linear."""
+
+    w_bits: int
+
+    def _init_quant(self, per_channel: bool, calibrator: str = "minmax", percentile: float = 100.0) -> None:
+        self._init_activation(calibrator, percentile)
+        self.w_bits = FP32_BITS
+        self.per_channel = per_channel
+        self._w_cache: dict[int, torch.Tensor] = {}
 
     # -- weights ---------------------------------------------------------------------------------------
     def weight_qparams(self, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -50,15 +102,6 @@ class QuantMixin:
             self._w_cache[bits] = ((q.float() - zero) * delta).to(self.weight.dtype)
         return self._w_cache[bits]
 
-    # -- activations -----------------------------------------------------------------------------------
-    def act_qparams(self, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Delta and Z of the input activation at ``bits``, from the calibrated range."""
-        if bits not in self._a_cache:
-            if self.act_min is None:
-                raise RuntimeError("activation ranges are not calibrated: call QuantModel.calibrate first")
-            self._a_cache[bits] = qparams(self.act_min, self.act_max, bits)
-        return self._a_cache[bits]
-
     def install(
         self,
         act_range: tuple[torch.Tensor, torch.Tensor] | None,
@@ -72,18 +115,8 @@ class QuantMixin:
         self._w_cache = dict(weights)
         self._a_cache = dict(act_qparams)
 
-    def _observe(self, x: torch.Tensor) -> None:
-        lo, hi = x.detach().min().float(), x.detach().max().float()
-        self.act_min = lo if self.act_min is None else torch.minimum(self.act_min, lo)
-        self.act_max = hi if self.act_max is None else torch.maximum(self.act_max, hi)
-        self._a_cache.clear()
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.observing:
-            self._observe(x)
-        if self.a_bits != FP32_BITS:
-            delta, zero = self.act_qparams(self.a_bits)
-            x = fake_quantize(x, delta, zero, self.a_bits)
+        x = self.quantize_input(x)
         if self.w_bits == FP32_BITS:
             return self._base_forward(x)
         # Run the layer's own forward with the cached quantized weight in place of the parameter.
@@ -116,11 +149,22 @@ class QuantModel(nn.Module):
             applied, bit-identically to before).
         names: names of the layers to quantize, in forward order (see :func:`hysquant_rl.layers.inventory`).
         weight_granularity: ``"tensor"`` (paper) or ``"channel"`` (per output channel) weight ranges.
+        calibrator: the activation range rule, ``"minmax"`` (paper), ``"percentile"`` or ``"mse"``.
+        percentile: ``p`` of the percentile rule, in (0, 100].
     """
 
-    def __init__(self, model: nn.Module, names: Sequence[str], weight_granularity: str = "tensor") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        names: Sequence[str],
+        weight_granularity: str = "tensor",
+        calibrator: str = "minmax",
+        percentile: float = 99.99,
+    ) -> None:
         super().__init__()
         check_choice(weight_granularity, "quant.weight_granularity", GRANULARITIES)
+        check_choice(calibrator, "quant.calibrator", CALIBRATORS)
+        self.calibrator = calibrator
         self.model = model
         self.names = list(names)
         modules = dict(model.named_modules())
@@ -131,7 +175,7 @@ class QuantModel(nn.Module):
                 if not isinstance(m, QUANTIZABLE):
                     raise TypeError(f"layer {name} is a {type(m).__name__}, not a Conv2d or Linear")
                 m.__class__ = _quant_class(type(m))
-                m._init_quant(weight_granularity == "channel")
+                m._init_quant(weight_granularity == "channel", calibrator, percentile)
             self.layers.append(m)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -139,17 +183,21 @@ class QuantModel(nn.Module):
 
     @torch.inference_mode()
     def calibrate(self, batches: Iterable[torch.Tensor | tuple[torch.Tensor, Any]]) -> None:
-        """Record each layer's input-activation min/max over ``batches`` with the FP32 model."""
+        """Record each layer's input-activation min/max over ``batches`` with the FP32 model; for the percentile
+        and MSE calibrators also a histogram over that range, in a second pass (``batches`` is read twice)."""
+        batches = list(batches)
         saved = self.bits()
         self.apply_bits([(FP32_BITS, FP32_BITS)] * len(self.layers))
         for layer in self.layers:
-            layer.act_min = layer.act_max = None
-            layer.observing = True
+            layer.act_min = layer.act_max = layer.act_hist = None
+        passes = ("range",) if self.calibrator == "minmax" else ("range", "histogram")
         try:
             self.model.eval()
-            for batch in batches:
-                x = batch[0] if isinstance(batch, (tuple, list)) else batch
-                self.model(x)
+            for observing in passes:
+                for layer in self.layers:
+                    layer.observing = observing
+                for batch in batches:
+                    self.model(batch[0] if isinstance(batch, (tuple, list)) else batch)
         finally:
             for layer in self.layers:
                 layer.observing = False
