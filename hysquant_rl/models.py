@@ -65,13 +65,13 @@ def build_architecture(spec: ModelSpec, pretrained: bool = False) -> nn.Module:
     return timm.create_model(spec.name, pretrained=pretrained, num_classes=spec.num_classes, in_chans=spec.in_chans)
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from .pth/.pt (optionally nested under state_dict/model/state_dict_ema) or .safetensors."""
+def read_state_dict(path: str | Path, source: str | None = None) -> dict[str, torch.Tensor]:
+    """A state dict from .pth/.pt (optionally nested under state_dict/model/state_dict_ema) or .safetensors.
+    ``source`` names the file in errors (default ``model.checkpoint=<path>``, the setting that points at it)."""
     path = Path(path).expanduser()
+    source = source or f"model.checkpoint={path}"
     if not path.is_file():
-        raise HySquantError(
-            f"model.checkpoint={path} does not exist: pass the path of a .pth, .pt or .safetensors file"
-        )
+        raise HySquantError(f"{source} does not exist: pass the path of a .pth, .pt or .safetensors file")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -81,15 +81,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt or foreign files: say which file and why, not a traceback
         raise HySquantError(
-            f"model.checkpoint={path} could not be read ({type(e).__name__}: {e}):"
-            " pass a torch or safetensors state dict"
+            f"{source} could not be read ({type(e).__name__}: {e}): pass a torch or safetensors state dict"
         ) from None
     for key in ("state_dict_ema", "state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
             break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise HySquantError(f"model.checkpoint={path} holds no state dict of tensors: save model.state_dict()")
+        raise HySquantError(f"{source} holds no state dict of tensors: save model.state_dict()")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
@@ -133,7 +132,8 @@ def create_model(m: ModelSettings, embedded: Path | None = None) -> tuple[nn.Mod
         if embedded is None or not embedded.exists():
             raise HySquantError(f"embedded model {m.name} is not cached at {embedded}: run hysquant-train first")
         model = build_architecture(spec)
-        load_weights(model, read_state_dict(embedded), str(embedded), m.name)
+        source = f"the cached embedded model {embedded}"
+        load_weights(model, read_state_dict(embedded, source), source, m.name)
         log.info("embedded model %s from %s", m.name, embedded)
     elif m.checkpoint:
         model = build_architecture(spec)

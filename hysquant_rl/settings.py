@@ -52,6 +52,7 @@ def _number(value: Any, key: str, positive: bool = False, optional: bool = False
 
 
 def check_choice(value: Any, key: str, choices: Sequence[str]) -> str:
+    """``value`` if it is one of ``choices``, else a one-line error naming ``key`` and the choices."""
     if value not in choices:
         raise HySquantError(f"{key}={value!r} is unknown: use one of {', '.join(choices)}")
     return str(value)
@@ -246,16 +247,10 @@ class LUTSettings:
             configs=tuple(parse_configs(lut["configs"])),
             rules=PruneRules.from_mapping(prune),
             cache_dir=Path(str(lut["cache_dir"])).expanduser(),
-            workers=_positive(lut["workers"], "lut.workers"),
+            workers=_integer(lut["workers"], "lut.workers", 1),
             cache=bool(lut["cache"]),
-            save_every=_positive(lut["save_every"], "lut.save_every"),
+            save_every=_integer(lut["save_every"], "lut.save_every", 1),
         )
-
-
-def _positive(v: Any, name: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise HySquantError(f"{name}={v!r} must be a positive integer")
-    return v
 
 
 @dataclass(frozen=True)
@@ -290,7 +285,7 @@ class RunSettings:
         threads = c.get("threads")
         return cls(
             seed=_integer(c["seed"], "seed"),
-            threads=None if not threads else _integer(threads, "threads", 1),
+            threads=None if threads is None else _integer(threads, "threads", 1),
             cache_dir=Path(str(c["paths"]["cache"])).expanduser(),
             model=ModelSettings.from_mapping(c["model"]),
             data=DataSettings.from_mapping(c["data"]),
@@ -325,8 +320,9 @@ class BudgetSpec:
     def from_mapping(cls, b: Mapping[str, Any]) -> BudgetSpec:
         values: dict[str, Any] = {"mode": check_choice(b.get("mode", "project"), "budget.mode", BUDGET_MODES)}
         values["penalty_weight"] = _number(b.get("penalty_weight", 10.0), "budget.penalty_weight")
-        for key in ("latency_ms", "latency_ratio", "energy_mj", "energy_ratio", "size_mb", "size_ratio", "min_top1"):
-            values[key] = _number(b.get(key), f"budget.{key}", optional=True)
+        for key in ("latency_ms", "latency_ratio", "energy_mj", "energy_ratio", "size_mb", "size_ratio"):
+            values[key] = _number(b.get(key), f"budget.{key}", positive=True, optional=True)
+        values["min_top1"] = _number(b.get("min_top1"), "budget.min_top1", optional=True)
         return cls(**values)
 
     def given(self, key: str) -> tuple[float | None, float | None]:
@@ -397,12 +393,12 @@ class SearchSettings:
             method=str(s["method"]),
             proxy=check_choice(s["proxy"], "search.proxy", PROXIES),
             seed=_integer(s["seed"], "search.seed"),
-            episodes=_integer(s["episodes"], "search.episodes"),
-            max_rounds=_integer(s["max_rounds"], "search.max_rounds"),
+            episodes=_integer(s["episodes"], "search.episodes", 1),
+            max_rounds=_integer(s["max_rounds"], "search.max_rounds", 1),
             warm_start=bool(s["warm_start"]),
             offset_range=_integer(s["offset_range"], "search.offset_range", 0),
             warm_start_noise_bits=float(s["warm_start_noise_bits"]),
-            checkpoint_every=_integer(s["checkpoint_every"], "search.checkpoint_every"),
+            checkpoint_every=_integer(s["checkpoint_every"], "search.checkpoint_every", 1),
             reference=tuple(str(x) for x in s["reference"]),
             reward_metric=check_choice(r["metric"], "reward.metric", REWARD_METRICS),
             reward_scale=float(r["scale"]),

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.io import save_torch
-from hysquant_rl.models import ModelSpec, build_architecture, embedded_checkpoint
+from hysquant_rl.models import ModelSpec, build_architecture, embedded_checkpoint, read_state_dict
 
 if TYPE_CHECKING:
     from hysquant_rl.data import DataSplits
@@ -111,11 +111,25 @@ def train_embedded(
     return metrics
 
 
-def ensure_embedded(run: RunSettings, data: DataSplits, force: bool = False) -> Path:
-    """The embedded model's cache path for ``run``, trained first when it is missing (or ``force``)."""
+def cached_problem(path: Path) -> str | None:
+    """Why the cached embedded model at ``path`` cannot be used ("not cached", "unreadable (...)"), or None."""
+    if not path.exists():
+        return "not cached"
+    try:
+        read_state_dict(path, "cache file")
+    except HySquantError as e:
+        return f"unreadable ({e})"
+    return None
+
+
+def ensure_embedded(run: RunSettings, data: DataSplits | None, force: bool = False) -> Path:
+    """The embedded model's cache path for ``run``, trained first (atomically written) when it is missing, cannot
+    be read (a damaged cache file is our own to repair), or ``force``."""
     path = embedded_checkpoint(run.model, run.data, run.seed, run.cache_dir)
-    if force or not path.exists():
-        if not force:
-            log.info("embedded model %s not cached: training it (cached afterwards at %s)", run.model.name, path)
+    problem = "retraining it (train.force=true)" if force else cached_problem(path)
+    if problem is not None:
+        log.warning("embedded model %s at %s: %s; training it", run.model.name, path, problem)
+        if data is None:
+            raise HySquantError(f"the embedded model at {path} is {problem} and no data was given to train it")
         train_embedded(run.model, data, run.data.train, run.seed, path)
     return path

@@ -70,7 +70,9 @@ def run_here(monkeypatch, capsys):
     status as the installed script, without a new interpreter and torch start-up."""
 
     def call(main, *overrides: str, tmp_path: Path) -> Ran:
-        monkeypatch.setattr(sys, "argv", ["hysquant-app", f"hydra.run.dir={tmp_path}", *overrides])
+        flags = [a for a in overrides if a.startswith("-")]  # e.g. -m: a sweep
+        rest = [a for a in overrides if not a.startswith("-")]
+        monkeypatch.setattr(sys, "argv", ["hysquant-app", *flags, f"hydra.run.dir={tmp_path}", *rest])
         root = logging.getLogger()
         handlers, level = root.handlers[:], root.level
         capsys.readouterr()

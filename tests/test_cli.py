@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,46 @@ def test_checkpoint_for_other_model(tmp_path, small_model, run_here):
         tmp_path=tmp_path / "run",
     )
     assert_clean_error(proc, r"does not fit model mobilevit_xs.*shape mismatches")
+
+
+@pytest.mark.parametrize(
+    "override, pattern",
+    [
+        ("search.episodes=abc", r"search.episodes='abc' must be an integer >= 1"),
+        ("search.episodes=0", r"search.episodes=0 must be an integer >= 1"),
+        ("search.episodes=-3", r"search.episodes=-3 must be an integer >= 1"),
+        ("search.episodes=2.5", r"search.episodes=2.5 must be an integer >= 1"),
+        ("search.max_rounds=0", r"search.max_rounds=0 must be an integer >= 1"),
+        ("search.checkpoint_every=0", r"search.checkpoint_every=0 must be an integer >= 1"),
+        ("budget.latency_ratio=abc", r"budget.latency_ratio='abc' must be a positive number"),
+        ("budget.latency_ratio=0", r"budget.latency_ratio=0 must be a positive number"),
+        ("seed=abc", r"seed='abc' must be an integer"),
+        ("threads=0", r"threads=0 must be an integer >= 1"),
+        ("eval.batch_size=0", r"eval.batch_size=0 must be an integer >= 1"),
+        ("quant.calibrator=kl", r"quant.calibrator='kl' is unknown: use one of minmax, percentile, mse"),
+        ("quant.percentile=0", r"quant.percentile=0.0 must be in \(0, 100\]"),
+        ("search.method=annealing", r"unknown search.method='annealing': use one of rl, uniform, greedy, ilp, random"),
+    ],
+)
+def test_bad_search_settings_fail_before_any_work(tmp_path, run_here, override, pattern):
+    from hysquant_rl.apps.search import main as search_main
+
+    start = time.perf_counter()
+    assert_clean_error(run_here(search_main, override, tmp_path=tmp_path), pattern)
+    assert time.perf_counter() - start < 5  # settings are checked before the model, data or LUT is touched
+    assert not (tmp_path / "best_policy.json").exists()
+
+
+def test_a_sweep_goes_on_past_a_failing_job(tmp_path, run_here):
+    """A failing job of a multirun prints its one line; the next job still runs; the exit status counts failures."""
+    from hysquant_rl.apps.search import main as search_main
+
+    sweep = tmp_path / "sweep"
+    ran = run_here(
+        search_main, "-m", f"hydra.sweep.dir={sweep}", "search.method=greedy", "search.episodes=0,1", tmp_path=tmp_path
+    )
+    assert ran.returncode == 1, ran.stderr[-2000:]
+    errors = [line for line in ran.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "search.episodes=0 must be an integer >= 1" in errors[0]
+    assert "1 job(s) of the sweep failed" in ran.stderr
+    assert (sweep / "1" / "best_policy.json").exists() and not (sweep / "0" / "best_policy.json").exists()

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from hysquant_rl.errors import HySquantError
-from hysquant_rl.models import check_model_name, create_model, embedded_checkpoint
+from hysquant_rl.models import check_model_name, create_model, embedded_checkpoint, read_state_dict
 from hysquant_rl.train import ensure_embedded
 from tests.conftest import run_settings
 
@@ -86,3 +86,21 @@ def checkpoint_of(overrides: list[str]):
 def test_embedded_model_accuracy(digits_pipeline):
     m = digits_pipeline.evaluator.evaluate([(32, 32)] * len(digits_pipeline.layers), "test")
     assert m.top1 >= 97.0
+
+
+def test_a_damaged_cached_model_is_trained_again(tmp_path, run_here):
+    """The model cache is ours: an unreadable file is reported by what it is (not as model.checkpoint, which the
+    user never set) and trained again, by hysquant-train as by any app that needs it."""
+    from hysquant_rl.apps.train import main as train_main
+
+    overrides = [f"paths.cache={tmp_path / 'cache'}", "data.train.epochs=1"]  # one epoch: seconds on digits
+    first = run_here(train_main, *overrides, tmp_path=tmp_path / "run1")
+    assert first.returncode == 0, first.stderr[-2000:]
+    path = checkpoint_of(overrides)
+    good = path.stat().st_size
+    path.write_bytes(b"\x00 not a checkpoint")
+    again = run_here(train_main, *overrides, tmp_path=tmp_path / "run2")
+    assert again.returncode == 0, again.stderr[-2000:]
+    said = [line for line in (again.stdout + again.stderr).splitlines() if "unreadable" in line]
+    assert said and "model.checkpoint" not in said[0] and "already cached" not in again.stdout + again.stderr
+    assert path.stat().st_size == good and read_state_dict(path)  # a whole model again

@@ -8,7 +8,8 @@
 
 This is the only layer that sees a Hydra config: each app resolves it once (:func:`settings_of`) into the typed
 settings of :mod:`hysquant_rl.settings` and passes those down. A :class:`HySquantError` ends a run with one
-``error: ...`` line on stderr and exit status 2.
+``error: ...`` line on stderr and exit status 2. In a sweep (``-m``) a failing job prints its line and the sweep
+goes on; the sweep's exit status is the number of jobs that failed.
 """
 
 from __future__ import annotations
@@ -47,9 +48,11 @@ def plain(cfg: DictConfig) -> dict[str, Any]:
 
 def app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
     """Make ``fn(cfg)`` a Hydra console script over ``conf/<config_name>.yaml`` that turns a
-    :class:`HySquantError` into one ``error:`` line and exit status 2."""
+    :class:`HySquantError` into one ``error:`` line and exit status 2 (in a sweep: the number of failed jobs)."""
 
     def deco(fn: Callable[[DictConfig], Any]) -> Callable[[], Any]:
+        failed: list[str] = []
+
         @functools.wraps(fn)
         def task(cfg: DictConfig) -> Any:
             try:
@@ -57,8 +60,28 @@ def app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[]
             except HySquantError as e:
                 log.error("error: %s", e)
                 print(f"error: {e}", file=sys.stderr)
-                sys.exit(2)
+                if not _in_sweep():
+                    sys.exit(2)
+                failed.append(str(run_dir()))  # the sweep goes on with its next job
 
-        return hydra.main(version_base=None, config_path=CONF_DIR, config_name=config_name)(task)
+        run = hydra.main(version_base=None, config_path=CONF_DIR, config_name=config_name)(task)
+
+        @functools.wraps(fn)
+        def main() -> Any:
+            failed.clear()
+            result = run()
+            if failed:
+                print(f"{len(failed)} job(s) of the sweep failed: {', '.join(failed)}", file=sys.stderr)
+                sys.exit(min(len(failed), 125))
+            return result
+
+        return main
 
     return deco
+
+
+def _in_sweep() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.get().mode == RunMode.MULTIRUN
