@@ -21,6 +21,8 @@ class SearchCallback(BaseCallback):
             tracks the best policy and returns nothing.
         on_checkpoint: saves the agent, its replay buffer and the search state.
         checkpoint_every: episodes between checkpoints.
+        stop: asked at every step but a terminal one: True stops training there, so the episode that just ended
+            is stored whole (its reward copied) and the one just begun is dropped.
     """
 
     def __init__(
@@ -29,8 +31,10 @@ class SearchCallback(BaseCallback):
         on_episode: Callable[[dict[str, Any]], None],
         on_checkpoint: Callable[[], None],
         checkpoint_every: int,
+        stop: Callable[[], Any] = lambda: False,
     ) -> None:
         super().__init__()
+        self.stop = stop
         self.steps_per_episode = steps_per_episode
         self.on_episode = on_episode
         self.on_checkpoint = on_checkpoint
@@ -43,7 +47,8 @@ class SearchCallback(BaseCallback):
             info = self.locals["infos"][0]
             self._pending = float(info["reward"])
             self.on_episode(info)
-        return True
+            return True
+        return not self.stop()
 
     def _on_rollout_end(self) -> None:
         # train_freq is one episode: the rollout that just ended is one whole episode, now stored

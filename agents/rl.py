@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,10 @@ import numpy as np
 from tqdm import tqdm
 
 from agents.callbacks import SearchCallback
+from agents.checkpoint import read_checkpoint, write_checkpoint
 from agents.factory import AGENTS, make_agent
 from envs import HySquantEnv
-from hysquant_rl.errors import HySquantError, NoPolicyError
-from hysquant_rl.io import atomic_write, save_json
+from hysquant_rl.errors import HySquantError, NoPolicyError, SearchInterrupted
 from hysquant_rl.search.allocation import solve_ilp
 from hysquant_rl.search.problem import SearchProblem
 from hysquant_rl.search.recorder import Recorder
@@ -46,6 +47,7 @@ class RLSearch:
         self.ckpt = out / CHECKPOINT_DIR
         self.state = {"episodes_done": 0, "seeded": False, "round": 0}
         self.bar: tqdm | None = None
+        self.stop_requested: str | bool = False
         if search.resume:
             self.agent = self._load()
         else:
@@ -86,34 +88,42 @@ class RLSearch:
 
     # -- checkpoints -------------------------------------------------------------------------------------
     def checkpoint(self) -> None:
-        """Agent, replay buffer and search state (history, best, evaluation cache), each written atomically."""
-        self.ckpt.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.ckpt / "agent.zip", lambda f: self.agent.save(f))
-        atomic_write(self.ckpt / "replay_buffer.pkl", lambda f: self.agent.save_replay_buffer(f))
+        """Agent, replay buffer and search state (history, best, evaluation cache, the problem's identity) as one
+        consistent set (:func:`agents.checkpoint.write_checkpoint`)."""
         noise = getattr(self.agent, "action_noise", None)
         state = {
             **self.state,
             "agent": self.search.agent.name,
+            "identity": self.problem.identity,
             "history": self.recorder.history,
             "best": self.recorder.best,
             "noise_episodes": getattr(noise, "episodes", 0),
             "cache": {k.hex(): v for k, v in self.problem.cache.items()},
         }
-        save_json(state, self.ckpt / "state.json")
+        text = (json.dumps(state, indent=1) + "\n").encode()
+        parts = {
+            "agent.zip": lambda f: self.agent.save(f),
+            "replay_buffer.pkl": lambda f: self.agent.save_replay_buffer(f),
+            "state.json": lambda f: f.write(text),
+        }
+        write_checkpoint(self.ckpt, self.state["episodes_done"], parts)
 
     def _load(self):
-        path = self.ckpt / "state.json"
-        if not path.exists():
-            raise HySquantError(
-                f"resume=true but {self.ckpt} holds no checkpoint: pass hydra.run.dir=<the interrupted run's directory>"
-            )
-        state = json.loads(path.read_text())
+        folder, episodes = read_checkpoint(self.ckpt)
+        state = json.loads((folder / "state.json").read_text())
         if state["agent"] != self.search.agent.name:
             raise HySquantError(
                 f"the checkpoint in {self.ckpt} is a {state['agent']} agent: resume with agent={state['agent']}"
             )
-        agent = AGENTS[state["agent"]].load(self.ckpt / "agent.zip", env=self.env, device="cpu")
-        agent.load_replay_buffer(self.ckpt / "replay_buffer.pkl")
+        theirs, ours = state.get("identity", {}), self.problem.identity
+        changed = sorted(k for k in ours if theirs.get(k) != ours[k])
+        if changed:
+            raise HySquantError(
+                f"the checkpoint in {self.ckpt} was made with other {' and '.join(changed)} than this run has: resume"
+                " with the interrupted run's model, data and budgets, or start a new run directory"
+            )
+        agent = AGENTS[state["agent"]].load(folder / "agent.zip", env=self.env, device="cpu")
+        agent.load_replay_buffer(folder / "replay_buffer.pkl")
         noise = getattr(agent, "action_noise", None)
         if noise is not None and hasattr(noise, "episodes"):
             noise.episodes = int(state["noise_episodes"])
@@ -122,8 +132,19 @@ class RLSearch:
         self.recorder.best = state["best"]
         self.problem.cache.update({bytes.fromhex(k): v for k, v in state["cache"].items()})
         self.state = {k: state[k] for k in ("episodes_done", "seeded", "round")}
-        log.info("resumed from %s after %d episodes", self.ckpt, self.state["episodes_done"])
+        log.info("resumed from %s after %d episodes", folder, episodes)
         return agent
+
+    def _stop_on_signals(self) -> dict[int, Any]:
+        """SIGINT and SIGTERM ask the search to stop after the episode in progress; returns the old handlers."""
+
+        def ask(signum: int, frame: Any) -> None:
+            if self.stop_requested:  # a second signal: stop now
+                raise KeyboardInterrupt
+            self.stop_requested = signal.Signals(signum).name
+            log.warning("%s: stopping after the episode in progress (again to stop now)", self.stop_requested)
+
+        return {s: signal.signal(s, ask) for s in (signal.SIGINT, signal.SIGTERM)}
 
     # -- the search --------------------------------------------------------------------------------------
     def run(self, limits: dict[str, float], round_index: int = 0) -> np.ndarray | None:
@@ -140,11 +161,14 @@ class RLSearch:
             unit="episode",
             disable=None,
         )
+        handlers = self._stop_on_signals()
         try:
             if self.warm and not self.state["seeded"]:
                 self._seed_episode()
             remaining = target - self.state["episodes_done"]
-            callback = SearchCallback(self.L, self._on_episode, self.checkpoint, self.search.checkpoint_every)
+            callback = SearchCallback(
+                self.L, self._on_episode, self.checkpoint, self.search.checkpoint_every, lambda: self.stop_requested
+            )
             # local search: the warm-up explores with noise around the (centred) actor, without updates
             explore = 0
             if self.warm:
@@ -160,5 +184,12 @@ class RLSearch:
         finally:
             self.bar.close()
             self.bar = None
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
         self.checkpoint()
+        if self.stop_requested:
+            raise SearchInterrupted(
+                f"{self.stop_requested} after {self.state['episodes_done']} episodes: the checkpoint in {self.ckpt}"
+                f" holds them; resume with hysquant-search resume=true hydra.run.dir={self.out}"
+            )
         return self.recorder.best_within(limits)

@@ -7,3 +7,9 @@ class HySquantError(Exception):
 
 class NoPolicyError(HySquantError):
     """A search method found no policy within the budgets (benchmarks record it and go on)."""
+
+
+class SearchInterrupted(HySquantError):
+    """A search stopped by SIGINT or SIGTERM after writing its checkpoint; the message says how to resume."""
+
+    exit_code = 130

@@ -26,11 +26,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and e.errno is not None and e.filename is None:  # write() names no file
+            raise type(e)(e.errno, e.strerror, str(path)) from e
         raise
     try:  # make the rename itself durable; not every platform can open a directory
         dir_fd = os.open(path.parent, os.O_RDONLY)

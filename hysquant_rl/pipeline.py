@@ -21,7 +21,7 @@ from hysquant_rl.models import ModelSpec, check_model_name, create_model
 from hysquant_rl.policy import QuantPolicy
 from hysquant_rl.provenance import weights_sha256
 from hysquant_rl.quant import QuantModel
-from hysquant_rl.settings import RunSettings
+from hysquant_rl.settings import RunSettings, default_threads
 from hysquant_rl.train import ensure_embedded
 from hysquant_rl.units import AttentionMatmul, LayerInfo
 
@@ -81,8 +81,7 @@ def build(run: RunSettings) -> Pipeline:
     """Seeded model + data + inventory + calibrated :class:`QuantModel` + :class:`Evaluator` + cost model."""
     check_model_name(run.model.name)  # a typo fails before data, training or weights
     torch.manual_seed(run.seed)
-    if run.threads:
-        torch.set_num_threads(run.threads)
+    torch.set_num_threads(run.threads or default_threads())
     if run.model.embedded:  # trained on the data if missing: data first
         data = load_data(run.data, seed=run.seed)
         model, spec = create_model(run.model, ensure_embedded(run, data))

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import operator
 import os
-import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -267,7 +266,7 @@ def validate(policy: QuantPolicy, layers: Sequence[Any], model_name: str, weight
 
     Raises one HySquantError listing every problem on one line, separated by '; ': other model name,
     other weights, layer count, unknown / missing / duplicated layers, layers out of forward order, bits
-    outside 2..8 or 32 (or not integers). A layer whose kind differs only gives a UserWarning.
+    outside 2..8 or 32 (or not integers), a layer of another kind than the model's.
     """
     problems: list[str] = []
     declared = policy.model.get("name")
@@ -314,17 +313,14 @@ def validate(policy: QuantPolicy, layers: Sequence[Any], model_name: str, weight
             except HySquantError:
                 problems.append(f"layer {entry['name']} {key}={entry[key]!r} out of range ({RANGE_TEXT})")
 
-    if problems:
-        raise HySquantError(f"policy does not fit model {model_name}: " + "; ".join(problems))
-
     kinds = {layer.name: layer.kind for layer in layers}
     changed = [
-        f"{e['name']} ({e['kind']} -> {kinds[e['name']]})" for e in policy.layers if e["kind"] != kinds[e["name"]]
+        f"{e['name']} ({e['kind']} -> {kinds[e['name']]})"
+        for e in policy.layers
+        if e["name"] in kinds and e["kind"] != kinds[e["name"]]
     ]
-    if changed:
-        warnings.warn(
-            f"policy layer kinds differ from the model's for {_plural(len(changed), 'layer')}: {_listed(changed)} "
-            "(names match, so the policy is applied as is)",
-            UserWarning,
-            stacklevel=2,
-        )
+    if changed:  # the same name on another kind of layer: the policy was made for another architecture
+        problems.append(f"{_plural(len(changed), 'layer')} of another kind ({_listed(changed)})")
+
+    if problems:
+        raise HySquantError(f"policy does not fit model {model_name}: " + "; ".join(problems))

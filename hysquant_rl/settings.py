@@ -13,6 +13,7 @@ Torch-free, like everything the search and the cost model read.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +32,13 @@ REWARD_METRICS = ("top1", "kl", "loss")
 BUDGET_MODES = ("project", "penalty")
 GRANULARITIES = ("tensor", "channel")
 CALIBRATORS = ("minmax", "percentile", "mse")  # activation range rules: hysquant_rl/quant/calibrate.py
+
+
+def default_threads(workers: int = 1) -> int:
+    """Torch threads of one of ``workers`` processes sharing this process's CPUs (its affinity, not the machine's
+    core count): ``threads=null`` means this. Processes that each took every core would slow each other down many
+    times over."""
+    return max(1, len(os.sched_getaffinity(0)) // max(1, workers))
 
 
 # -- checks ----------------------------------------------------------------------------------------------------

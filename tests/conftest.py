@@ -63,6 +63,22 @@ class Ran:
     stderr: str
 
 
+def assert_one_error_line(proc, pattern: str, code: int | None = 2) -> str:
+    """A run that ended as the apps promise: exit status ``code`` (None: any non-zero), no traceback, exactly one
+    ``error:`` line on stderr, matching ``pattern``. Returns that line."""
+    import re
+
+    if code is None:
+        assert proc.returncode != 0, proc.stderr[-2000:]
+    else:
+        assert proc.returncode == code, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    assert re.search(pattern, lines[0]), lines[0]
+    return lines[0]
+
+
 @pytest.fixture
 def run_here(monkeypatch, capsys):
     """A console script's entry point (``hysquant_rl.apps.<app>.main``) called in this process with

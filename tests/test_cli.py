@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from hysquant_rl.apps.apply import main as apply_main
 from hysquant_rl.export import INT_FILE, load_quantized
 from hysquant_rl.models import ModelSpec, build_architecture
 from hysquant_rl.policy import QuantPolicy
-from tests.conftest import Ran
+from tests.conftest import Ran, assert_one_error_line
 from tests.formats import missing_keys
 
 BIN = Path(sys.executable).parent
@@ -32,11 +31,7 @@ def run(app: str, *overrides: str, tmp_path: Path) -> subprocess.CompletedProces
 
 
 def assert_clean_error(proc: subprocess.CompletedProcess | Ran, pattern: str) -> None:
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr + proc.stdout
-    lines = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
-    assert len(lines) == 1, proc.stderr[-2000:]
-    assert re.search(pattern, lines[0]), lines[0]
+    assert_one_error_line(proc, pattern, code=2)
 
 
 def test_apply_writes_policy_and_reloadable_model(tmp_path, digits_pipeline, run_here):

@@ -311,9 +311,9 @@ def test_validate_truncates_long_name_lists(layers, model):
         validate(p, layers, NAME, weights_sha256(model))
 
 
-def test_validate_kind_mismatch_is_only_a_warning(policy, layers, model):
+def test_validate_refuses_a_layer_of_another_kind(policy, layers, model):
     policy.layers[1]["kind"] = "renamed-kind"
-    with pytest.warns(UserWarning, match=rf"pw \(renamed-kind -> {layers[1].kind}\)"):
+    with pytest.raises(HySquantError, match=rf"1 layer of another kind \(pw \(renamed-kind -> {layers[1].kind}\)\)"):
         validate(policy, layers, NAME, weights_sha256(model))
 
 

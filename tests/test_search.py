@@ -10,6 +10,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from agents.checkpoint import read_checkpoint
 from envs import HySquantEnv
 from hysquant_rl.apps.search import run_search
 from hysquant_rl.bits import grid_sum
@@ -23,6 +24,7 @@ from hysquant_rl.search.problem import SearchProblem, build_problem
 from tests.conftest import run_settings, search_settings
 from tests.formats import missing_keys
 
+PARTS = ("agent.zip", "replay_buffer.pkl", "state.json")
 QUICK = ["search.episodes=10", "agent.warmup_episodes=3", "agent.gradient_steps=2", "search.checkpoint_every=1"]
 
 
@@ -94,15 +96,23 @@ def test_actions_map_into_allowed_range(digits_pipeline, lut):
     )
 
 
+def checkpoint_state(out):
+    """The search state of the checkpoint set a run directory's manifest names."""
+    folder, episodes = read_checkpoint(out / "checkpoints")
+    state = json.loads((folder / "state.json").read_text())
+    assert state["episodes_done"] == episodes and sorted(p.name for p in folder.iterdir()) == sorted(PARTS)
+    return state
+
+
 def test_ten_episode_search_and_resume(tmp_path, digits_pipeline):
     out = tmp_path / "run"
     run_search(run_settings(), search_settings(QUICK + ["search.episodes=5"]), out, digits_pipeline)
-    state = json.loads((out / "checkpoints" / "state.json").read_text())
+    state = checkpoint_state(out)
     assert state["episodes_done"] == 5 and len(state["history"]) == 5
     first = [e["bits"] for e in state["history"]]
     # resume in the same run directory: continues at episode 5, does not restart from 0
     summary = run_search(run_settings(), search_settings(QUICK + ["resume=true"]), out, digits_pipeline)
-    state = json.loads((out / "checkpoints" / "state.json").read_text())
+    state = checkpoint_state(out)
     assert state["episodes_done"] == 10 and [e["bits"] for e in state["history"][:5]] == first
     assert summary["episodes"] == 10
     policy = QuantPolicy.load(out / "best_policy.json")

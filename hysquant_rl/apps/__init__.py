@@ -58,11 +58,17 @@ def app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[]
             try:
                 return fn(cfg)
             except HySquantError as e:
-                log.error("error: %s", e)
-                print(f"error: {e}", file=sys.stderr)
-                if not _in_sweep():
-                    sys.exit(2)
-                failed.append(str(run_dir()))  # the sweep goes on with its next job
+                message, code = str(e), getattr(e, "exit_code", 2)
+            except KeyboardInterrupt:
+                message, code = "interrupted: what was measured before is kept (the LUT cache, the checkpoints)", 130
+            except OSError as e:  # a directory that cannot be written, a full disk
+                where = f" {e.filename}" if e.filename else ""
+                message = f"cannot write{where} ({e.strerror or e}): make it writable or free disk space"
+                code = 2
+            report(message)
+            if not _in_sweep():
+                sys.exit(code)
+            failed.append(str(run_dir()))  # the sweep goes on with its next job
 
         run = hydra.main(version_base=None, config_path=CONF_DIR, config_name=config_name)(task)
 
@@ -78,6 +84,15 @@ def app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[]
         return main
 
     return deco
+
+
+def report(message: str) -> None:
+    """One ``error:`` line on stderr, and the same in the run's log file (not twice on the console)."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "error: %s", (message,), None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+    print(f"error: {message}", file=sys.stderr)
 
 
 def _in_sweep() -> bool:

@@ -8,6 +8,7 @@ TensorBoard under tb/.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from omegaconf import DictConfig
 
 from hysquant_rl.apps import app, plain, run_dir
 from hysquant_rl.errors import HySquantError
+from hysquant_rl.io import save_json
 from hysquant_rl.search.baselines import BASELINES
 from hysquant_rl.settings import RunSettings, SearchSettings
 
@@ -32,8 +34,14 @@ def make_method(search: SearchSettings, *args: Any) -> Any:
 
 
 def check_method(search: SearchSettings) -> None:
+    """The method (and for ``rl`` the agent) exist: checked before any work."""
     if search.method not in METHOD_NAMES:
         raise HySquantError(f"unknown search.method={search.method!r}: use one of {', '.join(METHOD_NAMES)}")
+    if search.method == "rl":
+        from agents.factory import AGENTS
+
+        if search.agent.name not in AGENTS:
+            raise HySquantError(f"unknown agent {search.agent.name!r}: use agent= one of {', '.join(sorted(AGENTS))}")
 
 
 def run_search(run: RunSettings, search: SearchSettings, out: Path, pipe: Any = None) -> dict[str, Any]:
@@ -54,9 +62,54 @@ def run_search(run: RunSettings, search: SearchSettings, out: Path, pipe: Any = 
     return finish(search, pipe, result, out, start)
 
 
+RECORD = "run_settings.json"  # the resolved settings of a run, in its directory: what resume=true restores
+
+
+def record_or_restore(settings: dict[str, Any], out: Path, given: list[str]) -> dict[str, Any]:
+    """A new run records its resolved ``settings`` in ``out``; ``resume=true`` returns the recorded ones instead,
+    refusing a value ``given`` again on the command line (``key=value`` overrides) that differs from the record."""
+    path = out / RECORD
+    if not settings.get("resume"):
+        save_json(settings, path)
+        return settings
+    if not path.exists():
+        raise HySquantError(
+            f"resume=true but {out} holds no interrupted run ({RECORD} is missing): pass"
+            " hydra.run.dir=<the interrupted run's directory>"
+        )
+    recorded = json.loads(path.read_text())
+    for override in given:
+        key = override.lstrip("+~").split("=", 1)[0]
+        if key == "resume" or key.startswith("hydra"):
+            continue
+        now, then = _lookup(settings, key), _lookup(recorded, key)
+        if now != then:
+            raise HySquantError(
+                f"{key}={_show(now)} differs from the interrupted run's {key}={_show(then)}: drop it to resume"
+                " that run, or start a new run directory"
+            )
+    return {**recorded, "resume": True}
+
+
+def _lookup(tree: Any, key: str) -> Any:
+    for part in key.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def _show(value: Any) -> str:
+    return value.get("name", json.dumps(value)) if isinstance(value, dict) else json.dumps(value)
+
+
 def _main(cfg: DictConfig) -> dict[str, Any]:
+    from hydra.core.hydra_config import HydraConfig
+
+    out = run_dir()
     settings = plain(cfg)
-    return run_search(RunSettings.from_mapping(settings), SearchSettings.from_mapping(settings), run_dir())
+    RunSettings.from_mapping(settings)  # every value is checked before anything is written or loaded
+    check_method(SearchSettings.from_mapping(settings))
+    settings = record_or_restore(settings, out, list(HydraConfig.get().overrides.task))
+    return run_search(RunSettings.from_mapping(settings), SearchSettings.from_mapping(settings), out)
 
 
 main = app("search")(_main)

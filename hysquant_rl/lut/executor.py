@@ -111,8 +111,9 @@ class _RayWorker:
         from dataclasses import replace
 
         from hysquant_rl.pipeline import build
+        from hysquant_rl.settings import default_threads
 
-        threads = run.threads or max(1, (os.cpu_count() or 1) // workers)
+        threads = run.threads or default_threads(workers)
         torch.set_num_threads(threads)
         self.worker = Worker(build(replace(run, threads=threads)), run.eval.prefix_cache_mb)
 

@@ -64,6 +64,7 @@ class SearchProblem:
     budget_mode: str = "project"
     penalty_weight: float = 10.0
     min_top1: float | None = None
+    identity: dict[str, Any] = field(default_factory=dict)  # what the evaluations depend on: weights, LUT, budgets
     cache: dict[bytes, dict[str, float]] = field(default_factory=dict)
     worst_reward: float | None = None  # stands in for a NaN evaluation's reward, so the buffer stays finite
     eval_time_s: float = 0.0  # spent in ``evaluate`` (PTQ forward passes), to price the search's own overhead
@@ -158,4 +159,9 @@ def build_problem(search: SearchSettings, pipe: Pipeline, lut: LUT, budgets: Bud
         budget_mode=search.budget.mode,
         penalty_weight=search.budget.penalty_weight,
         min_top1=budgets.min_top1,
+        identity={
+            "model weights": pipe.weights_sha256,
+            "data and LUT": lut.meta.get("key_sha256"),
+            "budgets": {**budgets.limits, "min_top1": budgets.min_top1},
+        },
     )
