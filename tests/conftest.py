@@ -75,6 +75,7 @@ def assert_one_error_line(proc, pattern: str, code: int | None = 2) -> str:
     assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-2000:]
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1, proc.stderr[-2000:]
+    assert (proc.stdout + proc.stderr).count("error: ") == 1, "the error is printed more than once"
     assert re.search(pattern, lines[0]), lines[0]
     return lines[0]
 

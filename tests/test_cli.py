@@ -114,6 +114,7 @@ def test_checkpoint_for_other_model(tmp_path, small_model, run_here):
         ("quant.calibrator=kl", r"quant.calibrator='kl' is unknown: use one of minmax, percentile, mse"),
         ("quant.percentile=0", r"quant.percentile=0.0 must be in \(0, 100\]"),
         ("search.method=annealing", r"unknown search.method='annealing': use one of rl, uniform, greedy, ilp, random"),
+        ("agent.name=ppo", r"unknown agent 'ppo': use agent= one of ddpg, sac, td3"),
     ],
 )
 def test_bad_search_settings_fail_before_any_work(tmp_path, run_here, override, pattern):
@@ -123,6 +124,16 @@ def test_bad_search_settings_fail_before_any_work(tmp_path, run_here, override, 
     assert_clean_error(run_here(search_main, override, tmp_path=tmp_path), pattern)
     assert time.perf_counter() - start < 5  # settings are checked before the model, data or LUT is touched
     assert not (tmp_path / "best_policy.json").exists()
+
+
+def test_missing_policy_and_a_run_directory_that_cannot_be_made(tmp_path, run_here):
+    from hysquant_rl.apps.apply import main as apply_main
+
+    assert_clean_error(run_here(apply_main, tmp_path=tmp_path / "run"), r"policy must be set: pass policy=")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    ran = run_here(apply_main, "policy=W8A8", tmp_path=blocker / "run")
+    assert_clean_error(ran, r"cannot create hydra.run.dir=.*a-file/run \(Not a directory\)")
 
 
 def test_a_sweep_goes_on_past_a_failing_job(tmp_path, run_here):

@@ -75,6 +75,7 @@ def app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[]
         @functools.wraps(fn)
         def main() -> Any:
             failed.clear()
+            _check_output_dirs(sys.argv[1:])
             result = run()
             if failed:
                 print(f"{len(failed)} job(s) of the sweep failed: {', '.join(failed)}", file=sys.stderr)
@@ -84,6 +85,19 @@ def app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[]
         return main
 
     return deco
+
+
+def _check_output_dirs(args: list[str]) -> None:
+    """Create the run (or sweep) directory given on the command line now, so that one that cannot be written is
+    one line, not the traceback of Hydra creating it."""
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key in ("hydra.run.dir", "hydra.sweep.dir") and value:
+            try:
+                Path(value).mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                report(f"cannot create {key}={value} ({e.strerror or e}): choose a directory that can be written")
+                sys.exit(2)
 
 
 def report(message: str) -> None:
