@@ -123,18 +123,16 @@ def embedded_checkpoint(model: ModelSettings, data: DataSettings, seed: int, cac
     return cache_dir / "models" / f"{model.name}_{data.name}_{key}.pt"
 
 
-def create_model(m: ModelSettings, embedded: Path | None = None) -> tuple[nn.Module, ModelSpec]:
-    """The FP32 model in eval mode and its spec. An embedded model is read from ``embedded`` (its cache path,
-    :func:`embedded_checkpoint`), which must exist: :func:`hysquant_rl.train.ensure_embedded` trains it first."""
+def create_model(m: ModelSettings, embedded: dict[str, torch.Tensor] | None = None) -> tuple[nn.Module, ModelSpec]:
+    """The FP32 model in eval mode and its spec. An embedded model takes the weights ``embedded``
+    (:func:`hysquant_rl.train.embedded_state` reads them from the model cache, training them first if needed)."""
     check_model_name(m.name)
     spec = ModelSpec.of(m)
     if m.embedded:
-        if embedded is None or not embedded.exists():
-            raise HySquantError(f"embedded model {m.name} is not cached at {embedded}: run hysquant-train first")
+        if embedded is None:
+            raise HySquantError(f"embedded model {m.name} has no weights: run hysquant-train first")
         model = build_architecture(spec)
-        source = f"the cached embedded model {embedded}"
-        load_weights(model, read_state_dict(embedded, source), source, m.name)
-        log.info("embedded model %s from %s", m.name, embedded)
+        load_weights(model, embedded, "the cached embedded model", m.name)
     elif m.checkpoint:
         model = build_architecture(spec)
         load_weights(model, read_state_dict(m.checkpoint), f"model.checkpoint={m.checkpoint}", m.name)

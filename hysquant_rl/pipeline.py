@@ -22,7 +22,7 @@ from hysquant_rl.policy import QuantPolicy
 from hysquant_rl.provenance import weights_sha256
 from hysquant_rl.quant import QuantModel
 from hysquant_rl.settings import RunSettings, default_threads
-from hysquant_rl.train import ensure_embedded
+from hysquant_rl.train import embedded_state
 from hysquant_rl.units import AttentionMatmul, LayerInfo
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def build(run: RunSettings) -> Pipeline:
     torch.set_num_threads(run.threads or default_threads())
     if run.model.embedded:  # trained on the data if missing: data first
         data = load_data(run.data, seed=run.seed)
-        model, spec = create_model(run.model, ensure_embedded(run, data))
+        model, spec = create_model(run.model, embedded_state(run, lambda: data)[0])
     else:  # ImageNet transforms come from the model: model first
         model, spec = create_model(run.model)
         data = load_data(run.data, seed=run.seed, model=model)

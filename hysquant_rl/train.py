@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -111,25 +112,23 @@ def train_embedded(
     return metrics
 
 
-def cached_problem(path: Path) -> str | None:
-    """Why the cached embedded model at ``path`` cannot be used ("not cached", "unreadable (...)"), or None."""
-    if not path.exists():
-        return "not cached"
-    try:
-        read_state_dict(path, "cache file")
-    except HySquantError as e:
-        return f"unreadable ({e})"
-    return None
-
-
-def ensure_embedded(run: RunSettings, data: DataSplits | None, force: bool = False) -> Path:
-    """The embedded model's cache path for ``run``, trained first (atomically written) when it is missing, cannot
-    be read (a damaged cache file is our own to repair), or ``force``."""
+def embedded_state(
+    run: RunSettings, data: Callable[[], DataSplits], force: bool = False
+) -> tuple[dict[str, torch.Tensor], bool]:
+    """The embedded model's weights for ``run`` and whether they were trained now: read from the cache, or trained
+    on ``data()`` (called only then) and cached atomically when the file is missing, cannot be read (a damaged
+    cache file is ours to repair), or ``force``."""
     path = embedded_checkpoint(run.model, run.data, run.seed, run.cache_dir)
-    problem = "retraining it (train.force=true)" if force else cached_problem(path)
-    if problem is not None:
-        log.warning("embedded model %s at %s: %s; training it", run.model.name, path, problem)
-        if data is None:
-            raise HySquantError(f"the embedded model at {path} is {problem} and no data was given to train it")
-        train_embedded(run.model, data, run.data.train, run.seed, path)
-    return path
+    source = f"the cached embedded model {path}"
+    if force:
+        problem = "retraining it (train.force=true)"
+    elif not path.exists():
+        problem = "not cached"
+    else:
+        try:
+            return read_state_dict(path, source), False
+        except HySquantError as e:
+            problem = f"unreadable ({e})"
+    log.warning("embedded model %s at %s: %s; training it", run.model.name, path, problem)
+    train_embedded(run.model, data(), run.data.train, run.seed, path)
+    return read_state_dict(path, source), True

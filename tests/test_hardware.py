@@ -11,8 +11,9 @@ import pytest
 import torch
 from torch import nn
 
+from hysquant_rl.bits import CHOICES
 from hysquant_rl.errors import HySquantError
-from hysquant_rl.hardware import BIT_CHOICES, CostModel, known_profiles, load_profile, make_cost_model
+from hysquant_rl.hardware import CostModel, known_profiles, load_profile, make_cost_model
 from hysquant_rl.hardware.measured import MeasuredCostModel
 from hysquant_rl.layers import inventory
 
@@ -179,25 +180,22 @@ def test_fewer_bits_never_cost_more(xxs, name, batch):
     for i in range(cm.num_layers):
         for consumer in (False, True):
             table = np.array(
-                [
-                    [[getattr(cm.layer_cost(i, w, a, consumer), m) for m in metrics] for a in BIT_CHOICES]
-                    for w in BIT_CHOICES
-                ]
+                [[[getattr(cm.layer_cost(i, w, a, consumer), m) for m in metrics] for a in CHOICES] for w in CHOICES]
             )  # (w, a, metric), bits ascending
             assert (np.diff(table, axis=0) >= 0).all(), (cm.layers[i].name, "weight bits")
             assert (np.diff(table, axis=1) >= 0).all(), (cm.layers[i].name, "activation bits")
     # and across layers: the consumer's activation bits only ever lower the producer's cost
-    uniform = [cm.uniform_cost(b, b) for b in BIT_CHOICES]
+    uniform = [cm.uniform_cost(b, b) for b in CHOICES]
     for m in metrics:
         values = [getattr(u, m) for u in uniform]
         assert values == sorted(values), m
-    assert uniform[BIT_CHOICES.index(4)].latency_s < uniform[BIT_CHOICES.index(8)].latency_s
+    assert uniform[CHOICES.index(4)].latency_s < uniform[CHOICES.index(8)].latency_s
 
 
 def test_lowering_any_one_layer_never_raises_the_total(xxs):
     cm = CostModel(*xxs, load_profile("rtx3080"))
     rng = np.random.default_rng(0)
-    choices = np.array(BIT_CHOICES)
+    choices = np.array(CHOICES)
     for _ in range(20):
         policy = choices[rng.integers(1, len(choices), size=(cm.num_layers, 2))]
         before = cm.policy_cost(policy)

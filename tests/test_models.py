@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.models import check_model_name, create_model, embedded_checkpoint, read_state_dict
-from hysquant_rl.train import ensure_embedded
+from hysquant_rl.train import embedded_state
 from tests.conftest import run_settings
 
 XXS = ["model=mobilevit_xxs", "model.pretrained=false", "model.num_classes=10", "model.in_chans=1", "model.img_size=32"]
@@ -69,7 +69,9 @@ def test_embedded_model_trained_once_and_reused(digits_pipeline):
     path = embedded_checkpoint(run.model, run.data, run.seed, run.cache_dir)
     assert path.exists()
     stamp = os.stat(path).st_mtime_ns
-    model, _ = create_model(run.model, ensure_embedded(run, data=None))  # cached: no data needed, nothing trained
+    state, trained = embedded_state(run, data=lambda: pytest.fail("a cached model needs no data"))
+    model, _ = create_model(run.model, state)
+    assert not trained
     assert os.stat(path).st_mtime_ns == stamp  # loaded, not retrained
     assert torch.equal(model.state_dict()["head.fc.weight"], digits_pipeline.model.state_dict()["head.fc.weight"])
     # a different recipe is a different cache entry

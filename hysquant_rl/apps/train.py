@@ -13,7 +13,7 @@ from hysquant_rl.settings import RunSettings
 def run_train(cfg: DictConfig) -> None:
     from hysquant_rl.data import load_data
     from hysquant_rl.models import embedded_checkpoint
-    from hysquant_rl.train import cached_problem, ensure_embedded
+    from hysquant_rl.train import embedded_state
 
     settings = plain(cfg)
     run = RunSettings.from_mapping(settings)
@@ -21,12 +21,10 @@ def run_train(cfg: DictConfig) -> None:
         raise HySquantError(
             f"model={run.model.name} is not the embedded model: hysquant-train trains model=embedded only"
         )
-    force = bool(settings["train"]["force"])
-    path = embedded_checkpoint(run.model, run.data, run.seed, run.cache_dir)
-    if not force and cached_problem(path) is None:
+    _, trained = embedded_state(run, lambda: load_data(run.data, seed=run.seed), bool(settings["train"]["force"]))
+    if not trained:
+        path = embedded_checkpoint(run.model, run.data, run.seed, run.cache_dir)
         log.info("embedded model already cached at %s (train.force=true retrains it)", path)
-        return
-    ensure_embedded(run, load_data(run.data, seed=run.seed), force=force)
 
 
 main = app("train")(run_train)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from hysquant_rl.hardware.cost import BIT_CHOICES, BUDGET_UNITS, CostModel, LayerCost, PolicyCost
+from hysquant_rl.hardware.cost import BUDGET_UNITS, CostModel, LayerCost, PolicyCost
 from hysquant_rl.hardware.profile import DeviceProfile, known_profiles, load_profile
 from hysquant_rl.units import AttentionMatmul, LayerInfo
 
@@ -31,7 +31,6 @@ def make_cost_model(
 
 
 __all__ = [
-    "BIT_CHOICES",
     "BUDGET_UNITS",
     "CostModel",
     "DeviceProfile",

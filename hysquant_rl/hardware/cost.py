@@ -42,7 +42,6 @@ from hysquant_rl.errors import HySquantError
 from hysquant_rl.hardware.profile import DeviceProfile
 from hysquant_rl.units import AttentionMatmul, LayerInfo
 
-BIT_CHOICES = CHOICES  # every bit-width a policy may use, the cost tables' axis order
 BUDGET_UNITS: dict[str, tuple[str, float, float, str]] = {  # budget key -> (SI field, x multiplier / divisor, unit)
     "latency_ms": ("latency_s", 1e3, 1.0, "ms"),
     "energy_mj": ("energy_j", 1e3, 1.0, "mJ"),
@@ -59,10 +58,10 @@ def in_budget_units(cost: Any) -> dict[str, float]:
 
 BIAS_BITS = 32  # biases stay 32-bit (int32 accumulator scale in integer kernels)
 INT8_BYTES = 1  # an activation a quantized consumer reads, as the producer's epilogue writes it
-# bit-width -> position in BIT_CHOICES, -1 where not allowed; one spare -1 at the end so that a lookup with
+# bit-width -> position in CHOICES, -1 where not allowed; one spare -1 at the end so that a lookup with
 # mode="clip" maps anything below 0 or above 32 to -1 too
 _INDEX = np.full(FP32_BITS + 2, -1, dtype=np.intp)
-_INDEX[list(BIT_CHOICES)] = np.arange(len(BIT_CHOICES))
+_INDEX[list(CHOICES)] = np.arange(len(CHOICES))
 
 
 @dataclass(frozen=True)
@@ -163,9 +162,9 @@ class CostModel:
 
     # -- tables ----------------------------------------------------------------------------------------
     def _tabulate(self) -> None:
-        """Policy-independent arrays: indices [layer, w, a, consumer_quantized] over BIT_CHOICES."""
+        """Policy-independent arrays: indices [layer, w, a, consumer_quantized] over CHOICES."""
         p, batch = self.profile, self.batch_size
-        bits = np.array(BIT_CHOICES, dtype=np.float64)
+        bits = np.array(CHOICES, dtype=np.float64)
         traffic_bits = np.where(bits == FP32_BITS, p.float_bits, bits)  # an FP32 operand moves as fp16
         weights = np.array([l.weight_elems for l in self.layers], dtype=np.float64)
         bias = np.array([l.params - l.weight_elems for l in self.layers], dtype=np.float64)
@@ -174,9 +173,9 @@ class CostModel:
         macs = np.array([l.macs for l in self.layers], dtype=np.int64)
 
         # (w, a) -> compute precision, its peak, power per op, deployability
-        self._precision = [[p.compute_precision(w, a) for a in BIT_CHOICES] for w in BIT_CHOICES]
+        self._precision = [[p.compute_precision(w, a) for a in CHOICES] for w in CHOICES]
         peak = np.array([[p.peak(c) for c in row] for row in self._precision])  # (8, 8) op/s
-        self._deployable = np.array([[p.is_deployable(w, a) for a in BIT_CHOICES] for w in BIT_CHOICES])
+        self._deployable = np.array([[p.is_deployable(w, a) for a in CHOICES] for w in CHOICES])
 
         weight_bytes = weights[:, None] * traffic_bits / 8 + bias[:, None] * BIAS_BITS / 8  # (n, w)
         input_bytes = batch * in_elems[:, None] * traffic_bits / 8  # (n, a)
@@ -187,9 +186,9 @@ class CostModel:
         self._memory_s = self._bytes / p.memory_bandwidth  # (n, w, a, c)
         self._joules_per_op = p.compute_power_w / peak  # (w, a) J/op, paper eq. 10 less memory power
         self._size = weights[:, None] * bits / 8 + bias[:, None] * BIAS_BITS / 8  # (n, w)
-        self._bitops = macs[:, None, None] * np.outer(BIT_CHOICES, BIT_CHOICES)[None]  # (n, w, a) int64
+        self._bitops = macs[:, None, None] * np.outer(CHOICES, CHOICES)[None]  # (n, w, a) int64
         self._rows = np.arange(len(self.layers))
-        self._row_offset = self._rows * (len(BIT_CHOICES) ** 2 * 2)  # flat offset of each layer's (w, a, c) block
+        self._row_offset = self._rows * (len(CHOICES) ** 2 * 2)  # flat offset of each layer's (w, a, c) block
 
     def _price(self) -> None:
         """Fill ``_latency``/``_energy`` (n, w, a, c) and the fixed part: here the roofline."""
@@ -282,12 +281,12 @@ class CostModel:
             )
         if arr.dtype.kind not in "iu":
             raise HySquantError(f"policy bit-widths must be integers, got {arr.dtype}")
-        idx = np.take(_INDEX, arr, mode="clip")  # -1 for anything not in BIT_CHOICES
+        idx = np.take(_INDEX, arr, mode="clip")  # -1 for anything not in CHOICES
         if (idx < 0).any():
             layer, col = map(int, np.argwhere(idx < 0)[0])
             what = "weight" if col == 0 else "activation"
             check_bits(int(arr[layer, col]), f"layer {self.layers[layer].name} {what} bit-width")
-        pair = idx[:, 0] * len(BIT_CHOICES) + idx[:, 1]
+        pair = idx[:, 0] * len(CHOICES) + idx[:, 1]
         consumer = np.zeros(self.num_layers, dtype=np.intp)
         consumer[:-1] = arr[1:, 1] != FP32_BITS
         return self._row_offset + pair * 2 + consumer, pair
@@ -306,7 +305,7 @@ class CostModel:
             batch_size=self.batch_size,
             latency_s=float(latency.sum()) + self.fixed_latency_s,
             energy_j=float(energy.sum()) + self.fixed_energy_j,
-            size_bytes=float(self._size[rows, pair // len(BIT_CHOICES)].sum()),
+            size_bytes=float(self._size[rows, pair // len(CHOICES)].sum()),
             bitops=int(self._bitops.reshape(self.num_layers, -1)[rows, pair].sum()),
             deployable=bool(deployable.all()),
             layer_latency_s=latency,
