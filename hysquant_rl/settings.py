@@ -59,6 +59,12 @@ def _number(value: Any, key: str, positive: bool = False, optional: bool = False
     return float(value)
 
 
+def _flag(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise HySquantError(f"{key}={value!r} must be true or false")
+    return value
+
+
 def check_choice(value: Any, key: str, choices: Sequence[str]) -> str:
     """``value`` if it is one of ``choices``, else a one-line error naming ``key`` and the choices."""
     if value not in choices:
@@ -88,8 +94,8 @@ class ModelSettings:
             num_classes=_integer(m["num_classes"], "model.num_classes", 1),
             in_chans=_integer(m["in_chans"], "model.in_chans", 1),
             img_size=_integer(m["img_size"], "model.img_size", 1),
-            embedded=bool(m.get("embedded", False)),
-            pretrained=bool(m.get("pretrained", False)),
+            embedded=_flag(m.get("embedded", False), "model.embedded"),
+            pretrained=_flag(m.get("pretrained", False), "model.pretrained"),
             checkpoint=None if m.get("checkpoint") in (None, "") else str(m["checkpoint"]),
         )
 
@@ -191,7 +197,7 @@ class EvalSettings:
     def from_mapping(cls, e: Mapping[str, Any]) -> EvalSettings:
         return cls(
             batch_size=_integer(e["batch_size"], "eval.batch_size", 1),
-            prefix_cache_mb=float(e.get("prefix_cache_mb", 1024.0)),
+            prefix_cache_mb=_number(e.get("prefix_cache_mb", 1024.0), "eval.prefix_cache_mb"),
         )
 
     def key(self) -> dict[str, Any]:
@@ -256,7 +262,7 @@ class LUTSettings:
             rules=PruneRules.from_mapping(prune),
             cache_dir=Path(str(lut["cache_dir"])).expanduser(),
             workers=_integer(lut["workers"], "lut.workers", 1),
-            cache=bool(lut["cache"]),
+            cache=_flag(lut["cache"], "lut.cache"),
             save_every=_integer(lut["save_every"], "lut.save_every", 1),
         )
 
@@ -270,7 +276,10 @@ class RaySettings:
 
     @classmethod
     def from_mapping(cls, r: Mapping[str, Any]) -> RaySettings:
-        return cls(address=r.get("address") or None, connect_timeout_s=float(r.get("connect_timeout_s", 5.0)))
+        return cls(
+            address=r.get("address") or None,
+            connect_timeout_s=_number(r.get("connect_timeout_s", 5.0), "ray.connect_timeout_s", positive=True),
+        )
 
 
 @dataclass(frozen=True)
@@ -358,16 +367,16 @@ class AgentSettings:
     def from_mapping(cls, a: Mapping[str, Any]) -> AgentSettings:
         return cls(
             name=str(a["name"]),
-            net_arch=tuple(int(n) for n in a["net_arch"]),
-            learning_rate=float(a["learning_rate"]),
+            net_arch=tuple(_integer(n, "agent.net_arch", 1) for n in a["net_arch"]),
+            learning_rate=_number(a["learning_rate"], "agent.learning_rate", positive=True),
             buffer_size=_integer(a["buffer_size"], "agent.buffer_size", 1),
             batch_size=_integer(a["batch_size"], "agent.batch_size", 1),
-            tau=float(a["tau"]),
-            gamma=float(a["gamma"]),
+            tau=_number(a["tau"], "agent.tau"),
+            gamma=_number(a["gamma"], "agent.gamma"),
             gradient_steps=_integer(a["gradient_steps"], "agent.gradient_steps", 0),
             warmup_episodes=_integer(a["warmup_episodes"], "agent.warmup_episodes", 0),
-            noise_sigma=float(a["noise_sigma"]),
-            noise_decay=float(a["noise_decay"]),
+            noise_sigma=_number(a["noise_sigma"], "agent.noise_sigma"),
+            noise_decay=_number(a["noise_decay"], "agent.noise_decay"),
         )
 
 
@@ -403,14 +412,14 @@ class SearchSettings:
             seed=_integer(s["seed"], "search.seed"),
             episodes=_integer(s["episodes"], "search.episodes", 1),
             max_rounds=_integer(s["max_rounds"], "search.max_rounds", 1),
-            warm_start=bool(s["warm_start"]),
+            warm_start=_flag(s["warm_start"], "search.warm_start"),
             offset_range=_integer(s["offset_range"], "search.offset_range", 0),
-            warm_start_noise_bits=float(s["warm_start_noise_bits"]),
+            warm_start_noise_bits=_number(s["warm_start_noise_bits"], "search.warm_start_noise_bits"),
             checkpoint_every=_integer(s["checkpoint_every"], "search.checkpoint_every", 1),
             reference=tuple(str(x) for x in s["reference"]),
             reward_metric=check_choice(r["metric"], "reward.metric", REWARD_METRICS),
-            reward_scale=float(r["scale"]),
-            resume=bool(c.get("resume", False)),
+            reward_scale=_number(r["scale"], "reward.scale"),
+            resume=_flag(c.get("resume", False), "resume"),
             budget=BudgetSpec.from_mapping(c["budget"]),
             agent=AgentSettings.from_mapping(c["agent"]),
         )

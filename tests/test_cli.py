@@ -115,6 +115,8 @@ def test_checkpoint_for_other_model(tmp_path, small_model, run_here):
         ("quant.percentile=0", r"quant.percentile=0.0 must be in \(0, 100\]"),
         ("search.method=annealing", r"unknown search.method='annealing': use one of rl, uniform, greedy, ilp, random"),
         ("agent.name=ppo", r"unknown agent 'ppo': use agent= one of ddpg, sac, td3"),
+        ("agent.learning_rate=abc", r"agent.learning_rate='abc' must be a positive number"),
+        ("search.warm_start=maybe", r"search.warm_start='maybe' must be true or false"),
     ],
 )
 def test_bad_search_settings_fail_before_any_work(tmp_path, run_here, override, pattern):

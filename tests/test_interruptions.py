@@ -80,7 +80,8 @@ def test_resume_refuses_another_value_and_a_run_that_is_not_there(tmp_path, digi
     assert (run / "best_policy.json").read_bytes() == before
 
 
-def test_ctrl_c_finishes_the_episode_writes_a_checkpoint_and_says_how_to_resume(tmp_path, digits_pipeline):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_finishes_the_episode_writes_a_checkpoint_and_says_how_to_resume(tmp_path, digits_pipeline, signum):
     run = tmp_path / "run"
     proc = subprocess.Popen(
         [str(BIN / "hysquant-search"), f"hydra.run.dir={run}", "search.episodes=200", *FAST],
@@ -92,10 +93,11 @@ def test_ctrl_c_finishes_the_episode_writes_a_checkpoint_and_says_how_to_resume(
     deadline = time.monotonic() + 300
     while not manifest.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err[-2000:]
-    line = assert_one_error_line(subprocess.CompletedProcess([], proc.returncode, out, err), r"SIGINT after \d+", 130)
+    ended = subprocess.CompletedProcess([], proc.returncode, out, err)
+    line = assert_one_error_line(ended, rf"{signal.Signals(signum).name} after \d+", 130)
     episodes = state(run)["episodes_done"]
     assert f"after {episodes} episodes" in line and f"resume=true hydra.run.dir={run}" in line
     assert 3 <= episodes < 200
