@@ -43,6 +43,13 @@ class DecayingTruncatedNormalNoise(ActionNoise):
         return f"DecayingTruncatedNormalNoise(sigma={self.sigma:.4f}, decay={self.decay})"
 
 
+def check_agent(name: str) -> str:
+    """``name`` if it is a registered agent, else a one-line error listing them."""
+    if name not in AGENTS:
+        raise HySquantError(f"unknown agent {name!r}: use agent= one of {', '.join(sorted(AGENTS))}")
+    return name
+
+
 def make_agent(
     agent: AgentSettings,
     env: gym.Env,
@@ -58,9 +65,7 @@ def make_agent(
     actor's output layer starts at zero so its first actions are 0.5 everywhere, exploration is noise of that
     sigma around the actor from the first episode (no uniform warm-up, which would throw the warm start
     away; :class:`agents.rl.RLSearch` holds the updates back for ``warmup_episodes``)."""
-    name = agent.name
-    if name not in AGENTS:
-        raise HySquantError(f"unknown agent {name!r}: use agent= one of {', '.join(sorted(AGENTS))}")
+    name = check_agent(agent.name)
     kwargs: dict[str, Any] = dict(
         learning_rate=agent.learning_rate,
         buffer_size=agent.buffer_size,

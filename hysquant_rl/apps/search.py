@@ -38,10 +38,9 @@ def check_method(search: SearchSettings) -> None:
     if search.method not in METHOD_NAMES:
         raise HySquantError(f"unknown search.method={search.method!r}: use one of {', '.join(METHOD_NAMES)}")
     if search.method == "rl":
-        from agents.factory import AGENTS
+        from agents.factory import check_agent
 
-        if search.agent.name not in AGENTS:
-            raise HySquantError(f"unknown agent {search.agent.name!r}: use agent= one of {', '.join(sorted(AGENTS))}")
+        check_agent(search.agent.name)
 
 
 def run_search(run: RunSettings, search: SearchSettings, out: Path, pipe: Any = None) -> dict[str, Any]:

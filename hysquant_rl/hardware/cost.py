@@ -31,7 +31,7 @@ gather and a sum (tens of microseconds), as the RL search calls it thousands of 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -50,10 +50,10 @@ BUDGET_UNITS: dict[str, tuple[str, float, float, str]] = {  # budget key -> (SI 
 """The cost model's SI units (s, J, byte) -> the units budgets and reports use (ms, mJ, MB = 1e6 bytes)."""
 
 
-def in_budget_units(cost: Any) -> dict[str, float]:
-    """Latency [ms], energy [mJ] and size [MB] of a :class:`LayerCost` or :class:`PolicyCost` (:data:`BUDGET_UNITS`):
-    the one conversion from SI units."""
-    return {key: getattr(cost, field) * mul / div for key, (field, mul, div, _) in BUDGET_UNITS.items()}
+def in_budget_units(si: Callable[[str], Any]) -> dict[str, Any]:
+    """Latency [ms], energy [mJ] and size [MB] (:data:`BUDGET_UNITS`) from ``si(field)``, the value (a number or an
+    array) of the SI field ``latency_s``, ``energy_j`` or ``size_bytes``: the one conversion from SI units."""
+    return {key: si(field) * mul / div for key, (field, mul, div, _) in BUDGET_UNITS.items()}
 
 
 BIAS_BITS = 32  # biases stay 32-bit (int32 accumulator scale in integer kernels)
@@ -117,7 +117,7 @@ class PolicyCost:
 
     def totals(self) -> dict[str, float]:
         """Latency [ms], energy [mJ] and size [MB] (:func:`in_budget_units`)."""
-        return in_budget_units(self)
+        return in_budget_units(lambda field: getattr(self, field))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -339,9 +339,7 @@ class CostModel:
         """Per-layer grids (n, GRID, GRID) of every budget in its unit (:data:`BUDGET_UNITS`), and each one's
         policy-independent fixed part: a fully quantized policy's total is the grid sum plus the fixed part."""
         fixed_si = {"latency_s": self.fixed_latency_s, "energy_j": self.fixed_energy_j, "size_bytes": 0.0}
-        grids = {key: self.quantized_grid(field) * mul / div for key, (field, mul, div, _) in BUDGET_UNITS.items()}
-        fixed = {key: fixed_si[field] * mul / div for key, (field, mul, div, _) in BUDGET_UNITS.items()}
-        return grids, fixed
+        return in_budget_units(self.quantized_grid), in_budget_units(fixed_si.__getitem__)
 
     def uniform_cost(self, w_bits: int, a_bits: int) -> PolicyCost:
         """:meth:`policy_cost` of every layer at (w_bits, a_bits)."""

@@ -74,7 +74,7 @@ def cache_path(run: RunSettings, pipe: Pipeline, key: dict[str, Any]) -> Path:
 def _row(pipe: Pipeline, i: int, w: int, a: int, m: dict[str, float], fp32: dict[str, float]) -> dict[str, Any]:
     layer = pipe.layers[i]
     c = pipe.cost.config_cost(i, w, a)
-    units = in_budget_units(c)
+    units = in_budget_units(lambda field: getattr(c, field))
     return {
         "index": i,
         "layer": layer.name,

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hysquant_rl.bits import FP32_BITS, grid_at
+from hysquant_rl.bits import FP32_BITS, grid_sum
 from hysquant_rl.search.allocation import project, proxy_grid
-from hysquant_rl.search.budget import Budgets, within
+from hysquant_rl.search.budget import UNITS, Budgets, within
 from hysquant_rl.units import LayerInfo
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from hysquant_rl.pipeline import Pipeline
     from hysquant_rl.settings import SearchSettings
 
-BUDGETS = ("latency_ms", "energy_mj", "size_mb")
+BUDGETS = tuple(UNITS)  # latency_ms, energy_mj, size_mb
 
 
 def policy_key(bits: Any) -> bytes:
@@ -75,7 +75,7 @@ class SearchProblem:
 
     def totals(self, bits: np.ndarray) -> dict[str, float]:
         """Every budget's total (fixed part included) of a fully quantized policy ``bits`` (L, 2)."""
-        return {k: float(grid_at(self.costs[k], bits).sum()) + self.fixed[k] for k in BUDGETS}
+        return {k: grid_sum(self.costs[k], bits) + self.fixed[k] for k in BUDGETS}
 
     def metrics(self, bits: np.ndarray) -> dict[str, float]:
         """Search-val metrics of ``bits`` (L, 2), evaluated once per policy."""

@@ -54,7 +54,7 @@ def finish(search: SearchSettings, pipe: Pipeline, result: SearchResult, out: Pa
     table = {}
     for name, b in rows.items():
         m = pipe.measure(b, SPLITS)
-        table[name] = {**m, "holds": budgets.holds(pipe.cost.policy_cost(b).totals(), m["search_val"]["top1"])}
+        table[name] = {**m, "holds": budgets.holds(m["cost"], m["search_val"]["top1"])}
         if name in search.reference:  # the uniform reference policies, as policy JSON too
             pipe.policy(b, method="uniform", seed=search.seed, metrics=m).save(
                 out / "policies" / f"uniform_{name}.json"
