@@ -61,7 +61,7 @@ class RLSearch:
         bits = solve_ilp(p.proxy, p.mask, p.costs, p.layer_limits(limits))
         if bits is None:
             raise NoPolicyError("the LUT's integer program found no policy within the budgets: relax them")
-        return bits
+        return p.canonical(bits)
 
     def _on_episode(self, info: dict[str, Any]) -> None:
         self.recorder.record(info)

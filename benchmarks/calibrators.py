@@ -1,11 +1,14 @@
-"""Benchmark: test top-1 of uniform policies under each activation calibrator (a script, not a test).
+"""Benchmark: test top-1 of uniform policies per quantization scope and activation calibrator (a script, not a test).
 
     .venv/bin/python benchmarks/calibrators.py                       # Fashion-MNIST, embedded model
     .venv/bin/python benchmarks/calibrators.py data=digits --policies W8A8 W4A4
 
-One pipeline per calibrator (the model, data and the calibration images are the same; only the activation
-ranges differ), each uniform policy evaluated on the whole test split. Prints a Markdown table and writes it
-to ``benchmarks/results/calibrators.md`` (``--out`` elsewhere).
+One pipeline per row (the model, data and calibration images are the same; only the quantizer settings differ):
+``quant.scope`` linear and hybrid, each with every calibrator, and two hybrid variants of min-max: log2 softmax
+levels and per-channel LayerNorm-input ranges. Each uniform policy is evaluated on the whole test split (under
+the hybrid scope a ``WxAy`` policy puts every activation-only unit at ``Ay``). Also measures the evaluation
+throughput on search-val, hybrid W8A8 against FP32. Prints a Markdown table and writes it to
+``benchmarks/results/calibrators.md`` (``--out`` elsewhere).
 """
 
 from __future__ import annotations
@@ -19,10 +22,31 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 
 from hysquant_rl.apps import CONF_DIR, plain
-from hysquant_rl.bits import parse_uniform
+from hysquant_rl.bits import FP32_BITS, parse_uniform
 from hysquant_rl.io import atomic_write
 from hysquant_rl.pipeline import build
 from hysquant_rl.settings import CALIBRATORS, RunSettings
+
+VARIANTS = [  # (label, quant settings changed from conf/: min-max, uniform softmax, per-tensor ranges)
+    *[(f"linear, {c}", {"scope": "linear", "calibrator": c}) for c in CALIBRATORS],
+    *[(f"hybrid, {c}", {"scope": "hybrid", "calibrator": c}) for c in CALIBRATORS],
+    ("hybrid, minmax, softmax=log2", {"scope": "hybrid", "softmax": "log2"}),
+    (
+        "hybrid, minmax, act_granularity=channel",
+        {"scope": "hybrid", "calibrator": "minmax", "act_granularity": "channel"},
+    ),
+]
+
+
+def throughput(pipe, bits, repeats: int = 3) -> float:
+    """Images per second of a search-val evaluation (best of ``repeats``)."""
+    n = len(pipe.data.search_val)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        pipe.evaluator.evaluate(bits, "search_val")
+        best = min(best, time.perf_counter() - start)
+    return n / best
 
 
 def main() -> None:
@@ -32,28 +56,43 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (default: data=fashion_mnist)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    overrides = args.overrides or ["data=fashion_mnist"]
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        run = RunSettings.from_mapping(plain(compose("search", overrides=args.overrides or ["data=fashion_mnist"])))
-    rows = {}
+        run = RunSettings.from_mapping(plain(compose("search", overrides=overrides)))
+    rows, units, speed = {}, {}, {}
     start = time.perf_counter()
-    for calibrator in CALIBRATORS:
-        pipe = build(replace(run, quant=replace(run.quant, calibrator=calibrator)))
+    for label, change in VARIANTS:
+        pipe = build(replace(run, quant=replace(run.quant, **change)))
         n = len(pipe.layers)
-        rows[calibrator] = {p: pipe.evaluator.evaluate([parse_uniform(p)] * n, "test").top1 for p in args.policies}
-        print(f"{calibrator}: " + ", ".join(f"{p} {v:.2f}" for p, v in rows[calibrator].items()), flush=True)
+        units[label] = n
+        rows[label] = {p: pipe.evaluator.evaluate([parse_uniform(p)] * n, "test").top1 for p in args.policies}
+        print(f"{label} ({n} units): " + ", ".join(f"{p} {v:.2f}" for p, v in rows[label].items()), flush=True)
+        if label == "hybrid, minmax":
+            fp32 = throughput(pipe, [(FP32_BITS, FP32_BITS)] * n)
+            w8a8 = throughput(pipe, [(8, 8)] * n)
+            speed = {"fp32": fp32, "w8a8": w8a8, "images": len(pipe.data.search_val)}
     test_n = len(pipe.data.test)
+    command = f".venv/bin/python benchmarks/calibrators.py {' '.join(overrides)}"
     lines = [
-        f"# Uniform policies under each activation calibrator: {pipe.spec.name} on {run.data.name}",
+        f"# Uniform policies per quantization scope and calibrator: {pipe.spec.name} on {run.data.name}",
         "",
-        f"Test top-1 (%) on {test_n} test images; weights min-max per {run.quant.weight_granularity}, the"
-        f" percentile rule at p = {run.quant.percentile}; Conv2d/Linear units. Measured in"
-        f" {time.perf_counter() - start:.0f} s by `.venv/bin/python benchmarks/calibrators.py"
-        f" {' '.join(args.overrides or ['data=fashion_mnist'])}`.",
+        f"Test top-1 (%) on {test_n} test images; weights min-max per {run.quant.weight_granularity}, the percentile"
+        f" rule at p = {run.quant.percentile}. `linear`: Conv2d/Linear units only (the attention matmuls, softmax"
+        " and LayerNorm inputs in float); `hybrid`: plus the attention-qk, attention-pv and layernorm-in units, a"
+        f" `WxAy` policy putting them at `Ay`. Measured in {time.perf_counter() - start:.0f} s on this machine's"
+        f" CPU by `{command}`.",
         "",
-        "| calibrator | " + " | ".join(args.policies) + " |",
-        "|---|" + "---|" * len(args.policies),
+        "| scope, calibrator | units | " + " | ".join(args.policies) + " |",
+        "|---|---|" + "---|" * len(args.policies),
     ]
-    lines += [f"| {c} | " + " | ".join(f"{v:.2f}" for v in r.values()) + " |" for c, r in rows.items()]
+    lines += [f"| {c} | {units[c]} | " + " | ".join(f"{v:.2f}" for v in r.values()) + " |" for c, r in rows.items()]
+    if speed:
+        lines += [
+            "",
+            f"Evaluation throughput on search-val ({speed['images']} images, hybrid scope, min-max, best of 3,"
+            f" measured on this machine's CPU): FP32 {speed['fp32']:.0f} images/s, W8A8 {speed['w8a8']:.0f}"
+            f" images/s, ratio {speed['w8a8'] / speed['fp32']:.2f}.",
+        ]
     text = "\n".join(lines) + "\n"
     atomic_write(args.out, lambda f: f.write(text.encode()))
     print(text)

@@ -160,6 +160,13 @@ def _paired(tests: list[dict[str, Any]]) -> str:
 def markdown(r: dict[str, Any]) -> str:
     plan = r["plan"]
     energy = f" and {', '.join(map(str, plan['energy_fractions']))} (energy)" if plan["energy_fractions"] else ""
+    q = r.get("quant", {})
+    scope = (
+        f" Quantization scope `{q['scope']}` ({r['units']} units), {q['calibrator']} calibration, {q['softmax']}"
+        " softmax levels."
+        if q
+        else ""
+    )
     lines = [
         f"# Benchmark: {r['model']['name']} on {r['data']}, {r['device']}{' (quick)' if r['quick'] else ''}",
         "",
@@ -168,6 +175,7 @@ def markdown(r: dict[str, Any]) -> str:
         f" {plan['episodes']} episodes per episodic run; seeds {plan['seeds']} for the stochastic methods"
         " (mean ± sample std)."
         " Test top-1 on the test split, which no search saw; search-val top-1 is what the search optimised."
+        f"{scope} Latency and energy are modelled (roofline of the {r['device']} profile), not measured."
         f" Total {r['wall_s'] / 60:.1f} min.",
         "",
     ]
@@ -190,6 +198,20 @@ def markdown(r: dict[str, Any]) -> str:
                 f" {_pm(t['search_val_top1_mean'], t['search_val_top1_std'])} | {t['latency_ms_mean']:.4g} |"
                 f" {t['energy_mj_mean']:.4g} | {t['evaluations_mean']:.0f} | {t['wall_s_mean']:.1f} |"
             )
+        if "fp32" in r:
+            room = []
+            for budget in dict.fromkeys(t["budget"] for t in r["table"] if t["regime"] == regime):
+                found = [t for t in r["table"] if t["regime"] == regime and t["budget"] == budget and t["found"]]
+                if found:
+                    best = max(found, key=lambda t: t["test_top1_mean"])
+                    gap = r["fp32"]["test_top1"] - best["test_top1_mean"]
+                    room.append(f"{budget}: {gap:+.2f} ({best['method']})")
+            lines += [
+                "",
+                f"Room left (FP32 test top-1 {r['fp32']['test_top1']:.2f} minus the best method's mean): "
+                + ", ".join(room)
+                + ".",
+            ]
         refs = [u for u in r["uniform"] if u["regime"] == regime]
         if refs:
             lines += [

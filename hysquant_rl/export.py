@@ -3,21 +3,26 @@
 :func:`export_quantized` writes two ``torch.save`` files (dicts of tensors and JSON types only, so both load
 with ``torch.load(..., weights_only=True)``) into one directory, each atomically:
 
-``model_fakequant.pt`` (format ``"hysquant-fakequant"``, version 1) — for any PyTorch user::
+``model_fakequant.pt`` (format ``"hysquant-fakequant"``, version 2) — for any PyTorch user::
 
     {"format", "version",
      "spec":       the model build spec, e.g. {"name": "mobilevit_xxs", "num_classes": 10, "in_chans": 1},
      "policy":     QuantPolicy.to_dict(),
      "weight_granularity": "tensor" | "channel",
+     "act_granularity": "tensor" | "channel",  (layernorm-in units)
+     "softmax":    "uniform" | "log2",  (levels of the attention probabilities)
      "state_dict": the model's state dict, each quantized layer's weight replaced by its dequantized value
                    (eq. 6): ``model.load_state_dict(ckpt["state_dict"])`` gives the weight-only fake-quant model,
      "act_qparams": {layer: {"bits", "scale": Delta (float32, 0-d), "zero_point": Z (int32, 0-d)}} for every
                    layer with quantized input activations; a plain state dict cannot express those, so to
-                   reproduce them quantize each layer's input with eq. 2-6 (or use load_quantized on the int file)}
+                   reproduce them quantize each layer's input with eq. 2-6 (or use load_quantized on the int file);
+                   an activation-only unit's entry is {"bits", "operands": {operand: {"levels", "scale",
+                   "zero_point"}}} (operands: "q", "k" / "p", "v" / "input"; scale and zero point None for
+                   log2 levels, whose codes are round(-log2 x))}
 
-``model_int.pt`` (format ``"hysquant-int"``, version 1) — the integer model::
+``model_int.pt`` (format ``"hysquant-int"``, version 2) — the integer model::
 
-    {"format", "version", "spec", "policy", "weight_granularity",
+    {"format", "version", "spec", "policy", "weight_granularity", "act_granularity", "softmax",
      "state_dict": every state-dict tensor except the weights stored as integer codes below (as they were),
      "layers": {layer name (every policy layer, forward order): {
          "w_bits", "a_bits":   int, 2..8 or 32 (FP32),
@@ -27,10 +32,17 @@ with ``torch.load(..., weights_only=True)``) into one directory, each atomically
          "w_zero_point":       Z, int32, same shape as w_scale | None,
          "a_scale", "a_zero_point": Delta (float32, 0-d), Z (int32, 0-d) of the input activation | None
                                when a_bits == 32,
-         "a_min", "a_max":     calibrated input range (float32, 0-d) | None when never calibrated}}}
+         "a_min", "a_max":     calibrated input range (float32, 0-d) | None when never calibrated}
+         activation-only unit (``attention-qk``, ``attention-pv``, ``layernorm-in``): {
+         "w_bits": None, "a_bits",
+         "operands": {operand: {"levels": "uniform" | "log2",
+                                "a_scale", "a_zero_point": as above (per channel (C,) for a per-channel
+                                                           layernorm-in) | None at FP32 or with log2 levels,
+                                "a_min", "a_max": the calibrated range | None}}}}}
 
 Dequantized weight = (w_int - w_zero_point) * w_scale (eq. 6); a layer's input is fake-quantized with
-(a_scale, a_zero_point) at a_bits before the layer runs.
+(a_scale, a_zero_point) at a_bits before the layer runs, and so is each operand of an activation-only unit.
+Version-1 files (no activation-only units) still load.
 """
 
 from __future__ import annotations
@@ -47,18 +59,19 @@ from hysquant_rl.bits import FP32_BITS
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.io import save_torch
 from hysquant_rl.policy import QuantPolicy, to_json_types
-from hysquant_rl.quant.model import QuantMixin, QuantModel
+from hysquant_rl.quant.model import ActivationQuant, QuantMixin, QuantModel, Unit
 from hysquant_rl.quant.quantizer import dequantize
 
 FAKEQUANT_FILE = "model_fakequant.pt"
 INT_FILE = "model_int.pt"
 FAKEQUANT_FORMAT = "hysquant-fakequant"
 INT_FORMAT = "hysquant-int"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)
 
 
 def _granularity(qmodel: QuantModel) -> str:
-    flags = {layer.per_channel for layer in qmodel.layers}
+    flags = {unit.per_channel for unit in qmodel.units if isinstance(unit, QuantMixin)}
     if len(flags) > 1:  # a layer wrapped earlier by another QuantModel keeps its own setting
         raise HySquantError(
             "the model mixes per-tensor and per-channel weight quantization: wrap it once, with one weight_granularity"
@@ -93,8 +106,34 @@ def _check_ready(qmodel: QuantModel, policy: QuantPolicy) -> None:
         )
 
 
-def _layer_record(layer: QuantMixin) -> dict[str, Any]:
-    """The int-file entry of one layer (see the module docstring)."""
+def _hybrid_settings(qmodel: QuantModel) -> dict[str, str]:
+    """The quantizer options an activation-only unit is rebuilt with: softmax levels and LayerNorm-input ranges."""
+    levels = {t.levels for t in qmodel.quantizers() if t.levels != "uniform"}
+    channel = any(t.act_per_channel for t in qmodel.quantizers())
+    return {"softmax": "log2" if levels else "uniform", "act_granularity": "channel" if channel else "tensor"}
+
+
+def _operand_record(t: ActivationQuant, bits: int) -> dict[str, Any]:
+    uniform = t.levels == "uniform" and bits != FP32_BITS
+    delta, zero = t.act_qparams(bits) if uniform else (None, None)
+    return {
+        "levels": t.levels,
+        "a_scale": None if delta is None else delta.detach().clone(),
+        "a_zero_point": None if zero is None else _int32(zero),
+        "a_min": None if t.act_min is None else t.act_min.detach().clone(),
+        "a_max": None if t.act_max is None else t.act_max.detach().clone(),
+    }
+
+
+def _layer_record(layer: Unit) -> dict[str, Any]:
+    """The int-file entry of one unit (see the module docstring)."""
+    if not isinstance(layer, QuantMixin):
+        operands = layer.quantizers()
+        return {
+            "w_bits": None,
+            "a_bits": layer.a_bits,
+            "operands": {name: _operand_record(t, layer.a_bits) for name, t in operands.items()},
+        }
     record: dict[str, Any] = {
         "w_bits": layer.w_bits,
         "a_bits": layer.a_bits,
@@ -136,24 +175,31 @@ def export_quantized(
         "spec": to_json_types(dict(spec), "model spec"),
         "policy": policy.to_dict(),
         "weight_granularity": _granularity(qmodel),
+        **_hybrid_settings(qmodel),
     }
     state = qmodel.model.state_dict()
-    records = {name: _layer_record(layer) for name, layer in zip(qmodel.names, qmodel.layers)}
-    coded = {f"{name}.weight" for name, r in records.items() if r["w_int"] is not None}
+    records = {name: _layer_record(unit) for name, unit in zip(qmodel.names, qmodel.units)}
+    coded = {f"{name}.weight" for name, r in records.items() if r.get("w_int") is not None}
 
     fake_state = dict(state)
-    for name, layer in zip(qmodel.names, qmodel.layers):
-        if layer.w_bits != FP32_BITS:
-            fake_state[f"{name}.weight"] = layer.quantized_weight(layer.w_bits).detach()
+    for name, unit in zip(qmodel.names, qmodel.units):
+        if isinstance(unit, QuantMixin) and unit.w_bits != FP32_BITS:
+            fake_state[f"{name}.weight"] = unit.quantized_weight(unit.w_bits).detach()
+
+    def act_entry(r: dict[str, Any]) -> dict[str, Any]:
+        if "operands" not in r:
+            return {"bits": r["a_bits"], "scale": r["a_scale"], "zero_point": r["a_zero_point"]}
+        operands = {
+            k: {"levels": o["levels"], "scale": o["a_scale"], "zero_point": o["a_zero_point"]}
+            for k, o in r["operands"].items()
+        }
+        return {"bits": r["a_bits"], "operands": operands}
+
     fakequant = {
         "format": FAKEQUANT_FORMAT,
         **header,
         "state_dict": fake_state,
-        "act_qparams": {
-            name: {"bits": r["a_bits"], "scale": r["a_scale"], "zero_point": r["a_zero_point"]}
-            for name, r in records.items()
-            if r["a_bits"] != FP32_BITS
-        },
+        "act_qparams": {name: act_entry(r) for name, r in records.items() if r["a_bits"] != FP32_BITS},
     }
     integer = {
         "format": INT_FORMAT,
@@ -184,17 +230,24 @@ def _read(path: Path, fmt: str, device: torch.device) -> dict[str, Any]:
         raise HySquantError(
             f"{path} is not a {fmt!r} file (format={found!r}): pass the {INT_FILE} written by an export"
         )
-    if doc.get("version") != VERSION:
+    if doc.get("version") not in READS:
         raise HySquantError(
-            f"{path} has {fmt!r} version {doc.get('version')!r}, this hysquant-rl reads version {VERSION}: "
-            "re-export the model with this version"
+            f"{path} has {fmt!r} version {doc.get('version')!r}, this hysquant-rl reads versions"
+            f" {', '.join(map(str, READS))}: re-export the model with this version"
         )
     return doc
 
 
-def _install(layer: QuantMixin, record: Mapping[str, Any]) -> None:
+def _install(layer: Unit, record: Mapping[str, Any]) -> None:
     """Make ``layer`` fake-quantize exactly with the stored parameters (its weight is already the
     dequantized one; activation ranges are restored too, so other bit-widths still work)."""
+    if "operands" in record:
+        for name, t in layer.quantizers().items():
+            o = record["operands"][name]
+            act_range = None if o["a_min"] is None else (o["a_min"], o["a_max"])
+            acts = {} if o["a_scale"] is None else {record["a_bits"]: (o["a_scale"], o["a_zero_point"].float())}
+            t.install_activation(act_range, acts)
+        return
     act_range = None if record["a_min"] is None else (record["a_min"], record["a_max"])
     weights = {record["w_bits"]: layer.weight.detach().clone()} if record["w_int"] is not None else {}
     acts = {}
@@ -225,7 +278,8 @@ def load_quantized(
     model = build_model(dict(doc["spec"])).to(device).eval()
 
     modules = dict(model.named_modules())
-    absent = [n for n in policy.names if not isinstance(modules.get(n), (nn.Conv2d, nn.Linear))]
+    weighted = [n for n in policy.names if "operands" not in doc["layers"][n]]
+    absent = [n for n in weighted if not isinstance(modules.get(n), (nn.Conv2d, nn.Linear))]
     if absent:
         raise HySquantError(
             f"{path} does not fit the model built from its spec {doc['spec']}: no Conv2d/Linear named "
@@ -234,7 +288,7 @@ def load_quantized(
         )
     state = dict(doc["state_dict"])
     for name, record in doc["layers"].items():
-        if record["w_int"] is not None:
+        if record.get("w_int") is not None:
             zero = record["w_zero_point"].to(record["w_scale"].dtype)
             state[f"{name}.weight"] = dequantize(record["w_int"].to(record["w_scale"].dtype), record["w_scale"], zero)
     try:
@@ -245,8 +299,20 @@ def load_quantized(
             "build the architecture the file was exported from"
         ) from None
 
-    qmodel = QuantModel(model, policy.names, doc["weight_granularity"])
-    for name, layer in zip(policy.names, qmodel.layers):
-        _install(layer, doc["layers"][name])
+    try:
+        qmodel = QuantModel(
+            model,
+            policy.names,
+            doc["weight_granularity"],
+            softmax=doc.get("softmax", "uniform"),
+            act_granularity=doc.get("act_granularity", "tensor"),
+        )
+    except TypeError as e:
+        raise HySquantError(
+            f"{path} does not fit the model built from its spec {doc['spec']} ({e}): "
+            "build the architecture the file was exported from"
+        ) from None
+    for name, unit in zip(policy.names, qmodel.units):
+        _install(unit, doc["layers"][name])
     qmodel.apply_bits(policy.bits())
     return qmodel.eval()

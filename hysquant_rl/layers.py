@@ -1,19 +1,41 @@
-"""Inventory of a model's quantizable layers (every Conv2d and Linear), from one traced forward pass.
+"""Inventory of a model's quantizable units, from one traced forward pass.
 
-Names are ``model.named_modules`` names, as the paper's LUT prints them (e.g. ``stages.0.0.conv1_1x1.conv``).
-MACs are per image and come from the shapes seen in the trace, so the token count multiplies the Linear
-layers inside transformer blocks. Attention matmuls (q k^T and attention x v) are not Conv/Linear layers;
-they are inventoried apart, as :class:`AttentionMatmul`, so cost models can price a hybrid in full.
+``scope="linear"``: every Conv2d and Linear. ``scope="hybrid"`` (the default) adds the transformer's
+activation-only units (:data:`hysquant_rl.units.ACTIVATION_KINDS`): the ``attention-qk`` and ``attention-pv``
+operands of every attention module of a recognised kind (:func:`recognised_attention`: timm's ``Attention``,
+which every MobileViT v1 uses), and the input of every ``nn.LayerNorm`` (``layernorm-in``).
+
+Names are ``model.named_modules`` names, as the paper's LUT prints them (e.g. ``stages.0.0.conv1_1x1.conv``);
+an attention module's units are ``<module>.qk`` and ``<module>.pv``. MACs are per image and come from the shapes
+seen in the trace, so the token count multiplies the Linear layers inside transformer blocks. Attention
+matmuls that are not units (``scope="linear"``, or a module of a kind not recognised, reported in one warning
+line) are inventoried apart, as :class:`AttentionMatmul`, so cost models can price a hybrid in full.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
+from timm.layers.attention import Attention
 from torch import nn
 
+from hysquant_rl.settings import SCOPES
 from hysquant_rl.units import AttentionMatmul, LayerInfo
+
+log = logging.getLogger(__name__)
+
+
+def recognised_attention(module: nn.Module) -> bool:
+    """An attention module whose matmul operands the quantizer can expose: timm's ``Attention`` (or the quantizer's
+    own subclass of it, :class:`hysquant_rl.quant.model.QuantAttention`)."""
+    return type(module) is Attention or getattr(type(module), "exposes_attention_units", False)
+
+
+def is_attention(module: nn.Module) -> bool:
+    """Any multi-head attention module (``num_heads`` and ``qkv`` attributes), recognised or not."""
+    return hasattr(module, "num_heads") and hasattr(module, "qkv")
 
 
 def _kind(name: str, module: nn.Module, classifier: nn.Module | None) -> str:
@@ -56,14 +78,22 @@ def _classifier(model: nn.Module) -> nn.Module | None:
 
 
 @torch.inference_mode()
-def inventory(model: nn.Module, input_shape: tuple[int, int, int]) -> tuple[list[LayerInfo], list[AttentionMatmul]]:
-    """Trace one forward pass of a ``(1, *input_shape)`` zero image and describe every Conv2d/Linear
-    (in the order they run) and every attention module (by its ``num_heads``/``qkv`` attributes)."""
+def inventory(
+    model: nn.Module, input_shape: tuple[int, int, int], scope: str = "hybrid"
+) -> tuple[list[LayerInfo], list[AttentionMatmul]]:
+    """Trace one forward pass of a ``(1, *input_shape)`` zero image and describe every quantizable unit of
+    ``scope`` in the order they run, and every attention module whose matmuls are not units."""
+    if scope not in SCOPES:
+        raise ValueError(f"scope={scope!r} is unknown: use one of {', '.join(SCOPES)}")
+    hybrid = scope == "hybrid"
     seen: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
     order: list[str] = []
     attn: dict[str, tuple[int, ...]] = {}
     hooks = []
-    for name, m in model.named_modules():
+    modules = dict(model.named_modules())
+    units_of: dict[str, str] = {}  # attention module -> its qkv layer name (the units run right after it)
+    skipped = []
+    for name, m in modules.items():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
 
             def hook(mod, inp, out, name=name):
@@ -72,12 +102,34 @@ def inventory(model: nn.Module, input_shape: tuple[int, int, int]) -> tuple[list
                     seen[name] = (tuple(inp[0].shape), tuple(out.shape))
 
             hooks.append(m.register_forward_hook(hook))
-        elif hasattr(m, "num_heads") and hasattr(m, "qkv"):
+        elif hybrid and isinstance(m, nn.LayerNorm):
+
+            def nhook(mod, inp, name=name):
+                if name not in seen:
+                    order.append(name)
+                    seen[name] = (tuple(inp[0].shape), tuple(inp[0].shape))
+
+            hooks.append(m.register_forward_pre_hook(nhook))
+        elif is_attention(m):
 
             def ahook(mod, inp, name=name):
                 attn.setdefault(name, tuple(inp[0].shape))
 
             hooks.append(m.register_forward_pre_hook(ahook))
+            if hybrid and recognised_attention(m):
+                units_of[name] = f"{name}.qkv"
+            elif hybrid:
+                skipped.append(f"{name} ({type(m).__name__})")
+    if skipped:
+        log.warning("attention modules of a kind not recognised stay in float: %s", ", ".join(skipped))
+    for name in units_of:  # registered after the qkv layer's own hook, so the units follow it in order
+
+        def uhook(mod, inp, out, name=name):
+            if f"{name}.qk" not in seen:
+                order.extend((f"{name}.qk", f"{name}.pv"))
+                seen[f"{name}.qk"] = seen[f"{name}.pv"] = ((), ())
+
+        hooks.append(modules[name].qkv.register_forward_hook(uhook))
     was_training = model.training
     model.eval()
     try:
@@ -88,12 +140,36 @@ def inventory(model: nn.Module, input_shape: tuple[int, int, int]) -> tuple[list
         for h in hooks:
             h.remove()
 
-    modules = dict(model.named_modules())
     classifier = _classifier(model)
     layers = []
     for index, name in enumerate(order):
+        parent, _, own = name.rpartition(".")
+        if parent in units_of and own in ("qk", "pv"):
+            layers.append(_attention_unit(index, name, own, modules[parent], attn[parent]))
+            continue
         m = modules[name]
         in_shape, out_shape = seen[name]
+        if isinstance(m, nn.LayerNorm):
+            layers.append(
+                LayerInfo(
+                    index=index,
+                    name=name,
+                    op="layernorm",
+                    kind="layernorm-in",
+                    family=_family(name, "layernorm-in", in_shape),
+                    in_channels=in_shape[-1],
+                    out_channels=in_shape[-1],
+                    kernel=(1, 1),
+                    stride=(1, 1),
+                    groups=1,
+                    input_shape=_per_image(in_shape),
+                    output_shape=_per_image(out_shape),
+                    tokens=math.prod(in_shape[:-1]),
+                    params=0,
+                    macs=0,
+                )
+            )
+            continue
         kind = _kind(name, m, classifier)
         params = sum(p.numel() for p in m.parameters(recurse=False))
         if isinstance(m, nn.Conv2d):
@@ -125,22 +201,47 @@ def inventory(model: nn.Module, input_shape: tuple[int, int, int]) -> tuple[list
                 macs=macs,
             )
         )
-    matmuls = []
-    for name, shape in attn.items():
-        m = modules[name]
-        heads = int(m.num_heads)
-        channels = shape[-1]
-        head_dim = int(getattr(m, "head_dim", channels // heads))
-        sequences = math.prod(shape[:-2]) if len(shape) > 2 else 1
-        n = shape[-2] if len(shape) > 2 else shape[0]
-        matmuls.append(
-            AttentionMatmul(
-                name=name,
-                heads=heads,
-                tokens=n,
-                head_dim=head_dim,
-                sequences=sequences,
-                macs=2 * sequences * heads * n * n * head_dim,
-            )
-        )
+    matmuls = [_matmul(name, modules[name], shape) for name, shape in attn.items() if name not in units_of]
     return layers, matmuls
+
+
+def _attention_shape(m: nn.Module, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """(heads, sequence length N, head dim, sequences per image) of an attention module's traced input."""
+    heads = int(m.num_heads)
+    head_dim = int(getattr(m, "head_dim", shape[-1] // heads))
+    sequences = math.prod(shape[:-2]) if len(shape) > 2 else 1
+    n = shape[-2] if len(shape) > 2 else shape[0]
+    return heads, n, head_dim, sequences
+
+
+def _matmul(name: str, m: nn.Module, shape: tuple[int, ...]) -> AttentionMatmul:
+    heads, n, d, sequences = _attention_shape(m, shape)
+    return AttentionMatmul(
+        name=name, heads=heads, tokens=n, head_dim=d, sequences=sequences, macs=2 * sequences * heads * n * n * d
+    )
+
+
+def _attention_unit(index: int, name: str, own: str, m: nn.Module, shape: tuple[int, ...]) -> LayerInfo:
+    """The ``attention-qk`` (q k^T: reduce over the head dim into N x N scores) or ``attention-pv`` (P v: reduce
+    over N into N x head-dim outputs) unit of attention module ``m``."""
+    heads, n, d, seq = _attention_shape(m, shape)
+    qk = own == "qk"
+    return LayerInfo(
+        index=index,
+        name=name,
+        op="matmul",
+        kind="attention-qk" if qk else "attention-pv",
+        family="transformer",
+        in_channels=d if qk else n,
+        out_channels=n if qk else d,
+        kernel=(1, 1),
+        stride=(1, 1),
+        groups=1,
+        input_shape=(seq, heads, n, d),
+        output_shape=(seq, heads, n, n if qk else d),
+        tokens=n,
+        params=0,
+        macs=seq * heads * n * n * d,
+        heads=heads,
+        sequences=seq,
+    )

@@ -97,17 +97,28 @@ def build(run: RunSettings) -> Pipeline:
     for p in model.parameters():
         p.requires_grad_(False)
     sha = weights_sha256(model)
-    layers, matmuls = inventory(model, (data.in_chans, data.img_size, data.img_size))
     q = run.quant
-    qmodel = QuantModel(model, [layer.name for layer in layers], q.weight_granularity, q.calibrator, q.percentile)
+    layers, matmuls = inventory(model, (data.in_chans, data.img_size, data.img_size), q.scope)
+    qmodel = QuantModel(
+        model,
+        [layer.name for layer in layers],
+        q.weight_granularity,
+        q.calibrator,
+        q.percentile,
+        q.softmax,
+        q.act_granularity,
+    )
     start = time.perf_counter()
     qmodel.calibrate(data.calib.batches(run.eval.batch_size))
     log.info(
-        "%s: %d quantizable layers (%d Conv2d, %d Linear), %d attention modules; calibrated on %d images in %.1f s",
+        "%s: %d quantizable units (%d Conv2d, %d Linear, %d attention matmuls, %d LayerNorm inputs), %d attention"
+        " modules in float; calibrated on %d images in %.1f s",
         spec.name,
         len(layers),
         sum(layer.op == "conv2d" for layer in layers),
         sum(layer.op == "linear" for layer in layers),
+        sum(layer.op == "matmul" for layer in layers),
+        sum(layer.op == "layernorm" for layer in layers),
         len(matmuls),
         len(data.calib),
         time.perf_counter() - start,

@@ -4,17 +4,22 @@ On disk (UTF-8 JSON, written atomically)::
 
     {
       "format": "hysquant-policy",
-      "version": 1,
-      "model": {"name": "mobilevit_xxs", "weights_sha256": "<64 hex>", "num_layers": 72},
-      "layers": [{"name": "stem.conv", "kind": "conv", "w_bits": 8, "a_bits": 8}, ...],   # forward order
+      "version": 2,
+      "model": {"name": "mobilevit_xxs", "weights_sha256": "<64 hex>", "num_layers": 111},
+      "layers": [{"name": "stem.conv", "kind": "conv", "w_bits": 8, "a_bits": 8}, ...,     # forward order: every unit
+                 {"name": "stages.2.1.transformer.0.attn.qk", "kind": "attention-qk", "w_bits": null, "a_bits": 6}],
       "metrics": {...},      # free-form, e.g. {"search_val": {"top1": 87.1}, "test": {...}, "latency_ms": 1.2}
       "budgets": {...},      # free-form, e.g. {"latency_ms": 1.5}
       "provenance": {"method": "ddpg", "seed": 0, "episodes": 300, "wall_time_s": 383.0,
                      "git_commit": "<40 hex>" | null, "created": "<ISO 8601 UTC>", "hysquant_rl": "0.1.0"}
     }
 
-Bits are integers 2..8, or 32 for FP32 (that layer is not quantized). A policy is bound to one model's
-weights through ``weights_sha256``; :func:`validate` checks a policy against a model before it is applied.
+Bits are integers 2..8, or 32 for FP32 (that unit is not quantized). Activation-only units
+(:data:`hysquant_rl.units.ACTIVATION_KINDS`) have ``"w_bits": null``. A policy is bound to one model's weights
+through ``weights_sha256``; :func:`validate` checks a policy against a model before it is applied.
+
+Version 1 (before activation-only units existed) still loads: :func:`complete` adds the model's activation-only
+units at FP32, which is what a version-1 policy meant.
 """
 
 from __future__ import annotations
@@ -29,13 +34,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from hysquant_rl.bits import RANGE_TEXT, check_bits
+from hysquant_rl.bits import FP32_BITS, RANGE_TEXT, check_bits
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.io import save_json
 from hysquant_rl.provenance import git_commit, package_version
+from hysquant_rl.units import ACTIVATION_KINDS
 
 FORMAT = "hysquant-policy"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)  # format versions this code reads
 _LAYER_KEYS = ("name", "kind", "w_bits", "a_bits")
 _MODEL_KEYS = ("name", "weights_sha256", "num_layers")
 _MAX_LISTED = 8  # names listed per problem in a validation message; the rest are counted
@@ -77,7 +84,8 @@ class QuantPolicy:
 
     Attributes:
         model: ``{"name": timm name, "weights_sha256": 64 hex, "num_layers": int}``.
-        layers: ``[{"name", "kind", "w_bits", "a_bits"}, ...]`` in forward order; bits 2..8, 32 = FP32.
+        layers: ``[{"name", "kind", "w_bits", "a_bits"}, ...]`` in forward order; bits 2..8, 32 = FP32; ``w_bits``
+            None for activation-only units.
         metrics: free-form results (accuracies in %, latency in ms, ...), JSON types only.
         budgets: free-form budgets the policy was searched under.
         provenance: ``{"method", "seed", "episodes", "wall_time_s", "git_commit", "created", "hysquant_rl"}``
@@ -89,6 +97,7 @@ class QuantPolicy:
     metrics: dict[str, Any] = field(default_factory=dict)
     budgets: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    version: int = VERSION  # the format version it was read from
 
     # -- constructors ----------------------------------------------------------------------------------
     @classmethod
@@ -108,8 +117,8 @@ class QuantPolicy:
         **provenance: Any,
     ) -> QuantPolicy:
         """Policy giving ``bits[i] = (w_bits, a_bits)`` to ``layers[i]`` (LayerInfo-like: ``.name``, ``.kind``,
-        forward order). Extra keyword arguments are stored in ``provenance``. Raises HySquantError on a
-        length mismatch or a bit-width outside 2..8 or 32."""
+        forward order; an activation-only unit's ``w_bits`` is written as null). Extra keyword arguments are
+        stored in ``provenance``. Raises HySquantError on a length mismatch or a bit-width outside 2..8 or 32."""
         if len(bits) != len(layers):
             raise HySquantError(
                 f"policy has {len(bits)} (w_bits, a_bits) pairs for {len(layers)} layers: give one per layer"
@@ -118,7 +127,9 @@ class QuantPolicy:
             {
                 "name": layer.name,
                 "kind": layer.kind,
-                "w_bits": _to_bits(w, f"layer {layer.name} weight bit-width"),
+                "w_bits": None
+                if layer.kind in ACTIVATION_KINDS
+                else _to_bits(w, f"layer {layer.name} weight bit-width"),
                 "a_bits": _to_bits(a, f"layer {layer.name} activation bit-width"),
             }
             for layer, (w, a) in zip(layers, bits)
@@ -161,9 +172,10 @@ class QuantPolicy:
         return [entry["name"] for entry in self.layers]
 
     def bits(self) -> list[tuple[int, int]]:
-        """(w_bits, a_bits) per layer, in the policy's order; feed to ``QuantModel.apply_bits`` after
-        :func:`validate` has confirmed that order is the model's forward order."""
-        return [(entry["w_bits"], entry["a_bits"]) for entry in self.layers]
+        """(w_bits, a_bits) per unit, in the policy's order; feed to ``QuantModel.apply_bits`` after
+        :func:`validate` has confirmed that order is the model's forward order. An activation-only unit's null
+        ``w_bits`` reads as its ``a_bits`` (the search's canonical form: see ``SearchProblem.canonical``)."""
+        return [(e["a_bits"] if e["w_bits"] is None else e["w_bits"], e["a_bits"]) for e in self.layers]
 
     # -- (de)serialization -----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -202,10 +214,11 @@ class QuantPolicy:
                 f"{source} is not a HySquant policy (format={doc.get('format')!r}, expected {FORMAT!r}): "
                 "pass a best_policy.json written by hysquant, or a uniform spec such as policy=W8A8"
             )
-        if doc.get("version") != VERSION:
+        if doc.get("version") not in READS:
             raise HySquantError(
                 f"{source} has policy format version {doc.get('version')!r}, this hysquant-rl {package_version()}"
-                f" reads version {VERSION}: use the hysquant-rl version that wrote it, or re-run the search"
+                f" reads versions {', '.join(map(str, READS))}: use the hysquant-rl version that wrote it, or re-run"
+                " the search"
             )
         model = doc.get("model")
         if not isinstance(model, dict) or any(k not in model for k in _MODEL_KEYS):
@@ -224,7 +237,7 @@ class QuantPolicy:
             if not isinstance(value, dict):
                 raise bad(f"'{key}' must be an object")
             extras[key] = value
-        return cls(model=dict(model), layers=[dict(e) for e in layers], **extras)
+        return cls(model=dict(model), layers=[dict(e) for e in layers], **extras, version=doc["version"])
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> QuantPolicy:
@@ -251,6 +264,27 @@ class QuantPolicy:
 
 
 # -- validation ----------------------------------------------------------------------------------------
+def complete(policy: QuantPolicy, layers: Sequence[Any]) -> QuantPolicy:
+    """``policy`` as a current-version policy for the model's units ``layers`` (LayerInfo-like: ``.name``,
+    ``.kind``; forward order): a version-1 policy gets the activation-only units it does not list, at FP32, in
+    forward order (what it meant: before those units existed, they ran in float). Other policies unchanged."""
+    if policy.version != 1:
+        return policy
+    listed = {e["name"]: e for e in policy.layers}
+    entries, added = [], 0
+    for layer in layers:
+        if layer.name in listed:
+            entries.append(listed.pop(layer.name))
+        elif layer.kind in ACTIVATION_KINDS:
+            entries.append({"name": layer.name, "kind": layer.kind, "w_bits": None, "a_bits": FP32_BITS})
+            added += 1
+    entries += listed.values()  # names the model does not have: validate reports them
+    if not added:
+        return policy
+    model = {**policy.model, "num_layers": policy.model.get("num_layers", 0) + added}
+    return QuantPolicy(model, entries, policy.metrics, policy.budgets, policy.provenance, VERSION)
+
+
 def _listed(names: Sequence[str]) -> str:
     shown = ", ".join(names[:_MAX_LISTED])
     return shown + (f", ... {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else "")
@@ -308,6 +342,8 @@ def validate(policy: QuantPolicy, layers: Sequence[Any], model_name: str, weight
 
     for entry in policy.layers:
         for key in ("w_bits", "a_bits"):
+            if key == "w_bits" and entry[key] is None and entry["kind"] in ACTIVATION_KINDS:
+                continue
             try:
                 _to_bits(entry[key], key)
             except HySquantError:

@@ -32,6 +32,9 @@ REWARD_METRICS = ("top1", "kl", "loss")
 BUDGET_MODES = ("project", "penalty")
 GRANULARITIES = ("tensor", "channel")
 CALIBRATORS = ("minmax", "percentile", "mse")  # activation range rules: hysquant_rl/quant/calibrate.py
+SCOPES = ("linear", "hybrid")
+"""``quant.scope``: Conv2d/Linear only, or the transformer's activation-only units too (hysquant_rl/layers.py)."""
+SOFTMAX_LEVELS = ("uniform", "log2")  # levels of the softmax probabilities (attention-pv units)
 
 
 def default_threads(workers: int = 1) -> int:
@@ -156,11 +159,16 @@ class DataSettings:
 @dataclass(frozen=True)
 class QuantSettings:
     """``quant``: quantizer options (the equations are the paper's, per tensor and min-max by default).
-    ``calibrator``: the activation range rule (:mod:`hysquant_rl.quant.calibrate`); ``percentile``: its ``p``."""
+    ``scope``: which units a policy covers (:data:`SCOPES`); ``calibrator``: the activation range rule
+    (:mod:`hysquant_rl.quant.calibrate`); ``percentile``: its ``p``; ``softmax``: uniform or log2 levels of the
+    attention probabilities; ``act_granularity``: per-tensor or per-channel ranges of ``layernorm-in`` units."""
 
+    scope: str = "hybrid"
     weight_granularity: str = "tensor"
+    act_granularity: str = "tensor"
     calibrator: str = "minmax"
     percentile: float = 99.99
+    softmax: str = "uniform"
 
     @classmethod
     def from_mapping(cls, q: Mapping[str, Any]) -> QuantSettings:
@@ -168,21 +176,26 @@ class QuantSettings:
         if not 0 < percentile <= 100:
             raise HySquantError(f"quant.percentile={percentile!r} must be in (0, 100], e.g. 99.99")
         return cls(
+            scope=check_choice(q.get("scope", "hybrid"), "quant.scope", SCOPES),
             weight_granularity=check_choice(
                 q.get("weight_granularity", "tensor"), "quant.weight_granularity", GRANULARITIES
             ),
+            act_granularity=check_choice(q.get("act_granularity", "tensor"), "quant.act_granularity", GRANULARITIES),
             calibrator=check_choice(q.get("calibrator", "minmax"), "quant.calibrator", CALIBRATORS),
             percentile=percentile,
+            softmax=check_choice(q.get("softmax", "uniform"), "quant.softmax", SOFTMAX_LEVELS),
         )
 
     def key(self) -> dict[str, Any]:
-        """What changes a measured number: the percentile only under its rule, the rule only when not min-max (so
-        that a min-max LUT cache keeps its key)."""
+        """What changes a measured number: the percentile only under its rule, the rule only when not min-max, the
+        hybrid options only under the hybrid scope (so that a linear-scope, min-max LUT cache keeps its key)."""
         key: dict[str, Any] = {"weight_granularity": self.weight_granularity}
         if self.calibrator != "minmax":
             key["calibrator"] = self.calibrator
         if self.calibrator == "percentile":
             key["percentile"] = self.percentile
+        if self.scope != "linear":
+            key.update(scope=self.scope, softmax=self.softmax, act_granularity=self.act_granularity)
         return key
 
 

@@ -1,5 +1,13 @@
-"""The quantizable units of a model, as plain records: each Conv2d/Linear layer (:class:`LayerInfo`) and
-each attention module's activation x activation matmuls (:class:`AttentionMatmul`).
+"""The quantizable units of a model, as plain records (:class:`LayerInfo`), and the attention matmuls that stay
+in float (:class:`AttentionMatmul`).
+
+A unit is what a policy gives one (w_bits, a_bits) pair:
+
+* a Conv2d or Linear layer (``op`` ``conv2d`` / ``linear``): its weight and its input activation;
+* under ``quant.scope=hybrid``, the transformer's activation-only units (:data:`ACTIVATION_KINDS`, ``op``
+  ``matmul`` / ``layernorm``): ``attention-qk`` (the scaled q and k, operands of q k^T), ``attention-pv`` (the
+  softmax probabilities and v, operands of attention x v) and ``layernorm-in`` (the residual stream entering a
+  LayerNorm). They carry activation bits only: their ``w_bits`` is ignored (policies write ``null``).
 
 Torch-free: the cost model and the search read these without loading a framework. They are produced by
 :func:`hysquant_rl.layers.inventory` from one traced forward pass.
@@ -20,17 +28,28 @@ KINDS = (
     "mlp-fc2",
     "classifier",
     "other",
+    "attention-qk",
+    "attention-pv",
+    "layernorm-in",
 )
+ACTIVATION_KINDS = ("attention-qk", "attention-pv", "layernorm-in")
+"""Units with no weight: only their activation bit-width means something."""
 FAMILIES = ("cnn", "transformer")
 
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """One quantizable layer. Shapes are per image (batch dimension dropped); counts are per image."""
+    """One quantizable unit. Shapes are per image (batch dimension dropped); counts are per image.
+
+    Activation-only units (``op`` ``matmul`` or ``layernorm``) have ``params == 0``. A matmul unit's
+    ``input_shape`` is one operand's per-image shape (sequences, heads, rows, inner) and ``output_shape`` the
+    product's; ``in_channels`` is the reduction length, ``out_channels`` the product's columns, ``tokens`` the
+    sequence length, ``heads`` and ``sequences`` as in :class:`AttentionMatmul`. A ``layernorm-in`` unit's
+    shapes are the LayerNorm's input and output."""
 
     index: int  # position in forward order
-    name: str
-    op: str  # "conv2d" or "linear"
+    name: str  # module name; attention units: "<attention module>.qk" / ".pv"
+    op: str  # "conv2d", "linear", "matmul" or "layernorm"
     kind: str  # one of KINDS
     family: str  # "cnn" or "transformer"
     in_channels: int  # in_features for Linear
@@ -43,10 +62,22 @@ class LayerInfo:
     tokens: int  # rows a Linear multiplies per image (1 for a classifier); H_out * W_out for Conv2d
     params: int  # weight + bias elements
     macs: int  # multiply-accumulates per image
+    heads: int = 0  # matmul units
+    sequences: int = 0  # matmul units: independent attention problems per image and head
+
+    @property
+    def weighted(self) -> bool:
+        """False for activation-only units (:data:`ACTIVATION_KINDS`)."""
+        return self.kind not in ACTIVATION_KINDS
 
     @property
     def in_elems(self) -> int:
-        """Input-activation elements per image."""
+        """Quantized input-activation elements per image (both operands of a matmul unit)."""
+        if self.kind == "attention-qk":  # q and k, same shape
+            return 2 * math.prod(self.input_shape)
+        if self.kind == "attention-pv":  # probabilities (rows x rows) and v (rows x inner) per head
+            seq, heads, rows, inner = self.input_shape
+            return seq * heads * rows * (rows + inner)
         return math.prod(self.input_shape)
 
     @property
@@ -56,6 +87,8 @@ class LayerInfo:
 
     @property
     def weight_elems(self) -> int:
+        if not self.weighted:
+            return 0
         return self.out_channels * (self.in_channels // self.groups) * self.kernel[0] * self.kernel[1]
 
     def to_dict(self) -> dict:

@@ -39,7 +39,11 @@ def test_apply_writes_policy_and_reloadable_model(tmp_path, digits_pipeline, run
     assert proc.returncode == 0, proc.stderr[-3000:]
     policy = QuantPolicy.load(tmp_path / "policy.json")
     assert not missing_keys(tmp_path / "policy.json", "apply_policy")
-    assert policy.bits() == [(4, 8)] * 72 and policy.model["weights_sha256"] == digits_pipeline.weights_sha256
+    units = digits_pipeline.layers
+    assert len(units) == 111 and policy.model["weights_sha256"] == digits_pipeline.weights_sha256
+    # W4A8: weights at 4 bits, every activation (an activation-only unit's too) at 8
+    assert policy.bits() == [(4, 8) if u.weighted else (8, 8) for u in units]
+    assert [e["w_bits"] for e in policy.layers] == [4 if u.weighted else None for u in units]
     test = policy.metrics["apply"]["test"]
     assert test["n"] == 400 and 0 <= test["top1"] <= 100
     # the integer weights reload to the logits of the in-process quantized model
@@ -53,7 +57,7 @@ def test_apply_writes_policy_and_reloadable_model(tmp_path, digits_pipeline, run
 
 def test_apply_a_policy_file_for_other_weights(tmp_path, digits_pipeline):
     """The exit-code contract, in a real process: one ``error:`` line, status 2, no traceback."""
-    policy = digits_pipeline.policy([(8, 8)] * 72, method="uniform")
+    policy = digits_pipeline.policy([(8, 8)] * len(digits_pipeline.layers), method="uniform")
     policy.model["weights_sha256"] = "0" * 64
     policy.layers[3]["w_bits"] = 9
     path = policy.save(tmp_path / "p.json")

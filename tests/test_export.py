@@ -67,18 +67,20 @@ def test_load_quantized_reproduces_logits_bit_identically(exported):
     assert torch.equal(logits, exported.logits)
     # Calibrated ranges come back too, so other bit-widths can still be applied to the loaded model.
     assert loaded.calibrated
-    for mine, theirs in zip(loaded.layers, exported.qmodel.layers):
+    for mine, theirs in zip(loaded.quantizers(), exported.qmodel.quantizers()):
         assert torch.equal(mine.act_min, theirs.act_min) and torch.equal(mine.act_max, theirs.act_max)
 
 
 def test_load_quantized_uses_the_stored_activation_qparams(exported, tmp_path):
     doc = torch.load(exported.paths["int"], weights_only=True)
-    name = next(n for n, (_, a) in zip(exported.policy.names, exported.policy.bits()) if a != 32)
+    name = next(
+        l.name for l, (_, a) in zip(exported.layers, exported.policy.bits()) if a != 32 and l.op in ("conv2d", "linear")
+    )
     rec = doc["layers"][name]
     rec["a_scale"] = rec["a_scale"] * 2  # not what the range gives: only the stored value can produce it
     rec["a_zero_point"] = rec["a_zero_point"] + 1
     torch.save(doc, tmp_path / INT_FILE)
-    layer = load_quantized(tmp_path / INT_FILE, build).layers[exported.policy.names.index(name)]
+    layer = load_quantized(tmp_path / INT_FILE, build).units[exported.policy.names.index(name)]
     delta, zero = layer.act_qparams(rec["a_bits"])
     assert torch.equal(delta, rec["a_scale"]) and torch.equal(zero, rec["a_zero_point"].float())
 
@@ -90,14 +92,28 @@ def test_export_writes_two_files_and_no_temp_files(exported):
 
 def test_int_file_holds_codes_scales_and_zero_points(exported):
     doc = torch.load(exported.paths["int"], weights_only=True)
-    assert doc["format"] == "hysquant-int" and doc["version"] == 1
+    assert doc["format"] == "hysquant-int" and doc["version"] == 2
     assert doc["spec"] == SPEC and doc["policy"] == exported.policy.to_dict()
     assert doc["weight_granularity"] == exported.granularity
+    assert doc["softmax"] == "uniform" and doc["act_granularity"] == "tensor"
     assert list(doc["layers"]) == exported.policy.names
     full_state = exported.qmodel.model.state_dict()
     saw_full_range = set()
-    for name, layer in zip(exported.qmodel.names, exported.qmodel.layers):
+    operands = 0
+    for name, layer in zip(exported.qmodel.names, exported.qmodel.units):
         rec = doc["layers"][name]
+        if "operands" in rec:  # an activation-only unit: every operand's calibrated scale and zero point
+            assert rec["w_bits"] is None and rec["a_bits"] == layer.a_bits
+            for operand, t in layer.quantizers().items():
+                o = rec["operands"][operand]
+                assert torch.equal(o["a_min"], t.act_min) and torch.equal(o["a_max"], t.act_max)
+                if layer.a_bits == 32:
+                    assert o["a_scale"] is None and o["a_zero_point"] is None
+                else:
+                    delta, zero = t.act_qparams(layer.a_bits)
+                    assert torch.equal(o["a_scale"], delta) and torch.equal(o["a_zero_point"].float(), zero)
+                    operands += 1
+            continue
         assert (rec["w_bits"], rec["a_bits"]) == (layer.w_bits, layer.a_bits)
         assert torch.equal(rec["a_min"], layer.act_min) and torch.equal(rec["a_max"], layer.act_max)
         key = f"{name}.weight"
@@ -125,10 +141,15 @@ def test_int_file_holds_codes_scales_and_zero_points(exported):
             assert torch.equal(rec["a_scale"], delta) and rec["a_zero_point"].dtype == torch.int32
             assert torch.equal(rec["a_zero_point"].float(), zero)
     assert saw_full_range == {2, 4, 8}  # min-max codes span [0, 2^bits - 1]
+    assert operands > 0
     other = {
         k
         for k in full_state
-        if not any(k == f"{n}.weight" for n, (w, _) in zip(exported.policy.names, exported.policy.bits()) if w != 32)
+        if not any(
+            k == f"{l.name}.weight"
+            for l, (w, _) in zip(exported.layers, exported.policy.bits())
+            if w != 32 and l.weighted
+        )
     }
     assert set(doc["state_dict"]) == other
 
@@ -137,6 +158,9 @@ def test_fakequant_file_is_a_loadable_state_dict_with_activation_qparams(exporte
     doc = torch.load(exported.paths["fakequant"], weights_only=True)
     assert doc["format"] == "hysquant-fakequant" and doc["spec"] == SPEC and doc["policy"] == exported.policy.to_dict()
     plain = other_init(SPEC).eval()
+    for m in plain.modules():  # the quantized model runs attention unfused (its operands are units)
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = False
     plain.load_state_dict(doc["state_dict"], strict=True)
     qmodel, policy = exported.qmodel, exported.policy
     # A plain model with these weights is the weight-only fake-quant model.
@@ -150,8 +174,14 @@ def test_fakequant_file_is_a_loadable_state_dict_with_activation_qparams(exporte
         assert torch.equal(plain(exported.x), weight_only)
     quantized_acts = [n for n, (_, a) in zip(policy.names, policy.bits()) if a != 32]
     assert list(doc["act_qparams"]) == quantized_acts
-    for name, layer in zip(policy.names, qmodel.layers):
-        if name in doc["act_qparams"]:
+    for name, layer in zip(policy.names, qmodel.units):
+        if name in doc["act_qparams"] and "operands" in doc["act_qparams"][name]:
+            entry = doc["act_qparams"][name]
+            for operand, t in layer.quantizers().items():
+                delta, zero = t.act_qparams(layer.a_bits)
+                assert entry["bits"] == layer.a_bits and torch.equal(entry["operands"][operand]["scale"], delta)
+                assert torch.equal(entry["operands"][operand]["zero_point"].float(), zero)
+        elif name in doc["act_qparams"]:
             entry = doc["act_qparams"][name]
             delta, zero = layer.act_qparams(layer.a_bits)
             assert entry["bits"] == layer.a_bits and torch.equal(entry["scale"], delta)

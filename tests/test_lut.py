@@ -128,8 +128,11 @@ def test_rows_are_single_layer_measurements_priced_by_the_cost_model(clean, digi
     fp32 = pipe.evaluator.evaluate([FP] * n)
     assert lut.fp32["top1"] == fp32.top1 and lut.fp32["n"] == len(pipe.data.search_val)
     np.testing.assert_array_equal(lut.matrix("top1_drop"), fp32.top1 - top1)
-    # every row is that layer alone at that configuration, exactly as the Evaluator measures it
-    for i in (0, 5, 20, 40, n - 1):
+    # every row is that layer alone at that configuration, exactly as the Evaluator measures it (18: a LayerNorm
+    # input, 20 and 21: the first attention's q k^T and attention x v operands)
+    kinds = [l.kind for l in pipe.layers]
+    assert kinds[18:22] == ["layernorm-in", "attention-qkv", "attention-qk", "attention-pv"]
+    for i in (0, 5, 18, 20, 21, 40, n - 1):
         for j, (w, a) in enumerate(lut.configs):
             bits = [FP] * n
             bits[i] = (w, a)
@@ -157,6 +160,20 @@ def test_rows_are_single_layer_measurements_priced_by_the_cost_model(clean, digi
     assert lut.frame.loc[lut.frame["config"] == "W4A8", "kind"].tolist() == [l.kind for l in pipe.layers]
 
 
+def test_activation_only_units_are_measured_once_per_activation_width(digits_pipeline):
+    """A unit with no weight runs one job per distinct activation width of the configurations (W4A8 and W8A8 are
+    the same A8 for it); weighted layers run every configuration."""
+    from hysquant_rl.lut.build import _jobs
+
+    layers = digits_pipeline.layers
+    weighted = sum(l.weighted for l in layers)
+    assert (weighted, len(layers) - weighted) == (72, 39)
+    jobs = _jobs(layers, [(4, 4), (4, 8), (8, 4), (8, 8)])
+    assert len(jobs) == 4 * 72 + 2 * 39 and len(set(jobs)) == len(jobs)
+    assert {(w, a) for i, w, a in jobs if not layers[i].weighted} == {(4, 4), (8, 8)}
+    assert len(_jobs(layers, [(4, 8), (8, 8)])) == 2 * 72 + 39
+
+
 def test_files_round_trip(clean, tmp_path):
     _, lut, _, _ = clean
     paths = write_lut(lut, tmp_path)
@@ -169,8 +186,10 @@ def test_files_round_trip(clean, tmp_path):
     assert loaded.configs == lut.configs and loaded.allowed == lut.allowed and loaded.rules == lut.rules
     doc = json.loads(paths["json"].read_text())
     assert doc["key"]["model"]["weights_sha256"] == lut.meta["model"]["weights_sha256"]
+    # a (w, a) pair per Conv2d/Linear, an activation width per activation-only unit
+    weighted = sum(a.weighted for a in lut.allowed)
     assert len(doc["prune"]["allowed"]) == lut.num_layers and doc["prune"]["log10_space_before"] == pytest.approx(
-        lut.num_layers * math.log10(49)
+        weighted * math.log10(49) + (lut.num_layers - weighted) * math.log10(7)
     )
 
 
@@ -344,18 +363,23 @@ def test_pruned_lut_mask_and_search_space(clean):
     strict = lut.prune(PruneRules(max_drop=0.0, max_kl=1e-3))  # strict enough to prune this robust model
     w, a = strict.ranges()
     drop, kl = strict.matrix("top1_drop"), strict.matrix("kl")
+    weighted = np.array([a.weighted for a in strict.allowed])
+    assert weighted.tolist() == [
+        k not in ("attention-qk", "attention-pv", "layernorm-in") for k in lut.frame.drop_duplicates("index")["kind"]
+    ]
     w4_fails = (drop[:, 0] > 0) | (kl[:, 0] > 1e-3)  # W4A8 tests W4
     a4_fails = (drop[:, 1] > 0) | (kl[:, 1] > 1e-3)  # W8A4 tests A4
-    assert w4_fails.any() and a4_fails.any()
-    np.testing.assert_array_equal(w[:, 0], np.where(w4_fails, 8, 2))
+    assert (w4_fails & weighted).any() and a4_fails.any()
+    np.testing.assert_array_equal(w[:, 0], np.where(w4_fails & weighted, 8, 2))  # no w test without a weight
     np.testing.assert_array_equal(a[:, 0], np.where(a4_fails, 8, 2))
     assert (w[:, 1] == 8).all() and (a[:, 1] == 8).all()
     mask = strict.mask()
     assert mask.shape == (n, 7, 7)
     np.testing.assert_array_equal(mask.sum(axis=(1, 2)), (w[:, 1] - w[:, 0] + 1) * (a[:, 1] - a[:, 0] + 1))
     before, after = strict.search_space()
-    assert before == pytest.approx(n * math.log10(49))
-    assert after == pytest.approx(np.log10(mask.sum(axis=(1, 2))).sum()) and after < before
+    assert before == pytest.approx(weighted.sum() * math.log10(49) + (~weighted).sum() * math.log10(7))
+    distinct = np.where(weighted, mask.sum(axis=(1, 2)), a[:, 1] - a[:, 0] + 1)  # an a-width per weightless unit
+    assert after == pytest.approx(np.log10(distinct).sum()) and after < before
     assert lut.search_space()[1] <= before
 
 
@@ -448,8 +472,11 @@ def test_hysquant_lut_app_writes_and_logs(clean, tmp_path, run_here):
     proc = run_here(main, f"lut.configs={CONFIGS}", f"lut.cache_dir={path.parent}", "threads=1", tmp_path=out)
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = proc.stdout + proc.stderr
-    assert "LUT cache hit" in text and "five most sensitive layers" in text
-    assert "search space: 10^121.7 policies before pruning" in text
+    assert "LUT cache hit" in text and "five most sensitive units" in text
+    assert re.search(
+        r"sensitivity ranks of the activation-only units \(1 = most sensitive of 111\): attention-qk \d+", text
+    )
+    assert "search space: 10^154.7 policies before pruning" in text
     assert f"{lut.num_layers} layers x 2 configurations" in text
     for name in ("lut.csv", "lut.json", "lut_heatmap.png"):
         assert (out / name).exists()

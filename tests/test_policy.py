@@ -17,7 +17,7 @@ import hysquant_rl.provenance as provenance
 from hysquant_rl.bits import parse_uniform
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.layers import inventory
-from hysquant_rl.policy import FORMAT, VERSION, QuantPolicy, validate
+from hysquant_rl.policy import FORMAT, VERSION, QuantPolicy, complete, validate
 from hysquant_rl.provenance import weights_sha256
 from hysquant_rl.quant.model import QuantModel
 
@@ -164,7 +164,7 @@ def test_save_load_round_trip(tmp_path, layers, model):
     )
     path = p.save(tmp_path / "sub" / "best_policy.json")
     doc = json.loads(path.read_text())
-    assert doc["format"] == FORMAT == "hysquant-policy" and doc["version"] == VERSION == 1
+    assert doc["format"] == FORMAT == "hysquant-policy" and doc["version"] == VERSION == 2
     assert list(doc) == ["format", "version", "model", "layers", "metrics", "budgets", "provenance"]
     assert doc["metrics"] == {"search_val": {"top1": 87.25}, "latency_ms": 1.5, "curve": [0, 1, 2]}
     loaded = QuantPolicy.load(path)
@@ -211,7 +211,7 @@ def test_save_is_atomic_and_leaves_no_temp_file(tmp_path, policy, monkeypatch):
         ("{not json", "is not valid JSON \\(line 1"),
         ("[1, 2]", "expected a JSON object, got list"),
         ('{"format": "something-else", "version": 1}', "is not a HySquant policy \\(format='something-else'"),
-        ('{"format": "hysquant-policy", "version": 2}', "format version 2, .* reads version 1"),
+        ('{"format": "hysquant-policy", "version": 3}', "format version 3, .* reads versions 1, 2"),
         (
             '{"format": "hysquant-policy", "version": 1, "model": {"name": "m"}, "layers": []}',
             "'model' must be an object with keys",
@@ -341,3 +341,55 @@ def test_parse_uniform(spec, expected):
 def test_parse_uniform_rejects_malformed(spec):
     with pytest.raises(HySquantError, match="W<w>A<a>"):
         parse_uniform(spec)
+
+
+# -- activation-only units and version 1 -----------------------------------------------------------------------
+class Block(nn.Module):
+    """A LayerNorm and a Linear: under the hybrid scope the LayerNorm's input is an activation-only unit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(4)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.norm(x))
+
+
+def test_activation_only_units_write_null_weight_bits_and_read_back(tmp_path):
+    torch.manual_seed(0)
+    model = Block()
+    units = inventory(model, (1, 2, 4))[0]
+    assert [u.kind for u in units] == ["layernorm-in", "other"]
+    p = QuantPolicy.from_bits(units, [(2, 6), (4, 8)], "block", weights_sha256(model))
+    doc = json.loads(p.save(tmp_path / "p.json").read_text())
+    assert [(e["w_bits"], e["a_bits"]) for e in doc["layers"]] == [(None, 6), (4, 8)]
+    loaded = QuantPolicy.load(tmp_path / "p.json")
+    assert loaded.bits() == [(6, 6), (4, 8)]  # a null w reads as the unit's a: the search's canonical form
+    validate(loaded, units, "block", weights_sha256(model))
+    doc["layers"][1]["w_bits"] = None  # a weighted layer must have weight bits
+    (tmp_path / "bad.json").write_text(json.dumps(doc))
+    with pytest.raises(HySquantError, match=r"layer fc w_bits=None out of range"):
+        validate(QuantPolicy.load(tmp_path / "bad.json"), units, "block", weights_sha256(model))
+
+
+def test_a_version_1_policy_loads_with_its_missing_units_at_fp32(tmp_path):
+    torch.manual_seed(0)
+    model = Block()
+    sha = weights_sha256(model)
+    units = inventory(model, (1, 2, 4))[0]
+    old = {
+        "format": FORMAT,
+        "version": 1,
+        "model": {"name": "block", "weights_sha256": sha, "num_layers": 1},
+        "layers": [{"name": "fc", "kind": "other", "w_bits": 4, "a_bits": 8}],
+    }
+    (tmp_path / "v1.json").write_text(json.dumps(old))
+    policy = QuantPolicy.load(tmp_path / "v1.json")
+    with pytest.raises(HySquantError, match="1 missing layer \\(norm\\)"):
+        validate(policy, units, "block", sha)  # as read, it does not cover the model
+    upgraded = complete(policy, units)
+    validate(upgraded, units, "block", sha)
+    assert upgraded.bits() == [(32, 32), (4, 8)] and upgraded.model["num_layers"] == 2
+    assert upgraded.to_dict()["version"] == VERSION == 2
+    assert complete(upgraded, units) is upgraded  # a current policy is left alone

@@ -21,6 +21,7 @@ from hysquant_rl.policy import QuantPolicy, validate
 from hysquant_rl.search.allocation import MIP_REL_GAP, proxy_grid
 from hysquant_rl.search.budget import resolve
 from hysquant_rl.search.problem import SearchProblem, build_problem
+from hysquant_rl.units import KINDS
 from tests.conftest import run_settings, search_settings
 from tests.formats import missing_keys
 
@@ -43,7 +44,7 @@ def problem(pipe, lut, **kw) -> SearchProblem:
 def test_env_passes_checker(digits_pipeline, lut):
     env = HySquantEnv(problem(digits_pipeline, lut))
     check_env(env, skip_render_check=True)
-    assert env.observation_space.shape == (29 + 2 * len(lut.configs),)
+    assert env.observation_space.shape == (20 + len(KINDS) + 2 * len(lut.configs),)
 
 
 def test_reward_equals_formula(digits_pipeline, lut):
@@ -122,6 +123,12 @@ def test_ten_episode_search_and_resume(tmp_path, digits_pipeline):
     events = EventAccumulator(str(out / "tb")).Reload()
     assert {"episode/reward", "episode/top1", "best/reward", "episode/latency_ms"} <= set(events.Tags()["scalars"])
     assert len(events.Scalars("episode/reward")) == 10
+    histograms = {"policy/w_bits", "policy/a_bits", "policy/a_bits/attention-qk", "policy/a_bits/layernorm-in"}
+    assert histograms <= set(events.Tags()["histograms"])
+    # weight bits count the units that have a weight; every activation-only kind has its own histogram
+    last = events.Histograms("policy/w_bits")[-1].histogram_value
+    assert last.num == sum(l.weighted for l in digits_pipeline.layers)
+    assert events.Histograms("policy/a_bits/attention-pv")[-1].histogram_value.num == 9
     for name in ("model_int.pt", "model_fakequant.pt", "summary.md", "lut.csv", "lut_heatmap.png"):
         assert (out / name).exists(), name
     for kind, name in (("best_policy", "best_policy.json"), ("summary", "summary.json"), ("lut", "lut.json")):
@@ -210,8 +217,10 @@ def test_baseline_methods(tmp_path, digits_pipeline, lut, method, proxy):
     assert policy.provenance["method"] == method
     assert summary["policies"]["best policy"]["holds"]["latency_ms"]
     assert policy.metrics["cost"]["latency_ms"] <= summary["budgets"]["latency_ms"]
-    if method == "uniform":
-        assert (bits == bits[0]).all() and summary["episodes"] >= 1
+    if method == "uniform":  # one (w, a) on every layer; an activation-only unit takes the a
+        weighted = np.array([l.weighted for l in digits_pipeline.layers])
+        assert (bits[weighted] == bits[0]).all() and (bits[~weighted] == bits[0, 1]).all()
+        assert summary["episodes"] >= 1
     if method == "random":
         assert summary["episodes"] == 4
     if method == "ilp":  # the MILP's policy is optimal: checked by an exact dynamic program, not by the solver

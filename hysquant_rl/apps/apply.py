@@ -12,18 +12,19 @@ from hysquant_rl.apps import app, plain, run_dir
 from hysquant_rl.bits import FP32_BITS, parse_uniform
 from hysquant_rl.export import export_quantized
 from hysquant_rl.pipeline import Pipeline, build
-from hysquant_rl.policy import QuantPolicy, validate
+from hysquant_rl.policy import QuantPolicy, complete, validate
 from hysquant_rl.settings import RunSettings
 
 log = logging.getLogger(__name__)
 
 
 def resolve_policy(spec: str, pipe: Pipeline, seed: int) -> QuantPolicy:
-    """A policy JSON path, validated against the model; or a uniform spec such as ``W4A8`` or ``FP32``."""
+    """A policy JSON path, validated against the model (a version-1 file gets the activation-only units at FP32);
+    or a uniform spec such as ``W4A8`` or ``FP32`` (activation-only units take its A bits)."""
     uniform = parse_uniform(spec)
     if uniform is not None:
         return pipe.policy([uniform] * len(pipe.layers), method="uniform", seed=seed)
-    policy = QuantPolicy.load(Path(spec).expanduser())
+    policy = complete(QuantPolicy.load(Path(spec).expanduser()), pipe.layers)
     validate(policy, pipe.layers, pipe.spec.name, pipe.weights_sha256)
     return policy
 

@@ -94,6 +94,9 @@ def run_bench(cfg: DictConfig, out: Path) -> dict[str, Any]:
         "plan": OmegaConf.to_container(plan, resolve=True),
         "methods": methods,
         "goal_config": OmegaConf.to_container(b.goal, resolve=True),
+        "quant": {"scope": run.quant.scope, "calibrator": run.quant.calibrator, "softmax": run.quant.softmax},
+        "units": n,
+        "fp32": {"test_top1": test_metrics(np.full((n, 2), FP32_BITS))[0]["top1"]},
         "runs": [],
         "uniform": [],
         "speed": {"lut_build_s": {}},
@@ -185,7 +188,7 @@ def run_bench(cfg: DictConfig, out: Path) -> dict[str, Any]:
                             "episodes": len(found.recorder.history),
                             "wall_s": found.wall_s,
                             "eval_s": p.eval_time_s,
-                            "mean_w_bits": float(found.bits[:, 0].mean()),
+                            "mean_w_bits": float(found.bits[p.weighted, 0].mean()),
                             "mean_a_bits": float(found.bits[:, 1].mean()),
                         }
                     )

@@ -20,10 +20,23 @@ Per layer ``l`` at weight bits ``w`` and input-activation bits ``a``, with ``B``
 * ``size = W_l * w / 8 + bias_l * 4`` [byte] (FP32 layers: 4 bytes per parameter, the checkpoint size);
   ``BitOps = MACs * w * a`` per image. Size and BitOps do not depend on the batch.
 
-Latency and energy are per inference of one batch of ``batch_size`` images. Attention matmuls (q k^T, softmax,
-attention x v) are priced once at the float precision, with q/k/v/scores/probabilities moving in fp16, and
-added to every policy as the ``fixed`` part. LayerNorm, BatchNorm, activations and reshapes are not priced
-(they fuse into neighbouring kernels on a deployed model, or are not in the inventory).
+Activation-only units (``quant.scope=hybrid``; :data:`hysquant_rl.units.ACTIVATION_KINDS`) are priced by the same
+formulas with no weight and their pair read as ``(a, a)`` (``w`` changes nothing):
+
+* ``attention-qk``: q k^T at ``compute_precision(a, a)`` (int8 or int4 where the profile has it), reading q and k
+  at ``t(a)``, writing the scores in fp16 for the softmax (whatever the consumer reads);
+* ``attention-pv``: the softmax, a memory-bound float kernel reading the fp16 scores and writing probabilities
+  at ``t(a)``, run before (not overlapping) attention x v at ``compute_precision(a, a)``, which reads the
+  probabilities and v at ``t(a)``: ``latency = max(compute, matmul bytes / bandwidth) + softmax bytes /
+  bandwidth``;
+* ``layernorm-in``: memory only (no ops), reading the residual stream at ``t(a)`` and writing what its consumer
+  reads; deployable wherever the device moves ``a``-bit activations.
+
+Latency and energy are per inference of one batch of ``batch_size`` images. Attention matmuls that are not units
+(``quant.scope=linear``, or an attention module the inventory does not recognise) are priced once at the float
+precision, with q/k/v/scores/probabilities moving in fp16, and added to every policy as the ``fixed`` part.
+BatchNorm, activations, reshapes and (under ``scope=linear``) LayerNorm are not priced (they fuse into
+neighbouring kernels on a deployed model, or are not in the inventory).
 
 All (layer, w, a, consumer) costs are tabulated once in numpy arrays; :meth:`CostModel.policy_cost` is a
 gather and a sum (tens of microseconds), as the RL search calls it thousands of times.
@@ -172,28 +185,52 @@ class CostModel:
         out_elems = np.array([l.out_elems for l in self.layers], dtype=np.float64)
         macs = np.array([l.macs for l in self.layers], dtype=np.int64)
 
-        # (w, a) -> compute precision, its peak, power per op, deployability
+        # (w, a) -> compute precision, its peak, power per op, deployability; per unit, since an activation-only
+        # unit's pair is (a, a) whatever w says (w_eff), and a LayerNorm input deploys wherever a moves
         self._precision = [[p.compute_precision(w, a) for a in CHOICES] for w in CHOICES]
         peak = np.array([[p.peak(c) for c in row] for row in self._precision])  # (8, 8) op/s
-        self._deployable = np.array([[p.is_deployable(w, a) for a in CHOICES] for w in CHOICES])
+        deployable = np.array([[p.is_deployable(w, a) for a in CHOICES] for w in CHOICES])
+        n, k = len(self.layers), len(CHOICES)
+        weighted = np.array([l.weighted for l in self.layers])
+        self._w_eff = np.where(weighted[:, None, None], np.arange(k)[None, :, None], np.arange(k)[None, None, :])
+        self._w_eff = np.broadcast_to(self._w_eff, (n, k, k))
+        a_idx = np.broadcast_to(np.arange(k)[None, None, :], (n, k, k))
+        peak_u = peak[self._w_eff, a_idx]  # (n, w, a)
+        self._deployable = deployable[self._w_eff, a_idx].copy()  # (n, w, a)
+        moves = np.array([a == FP32_BITS or a in p.deployable_activation_bits for a in CHOICES])
+        norm = np.array([l.op == "layernorm" for l in self.layers])
+        self._deployable[norm] = moves[None, :]
 
+        elem_out = np.array([p.float_bits / 8, INT8_BYTES])
+        # q k^T writes its scores for the float softmax whatever the consumer quantizes
+        scores = np.array([l.kind == "attention-qk" for l in self.layers])
         weight_bytes = weights[:, None] * traffic_bits / 8 + bias[:, None] * BIAS_BITS / 8  # (n, w)
         input_bytes = batch * in_elems[:, None] * traffic_bits / 8  # (n, a)
-        output_bytes = batch * out_elems[:, None] * np.array([p.float_bits / 8, INT8_BYTES])  # (n, consumer)
-        self._bytes = weight_bytes[:, :, None, None] + input_bytes[:, None, :, None] + output_bytes[:, None, None, :]
+        output_bytes = batch * out_elems[:, None] * np.where(scores[:, None], elem_out[0], elem_out)  # (n, consumer)
+        # attention-pv: the softmax before it reads the fp16 scores and writes probabilities at a bits, a
+        # memory-bound kernel of its own (serial: it does not overlap the matmul)
+        probs = np.array([l.sequences * l.heads * l.tokens**2 if l.kind == "attention-pv" else 0 for l in self.layers])
+        softmax_bytes = batch * probs[:, None] * (p.float_bits + traffic_bits[None, :]) / 8  # (n, a)
+        self._serial_s = softmax_bytes / p.memory_bandwidth  # (n, a)
+        self._bytes = (
+            weight_bytes[:, :, None, None]
+            + (input_bytes + softmax_bytes)[:, None, :, None]
+            + output_bytes[:, None, None, :]
+        )
         self._ops = 2.0 * macs.astype(np.float64) * batch  # (n,)
-        self._compute_s = self._ops[:, None, None] / peak  # (n, w, a)
+        self._compute_s = self._ops[:, None, None] / peak_u  # (n, w, a)
         self._memory_s = self._bytes / p.memory_bandwidth  # (n, w, a, c)
-        self._joules_per_op = p.compute_power_w / peak  # (w, a) J/op, paper eq. 10 less memory power
+        self._joules_per_op = p.compute_power_w / peak_u  # (n, w, a) J/op, paper eq. 10 less memory power
         self._size = weights[:, None] * bits / 8 + bias[:, None] * BIAS_BITS / 8  # (n, w)
-        self._bitops = macs[:, None, None] * np.outer(CHOICES, CHOICES)[None]  # (n, w, a) int64
+        self._bitops = macs[:, None, None] * (np.array(CHOICES)[self._w_eff] * np.array(CHOICES)[a_idx])  # (n, w, a)
         self._rows = np.arange(len(self.layers))
         self._row_offset = self._rows * (len(CHOICES) ** 2 * 2)  # flat offset of each layer's (w, a, c) block
 
     def _price(self) -> None:
         """Fill ``_latency``/``_energy`` (n, w, a, c) and the fixed part: here the roofline."""
         p = self.profile
-        self._latency = np.maximum(self._compute_s[..., None], self._memory_s)
+        serial = self._serial_s[:, None, :, None]  # (n, 1, a, 1)
+        self._latency = np.maximum(self._compute_s[..., None], self._memory_s - serial) + serial
         self._energy = (self._ops[:, None, None] * self._joules_per_op)[..., None] + p.memory_power_w * self._memory_s
         self.fixed_items = [self._attention_cost(m) for m in self.matmuls]
         self._sum_fixed()
@@ -251,8 +288,8 @@ class CostModel:
             name=self.layers[i].name,
             w_bits=int(w_bits),
             a_bits=int(a_bits),
-            precision=self._precision[w][a],
-            deployable=bool(self._deployable[w, a]),
+            precision=self._precision[self._w_eff[i, w, a]][a],
+            deployable=bool(self._deployable[i, w, a]),
             batch_size=self.batch_size,
             ops=float(self._ops[i]),
             bytes_moved=float(self._bytes[i, w, a, c]),
@@ -297,8 +334,8 @@ class CostModel:
         flat, pair = self._indices(bits)
         latency = self._latency.ravel()[flat]
         energy = self._energy.ravel()[flat]
-        deployable = self._deployable.ravel()[pair]
         rows = self._rows
+        deployable = self._deployable.reshape(self.num_layers, -1)[rows, pair]
         return PolicyCost(
             device=self.device,
             backend=self.backend,

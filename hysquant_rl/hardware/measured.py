@@ -11,8 +11,11 @@ What is timed, per layer, at the cost model's batch size, on random inputs of th
   pair with an integer compute precision, int4 too: PyTorch has no int4 x int4 GEMM, so W4A4 on Ampere is
   timed as int8. Where the int8 call fails, the float kernel is used and :attr:`MeasuredCostModel.timed`
   says why.
-* each attention module: ``softmax(q k^T * scale) v`` in the float dtype, shaped
+* each attention module whose matmuls are not units: ``softmax(q k^T * scale) v`` in the float dtype, shaped
   (batch * sequences, heads, tokens, head_dim).
+
+Activation-only units (``quant.scope=hybrid``: attention operands, LayerNorm inputs) are not timed: their
+cost stays the roofline's, and :attr:`MeasuredCostModel.timed` says so per unit.
 
 So the measured table tells which kernels PyTorch can run here: sub-byte traffic and the consumer's output
 precision are not measured (``consumer_quantized`` does not change what is timed). Latency: CUDA events around
@@ -245,6 +248,9 @@ class MeasuredCostModel(CostModel):
         self.timed: list[dict[str, Any]] = []
         try:
             for i, layer in enumerate(self.layers):
+                if not layer.weighted:  # attention operands and LayerNorm inputs: no isolated kernel timed yet
+                    self.timed.append({"name": layer.name, "modelled": "activation-only unit: roofline cost"})
+                    continue
                 fl_fn, fl_desc = float_kernel(layer, batch, dtype, device, gen)
                 t_float, e_float = self._measure(fl_fn, meter)
                 record: dict[str, Any] = {

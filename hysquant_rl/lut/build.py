@@ -30,11 +30,24 @@ from hysquant_rl.lut.table import COLUMNS, LUT, METRICS, SPLIT, VERSION, documen
 if TYPE_CHECKING:
     from hysquant_rl.pipeline import Pipeline
     from hysquant_rl.settings import RunSettings
+    from hysquant_rl.units import LayerInfo
 
 log = logging.getLogger(__name__)
 
 _KEY_EXCLUDED_DATA = ("workers", "batch_size", "download")  # loader settings: the images stay the same
-Measured = dict[tuple[int, int, int], dict[str, float]]  # (layer, w, a) -> metrics
+Measured = dict[tuple[int, int, int], dict[str, float]]  # (layer, w, a) -> metrics; (layer, a, a) for a weightless unit
+
+
+def _measured_pair(layer: LayerInfo, w: int, a: int) -> tuple[int, int]:
+    """The pair a configuration ``(w, a)`` of ``layer`` is measured at: itself, or ``(a, a)`` for an
+    activation-only unit (its w changes nothing: one job per activation width)."""
+    return (w, a) if layer.weighted else (a, a)
+
+
+def _jobs(layers: list[LayerInfo], configs: list[tuple[int, int]]) -> list[tuple[int, int, int]]:
+    """Every (layer, w, a) the LUT measures, in forward order: each configuration, once per activation width for
+    an activation-only unit."""
+    return list(dict.fromkeys((i, *_measured_pair(l, w, a)) for i, l in enumerate(layers) for w, a in configs))
 
 
 def cache_key(run: RunSettings, pipe: Pipeline, configs: list[tuple[int, int]]) -> dict[str, Any]:
@@ -106,10 +119,13 @@ def _rows(
     """Table rows per layer in forward order: the FP32 row, then each configuration (a partial table: only the
     measured ones)."""
     rows = []
-    for i in range(len(pipe.layers)):
+    for i, layer in enumerate(pipe.layers):
         if complete:
             rows.append(_row(pipe, i, FP32_BITS, FP32_BITS, fp32, fp32))
-        rows += [_row(pipe, i, w, a, measured[(i, w, a)], fp32) for w, a in configs if (i, w, a) in measured]
+        for w, a in configs:
+            m = measured.get((i, *_measured_pair(layer, w, a)))
+            if m is not None:
+                rows.append(_row(pipe, i, w, a, m, fp32))
     return rows
 
 
@@ -143,18 +159,19 @@ class _Cache:
             return self._reject(f"stale (its key differs in: {', '.join(changed) or 'format'})")
         try:
             fp32 = {k: float(doc["fp32"][k]) for k in METRICS}
-            wanted = {(i, w, a) for i in range(len(self.pipe.layers)) for w, a in self.configs}
+            layers = self.pipe.layers
+            wanted = {(i, w, a) for i in range(len(layers)) for w, a in self.configs}
             measured = {}
             for r in doc["rows"]:
                 i, w, a = int(r["index"]), int(r["w_bits"]), int(r["a_bits"])
                 if (w, a) == (FP32_BITS, FP32_BITS):
                     continue
-                if (i, w, a) not in wanted or r["layer"] != self.pipe.layers[i].name:
+                if (i, w, a) not in wanted or r["layer"] != layers[i].name:
                     raise ValueError(f"unexpected row {r.get('layer')!r} {label(w, a)}")
                 m = {k: float(r[k]) for k in METRICS}
                 if not all(math.isfinite(v) for v in m.values()):
                     raise ValueError(f"non-finite metrics in row {r['layer']} {label(w, a)}")
-                measured[(i, w, a)] = m
+                measured[(i, *_measured_pair(layers[i], w, a))] = m
         except (KeyError, TypeError, ValueError) as e:
             return self._reject(f"corrupt ({type(e).__name__}: {e})")
         return fp32, measured
@@ -193,7 +210,7 @@ def build_lut(
     key = cache_key(run, pipe, configs)
     cache = _Cache(cache_path(run, pipe, key), key, pipe, configs)
     fp32, measured = cache.read() if s.cache else (None, {})
-    jobs = [(i, w, a) for i in range(len(pipe.layers)) for w, a in configs if (i, w, a) not in measured]
+    jobs = [job for job in _jobs(pipe.layers, configs) if job not in measured]
     reused = len(measured)
     if not s.cache:
         status = "off"

@@ -19,7 +19,7 @@ from hysquant_rl.errors import HySquantError
 SPACE_CONVENTION = (
     "policies counted over integer bit-widths only: per layer (w_max - w_min + 1) x (a_max - a_min + 1) "
     f"pairs, {GRID} x {GRID} = {GRID**2} before pruning (bits {MIN_BITS}..{MAX_BITS}, FP32 not counted); "
-    "log10 of the product over layers"
+    f"per activation-only unit (a_max - a_min + 1), {GRID} before pruning; log10 of the product over units"
 )
 
 
@@ -62,15 +62,23 @@ class Allowed:
     w: tuple[int, int]
     a: tuple[int, int]
     reason: str = ""
+    weighted: bool = True  # False: an activation-only unit, whose w range is the whole grid and means nothing
 
     @property
     def pairs(self) -> int:
-        """(w, a) pairs inside the ranges."""
-        return (self.w[1] - self.w[0] + 1) * (self.a[1] - self.a[0] + 1)
+        """Distinct policies of this unit inside the ranges: (w, a) pairs, or a-widths for an activation-only one."""
+        return (self.w[1] - self.w[0] + 1 if self.weighted else 1) * (self.a[1] - self.a[0] + 1)
 
 
-def prune(configs: Sequence[tuple[int, int]], drop: np.ndarray, kl: np.ndarray, rules: PruneRules) -> list[Allowed]:
-    """Allowed ranges per layer from ``drop`` and ``kl`` (L, C) measured at ``configs``.
+def prune(
+    configs: Sequence[tuple[int, int]],
+    drop: np.ndarray,
+    kl: np.ndarray,
+    rules: PruneRules,
+    weighted: Sequence[bool] | None = None,
+) -> list[Allowed]:
+    """Allowed ranges per layer from ``drop`` and ``kl`` (L, C) measured at ``configs``; ``weighted[l]`` False
+    marks an activation-only unit: only its activation bit-widths are tested, its w range stays 2..8.
 
     A bit-width ``b`` of one operand is tested by the configuration with ``b`` on that operand and the other
     operand at the most bits any configuration gives it (W8A4 tests A4, W8A8 tests A8 and W8, W4A8 tests
@@ -83,12 +91,12 @@ def prune(configs: Sequence[tuple[int, int]], drop: np.ndarray, kl: np.ndarray, 
     """
     out = []
     for l in range(len(drop)):
-        lows, reasons = [], []
-        for operand, name in ((0, "W"), (1, "A")):
-            lo, why = _lowest(configs, drop[l], kl[l], rules, operand, name)
-            lows.append(lo)
+        has_weight = True if weighted is None else bool(weighted[l])
+        lows, reasons = [MIN_BITS, MIN_BITS], []
+        for operand, name in ((0, "W"), (1, "A")) if has_weight else ((1, "A"),):
+            lows[operand], why = _lowest(configs, drop[l], kl[l], rules, operand, name)
             reasons += [why] if why else []
-        out.append(Allowed((lows[0], MAX_BITS), (lows[1], MAX_BITS), "; ".join(reasons)))
+        out.append(Allowed((lows[0], MAX_BITS), (lows[1], MAX_BITS), "; ".join(reasons), has_weight))
     return out
 
 

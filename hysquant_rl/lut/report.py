@@ -17,6 +17,7 @@ import numpy as np
 from hysquant_rl.io import atomic_write
 from hysquant_rl.lut.prune import SPACE_CONVENTION
 from hysquant_rl.lut.table import LUT, SPLIT
+from hysquant_rl.units import ACTIVATION_KINDS
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -144,7 +145,8 @@ def log_to_tensorboard(lut: LUT, writer: Any) -> None:
 
 
 def log_summary(lut: LUT) -> None:
-    """Log the cache outcome, the table's size, the five most sensitive layers and the search-space size."""
+    """Log the cache outcome, the table's size, the five most sensitive units, the ranks of the activation-only
+    units and the search-space size."""
     c, b = lut.meta["cache"], lut.meta["build"]
     log.info(
         "LUT cache %s: %s (%d jobs reused, %d evaluated in %.1f s on %d worker(s))",
@@ -167,12 +169,20 @@ def log_summary(lut: LUT) -> None:
     )
     top = lut.most_sensitive(5)
     log.info(
-        "five most sensitive layers (worst configuration):\n%s",
+        "five most sensitive units (worst configuration):\n%s",
         "\n".join(
             f"  {r.index:3d} {r.layer:<40s} {r.kind:<15s} {r.config:<5s} top-1 drop {r.top1_drop:6.2f}  KL {r.kl:.4g}"
             for r in top.itertuples()
         ),
     )
+    order = lut.most_sensitive(lut.num_layers)  # every unit, most sensitive first
+    ranks = {kind: [i + 1 for i, k in enumerate(order["kind"]) if k == kind] for kind in ACTIVATION_KINDS}
+    if any(ranks.values()):
+        log.info(
+            "sensitivity ranks of the activation-only units (1 = most sensitive of %d): %s",
+            lut.num_layers,
+            "; ".join(f"{kind} {r[0]}..{r[-1]} (median {r[len(r) // 2]})" for kind, r in ranks.items() if r),
+        )
     before, after = lut.search_space()
     pruned = sum(bool(a.reason) for a in lut.allowed)
     log.info(

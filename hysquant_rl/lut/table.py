@@ -1,11 +1,14 @@
 """The sensitivity lookup table (LUT, paper section 3.2, figures 3-4): its rows, queries and its one document.
 
-For every quantizable layer and every configuration ``(w_bits, a_bits)`` of ``lut.configs`` the layer is
-quantized alone (every other layer FP32) and measured on search-val: top-1, top-5 (%), their drops from FP32
+For every quantizable unit and every configuration ``(w_bits, a_bits)`` of ``lut.configs`` the unit is
+quantized alone (every other unit FP32) and measured on search-val: top-1, top-5 (%), their drops from FP32
 (points), logit KL to FP32 and cross-entropy (nats). Each row is priced by the cost model as that layer in a
 uniform chain at that configuration (:meth:`CostModel.config_cost`): latency (ms) and energy (mJ) per
 inference of ``batch_size`` images, size (bytes), BitOps per image, compute precision, deployability. One
-FP32 row per layer (drops 0, priced at the float precision) completes the table.
+FP32 row per layer (drops 0, priced at the float precision) completes the table. An activation-only unit
+(``attention-qk``, ``attention-pv``, ``layernorm-in``) is measured once per distinct activation width of the
+configurations, and that measurement fills each configuration with that width (W4A8 and W8A8 hold the same A8
+numbers: the unit has no weight).
 
 The ``lut.json`` document (``FORMAT``/``VERSION`` below) is written by :func:`document` and read by
 :func:`read_document` only: the run directory's copy, the cache file and a partial build's cache file are the
@@ -28,6 +31,7 @@ from hysquant_rl.bits import FP32_LABEL, GRID, label
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.io import atomic_write, records, save_json
 from hysquant_rl.lut.prune import SPACE_CONVENTION, Allowed, PruneRules, box_mask, prune
+from hysquant_rl.units import ACTIVATION_KINDS
 
 FORMAT = "hysquant-lut"
 VERSION = 1  # bump when rows or the key change meaning: older caches then read as stale
@@ -167,9 +171,10 @@ class LUT:
 
     def prune(self, rules: PruneRules) -> LUT:
         """A copy with :attr:`allowed` set by ``rules`` (see :func:`prune`)."""
-        return replace(
-            self, allowed=prune(self.configs, self.matrix("top1_drop"), self.matrix("kl"), rules), rules=rules
-        )
+        kinds = self.frame.drop_duplicates("index").sort_values("index")["kind"]
+        weighted = [kind not in ACTIVATION_KINDS for kind in kinds]
+        allowed = prune(self.configs, self.matrix("top1_drop"), self.matrix("kl"), rules, weighted)
+        return replace(self, allowed=allowed, rules=rules)
 
     def _require_allowed(self) -> list[Allowed]:
         if self.allowed is None:
@@ -188,7 +193,8 @@ class LUT:
 
     def search_space(self) -> tuple[float, float]:
         """log10 of the number of policies before and after pruning (:data:`SPACE_CONVENTION`)."""
-        before = self.num_layers * math.log10(GRID**2)
+        allowed = self._require_allowed()
+        before = sum(math.log10(GRID**2 if a.weighted else GRID) for a in allowed)
         after = sum(math.log10(a.pairs) for a in self._require_allowed())
         return before, after
 
@@ -213,6 +219,7 @@ class LUT:
                         "a_min": a.a[0],
                         "a_max": a.a[1],
                         "reason": a.reason,
+                        "weighted": a.weighted,
                     }
                     for i, a in enumerate(self.allowed)
                 ],
@@ -231,7 +238,9 @@ class LUT:
             allowed = rules = None
             if prune_doc:
                 allowed = [
-                    Allowed((r["w_min"], r["w_max"]), (r["a_min"], r["a_max"]), r.get("reason", ""))
+                    Allowed(
+                        (r["w_min"], r["w_max"]), (r["a_min"], r["a_max"]), r.get("reason", ""), r.get("weighted", True)
+                    )
                     for r in sorted(prune_doc["allowed"], key=lambda r: r["index"])
                 ]
                 rules = PruneRules(**prune_doc["rules"]) if prune_doc.get("rules") else None

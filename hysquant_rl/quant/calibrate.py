@@ -8,7 +8,12 @@
   error (clipping error against rounding error), searched over candidate ranges.
 
 Both non-default rules read a histogram of the tensor's values over its min-max range (:data:`BINS` bins),
-recorded in a second calibration pass: memory stays constant however many images calibrate.
+recorded in a second calibration pass: memory stays constant however many images calibrate. Per-channel ranges
+(``quant.act_granularity=channel``: ``lo``/``hi`` of shape (C,), channels on the last dim) keep one histogram
+per channel, (C, BINS), and every rule runs per channel.
+
+:func:`log2_fake_quantize` is the softmax probabilities' alternative to uniform levels (``quant.softmax=log2``,
+FQ-ViT): levels at powers of two, which need no calibration.
 """
 
 from __future__ import annotations
@@ -23,7 +28,14 @@ _SHRINK = torch.linspace(0.3, 1.0, 29)  # min-max range scaled towards 0
 
 
 def histogram(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """Counts (BINS,) float64 of ``x`` over ``[lo, hi]`` (values outside are not counted)."""
+    """Counts (BINS,) float64 of ``x`` over ``[lo, hi]`` (values outside are not counted); per channel (C, BINS)
+    when ``lo``/``hi`` have shape (C,) (``x``'s last dim; values outside are clamped into the end bins)."""
+    if lo.dim() == 1:
+        flat = x.detach().float().reshape(-1, lo.numel())
+        width = (hi - lo).clamp_min(1e-30)
+        idx = ((flat - lo) / width * BINS).floor_().clamp_(0, BINS - 1).long()
+        idx += torch.arange(lo.numel(), device=idx.device) * BINS
+        return torch.bincount(idx.flatten(), minlength=lo.numel() * BINS).reshape(lo.numel(), BINS).double()
     if float(hi) <= float(lo):
         out = torch.zeros(BINS, dtype=torch.float64)
         out[0] = x.numel()
@@ -47,6 +59,8 @@ def percentile_range(
     """``[(100 - p)-th, p-th percentile]`` of the histogram; ``p = 100`` is the min-max range."""
     if percentile >= 100.0:
         return lo, hi
+    if hist.dim() == 2:
+        return _per_channel(lambda h, a, b: percentile_range(h, a, b, percentile), hist, lo, hi)
     tail = torch.tensor([(100.0 - percentile) / 100.0, percentile / 100.0])
     a, b = _quantiles(hist, lo, hi, tail)
     return a.float().reshape(lo.shape), b.float().reshape(hi.shape)
@@ -56,6 +70,8 @@ def mse_range(hist: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int)
     """The candidate range whose ``bits``-bit quantization of the histogram's bin centres has the least count-weighted
     squared error. Candidates: the min-max range scaled towards 0, and the ranges that cut a small mass off each
     tail; the min-max range is one of them, so the result is never worse than min-max on the histogram."""
+    if hist.dim() == 2:
+        return _per_channel(lambda h, a, b: mse_range(h, a, b, bits), hist, lo, hi)
     lo64, hi64 = lo.double(), hi.double()
     width = (hi64 - lo64) / BINS
     centres = lo64 + width * (torch.arange(BINS, dtype=torch.float64) + 0.5)
@@ -69,3 +85,17 @@ def mse_range(hist: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int)
     cost = (err.square() * hist[None, :]).sum(1)
     best = int(torch.argmin(cost))
     return cand_lo[best].float().reshape(lo.shape), cand_hi[best].float().reshape(hi.shape)
+
+
+def _per_channel(rule, hist: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rule`` applied to each channel's histogram row; ranges of shape (C,)."""
+    out = [rule(h, a, b) for h, a, b in zip(hist, lo, hi)]
+    return torch.stack([a for a, _ in out]), torch.stack([b for _, b in out])
+
+
+def log2_fake_quantize(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Power-of-two levels for values in [0, 1] (softmax probabilities; FQ-ViT's log2 quantizer): the code is
+    ``q = round(-log2 x)``, the value ``2^-q``; codes beyond ``2^bits - 1`` (and x = 0) become 0."""
+    q = torch.log2(x).neg_().round_()
+    out = torch.exp2(-q.clamp(0, 2**bits - 1))
+    return out.masked_fill_(q > 2**bits - 1, 0.0)

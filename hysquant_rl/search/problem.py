@@ -44,7 +44,8 @@ class SearchProblem:
     """Everything an episode needs, computed once per search.
 
     Cost arrays are (L, GRID, GRID) over w, a in 2..8, additive over layers; ``fixed`` is each budget's
-    policy-independent part (attention matmuls), so a policy's total is ``sum + fixed``.
+    policy-independent part (attention matmuls that are not units), so a policy's total is ``sum + fixed``.
+    An activation-only unit's rows do not depend on w; its policies are kept in :meth:`canonical` form.
     """
 
     layers: list[LayerInfo]
@@ -69,9 +70,25 @@ class SearchProblem:
     worst_reward: float | None = None  # stands in for a NaN evaluation's reward, so the buffer stays finite
     eval_time_s: float = 0.0  # spent in ``evaluate`` (PTQ forward passes), to price the search's own overhead
 
+    def __post_init__(self) -> None:
+        self.weighted = np.array([layer.weighted for layer in self.layers])  # (L,) False: activation-only unit
+        # an activation-only unit's proxy is read at (a, a) for every w, as its costs are
+        weightless = ~self.weighted
+        if weightless.any():
+            steps = np.arange(self.proxy.shape[1])
+            self.proxy = self.proxy.copy()
+            self.proxy[weightless] = self.proxy[weightless][:, steps, steps][:, None, :]
+
     @property
     def num_layers(self) -> int:
         return len(self.layers)
+
+    def canonical(self, bits: np.ndarray) -> np.ndarray:
+        """``bits`` (L, 2) with every activation-only unit's w set to its a: its w changes neither accuracy nor
+        cost, so policies that differ only there are one policy (one evaluation, one cache entry)."""
+        bits = np.array(bits, dtype=np.int64)
+        bits[~self.weighted, 0] = bits[~self.weighted, 1]
+        return bits
 
     def totals(self, bits: np.ndarray) -> dict[str, float]:
         """Every budget's total (fixed part included) of a fully quantized policy ``bits`` (L, 2)."""
@@ -79,6 +96,7 @@ class SearchProblem:
 
     def metrics(self, bits: np.ndarray) -> dict[str, float]:
         """Search-val metrics of ``bits`` (L, 2), evaluated once per policy."""
+        bits = self.canonical(bits)
         key = policy_key(bits)
         if key not in self.cache:
             start = time.perf_counter()
@@ -108,11 +126,11 @@ class SearchProblem:
         """The end of an episode: fit ``chosen`` (L, 2) to the budgets, evaluate it (cached by policy), and
         reward it. Returns the episode's record: bits, chosen, metrics, totals, reward, penalty, feasible,
         cached, skipped (a NaN evaluation)."""
-        bits = chosen
+        bits = chosen = self.canonical(chosen)
         if self.budget_mode == "project" and self.limits:
             projected = project(chosen, self.proxy, self.mask, self.costs, self.layer_limits())
             if projected is not None:
-                bits = projected
+                bits = self.canonical(projected)
         cached = policy_key(bits) in self.cache
         metrics = self.metrics(bits)
         totals = self.totals(bits)
@@ -142,6 +160,7 @@ def build_problem(search: SearchSettings, pipe: Pipeline, lut: LUT, budgets: Bud
     evaluation on search-val."""
     grids, fixed = pipe.cost.budget_grids()
     n = len(pipe.layers)
+
     return SearchProblem(
         layers=pipe.layers,
         lut_features=np.concatenate([lut.matrix("top1_drop"), lut.matrix("kl")], axis=1),

@@ -13,6 +13,7 @@ import numpy as np
 
 from hysquant_rl.policy import QuantPolicy
 from hysquant_rl.search.budget import Budgets, within
+from hysquant_rl.units import ACTIVATION_KINDS
 
 if TYPE_CHECKING:
     from hysquant_rl.pipeline import Pipeline
@@ -66,6 +67,15 @@ class Recorder:
     best: dict[str, Any] | None = None
     started: float = field(default_factory=time.perf_counter)
 
+    def __post_init__(self) -> None:
+        layers = self.pipe.layers
+        self.weighted = np.array([layer.weighted for layer in layers])  # (L,): units with a weight
+        self.kinds = {  # activation-only kind -> (L,) mask of its units
+            kind: np.array([layer.kind == kind for layer in layers])
+            for kind in ACTIVATION_KINDS
+            if any(layer.kind == kind for layer in layers)
+        }
+
     def record(self, info: dict[str, Any]) -> None:
         """One episode's record (:meth:`SearchProblem.finish`)."""
         episode = len(self.history)
@@ -82,7 +92,7 @@ class Recorder:
             "loss": m["loss"],
             **t,
             "bitops": int(self.pipe.cost.policy_cost(bits).bitops),
-            "mean_w_bits": float(bits[:, 0].mean()),
+            "mean_w_bits": float(bits[self.weighted, 0].mean()),  # over units with a weight
             "mean_a_bits": float(bits[:, 1].mean()),
             "bits": bits.tolist(),
         }
@@ -105,10 +115,15 @@ class Recorder:
         if self.best is not None:
             w.add_scalar("best/reward", self.best["reward"], episode)
             w.add_scalar("best/top1", self.best["top1"], episode)
-        w.add_histogram("policy/w_bits", bits[:, 0], episode)
+        w.add_histogram("policy/w_bits", bits[self.weighted, 0], episode)
         w.add_histogram("policy/a_bits", bits[:, 1], episode)
+        for kind, where in self.kinds.items():  # the transformer's activation-only units, one histogram per kind
+            w.add_histogram(f"policy/a_bits/{kind}", bits[where, 1], episode)
         if improved:
-            rows = "\n".join(f"| {layer.name} | {b[0]} | {b[1]} |" for layer, b in zip(self.pipe.layers, bits))
+            rows = "\n".join(
+                f"| {layer.name} | {b[0] if layer.weighted else '-'} | {b[1]} |"
+                for layer, b in zip(self.pipe.layers, bits)
+            )
             w.add_text(
                 "best/policy",
                 f"episode {episode}, reward {entry['reward']:.4f}\n\n| layer | w | a |\n|---|---|---|\n{rows}",

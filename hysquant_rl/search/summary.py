@@ -74,11 +74,23 @@ def finish(search: SearchSettings, pipe: Pipeline, result: SearchResult, out: Pa
     )
     pipe.qmodel.apply_bits(policy.bits())
     export_quantized(pipe.qmodel, policy, pipe.spec.to_dict(), out)
+    best = np.asarray(result.bits)
+    by_kind = {}
+    for kind in dict.fromkeys(layer.kind for layer in pipe.layers):
+        where = np.array([layer.kind == kind for layer in pipe.layers])
+        weighted = pipe.layers[int(np.argmax(where))].weighted
+        by_kind[kind] = {
+            "units": int(where.sum()),
+            "mean_w_bits": float(best[where, 0].mean()) if weighted else None,
+            "mean_a_bits": float(best[where, 1].mean()),
+        }
     summary = {
         "model": pipe.spec.to_dict(),
         "data": pipe.data.name,
         "device": pipe.cost.device,
         "batch_size": pipe.cost.batch_size,
+        "cost_backend": pipe.cost.backend,
+        "best_policy_by_kind": by_kind,
         "budgets": budgets.to_dict(),
         "rounds": result.rounds,
         "episodes": episodes,
@@ -109,5 +121,16 @@ def summary_markdown(s: dict[str, Any]) -> str:
             f"| {name} | {m['test']['top1']:.2f} | {m['test']['top5']:.2f} | {m['search_val']['top1']:.2f} |"
             f" {c['latency_ms']:.4g} | {c['energy_mj']:.4g} | {c['size_mb']:.4g} | {c['bitops']:.4g} | {holds} |"
         )
-    lines += ["", f"{s['episodes']} episodes, {len(s['rounds'])} hardware round(s), {s['wall_time_s']:.0f} s."]
+    if "best_policy_by_kind" in s:
+        lines += ["", "Best policy by unit kind (mean bits; activation-only units have no weight):", ""]
+        lines += ["| kind | units | w bits | a bits |", "|---|---|---|---|"]
+        for kind, k in s["best_policy_by_kind"].items():
+            w = "-" if k["mean_w_bits"] is None else f"{k['mean_w_bits']:.2f}"
+            lines.append(f"| {kind} | {k['units']} | {w} | {k['mean_a_bits']:.2f} |")
+    backend = s.get("cost_backend", "modelled")
+    lines += [
+        "",
+        f"Latency and energy: {backend} on {s['device']} at batch {s['batch_size']}.",
+        f"{s['episodes']} episodes, {len(s['rounds'])} hardware round(s), {s['wall_time_s']:.0f} s.",
+    ]
     return "\n".join(lines) + "\n"
