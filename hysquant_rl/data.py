@@ -67,6 +67,11 @@ class DataSplits:
     train: Split | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """One image's (C, H, W)."""
+        return (self.in_chans, self.img_size, self.img_size)
+
     def split(self, name: str) -> Split:
         if name not in ("train", "calib", "search_val", "test"):
             raise HySquantError(f"unknown split {name!r}: use calib, search_val or test")

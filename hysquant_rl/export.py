@@ -89,7 +89,8 @@ def _int32(zero: torch.Tensor) -> torch.Tensor:
     return z
 
 
-def _check_ready(qmodel: QuantModel, policy: QuantPolicy) -> None:
+def check_ready(qmodel: QuantModel, policy: QuantPolicy) -> None:
+    """Raise a one-line error unless ``qmodel`` has ``policy``'s units, bits applied and calibrated ranges."""
     if policy.names != qmodel.names:
         raise HySquantError(
             "the policy's layers are not the quantized model's layers: "
@@ -169,7 +170,7 @@ def export_quantized(
     Returns:
         ``{"fakequant": path, "int": path}``.
     """
-    _check_ready(qmodel, policy)
+    check_ready(qmodel, policy)
     header = {
         "version": VERSION,
         "spec": to_json_types(dict(spec), "model spec"),
@@ -249,11 +250,14 @@ def _install(layer: Unit, record: Mapping[str, Any]) -> None:
             t.install_activation(act_range, acts)
         return
     act_range = None if record["a_min"] is None else (record["a_min"], record["a_max"])
-    weights = {record["w_bits"]: layer.weight.detach().clone()} if record["w_int"] is not None else {}
+    weights, codes = {}, {}
+    if record["w_int"] is not None:
+        weights[record["w_bits"]] = layer.weight.detach().clone()
+        codes[record["w_bits"]] = (record["w_int"], record["w_scale"], record["w_zero_point"].float())
     acts = {}
     if record["a_scale"] is not None:
         acts[record["a_bits"]] = (record["a_scale"], record["a_zero_point"].float())
-    layer.install(act_range, weights, acts)
+    layer.install(act_range, weights, acts, codes)
 
 
 def load_quantized(

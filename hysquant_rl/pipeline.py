@@ -98,7 +98,7 @@ def build(run: RunSettings) -> Pipeline:
         p.requires_grad_(False)
     sha = weights_sha256(model)
     q = run.quant
-    layers, matmuls = inventory(model, (data.in_chans, data.img_size, data.img_size), q.scope)
+    layers, matmuls = inventory(model, data.input_shape, q.scope)
     qmodel = QuantModel(
         model,
         [layer.name for layer in layers],

@@ -309,6 +309,7 @@ class RunSettings:
     hardware: DeviceProfile
     lut: LUTSettings
     ray: RaySettings
+    export_onnx: bool = False  # export.onnx: also write model.onnx (a QDQ graph onnxruntime runs)
 
     @classmethod
     def from_mapping(cls, c: Mapping[str, Any]) -> RunSettings:
@@ -324,6 +325,7 @@ class RunSettings:
             hardware=load_profile(c["hardware"]),
             lut=LUTSettings.from_mapping(c["lut"], c["prune"]),
             ray=RaySettings.from_mapping(c["ray"]),
+            export_onnx=_flag(c.get("export", {}).get("onnx", False), "export.onnx"),
         )
 
 

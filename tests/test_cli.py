@@ -12,6 +12,7 @@ import torch
 
 from hysquant_rl.apps.apply import main as apply_main
 from hysquant_rl.export import INT_FILE, load_quantized
+from hysquant_rl.export_onnx import ONNX_FILE, onnx_logits
 from hysquant_rl.models import ModelSpec, build_architecture
 from hysquant_rl.policy import QuantPolicy
 from tests.conftest import Ran, assert_one_error_line
@@ -35,7 +36,7 @@ def assert_clean_error(proc: subprocess.CompletedProcess | Ran, pattern: str) ->
 
 
 def test_apply_writes_policy_and_reloadable_model(tmp_path, digits_pipeline, run_here):
-    proc = run_here(apply_main, "policy=W4A8", tmp_path=tmp_path)
+    proc = run_here(apply_main, "policy=W4A8", "export.onnx=true", tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     policy = QuantPolicy.load(tmp_path / "policy.json")
     assert not missing_keys(tmp_path / "policy.json", "apply_policy")
@@ -51,7 +52,10 @@ def test_apply_writes_policy_and_reloadable_model(tmp_path, digits_pipeline, run
     digits_pipeline.qmodel.apply_bits(policy.bits())
     x = digits_pipeline.data.test.x[:64]
     with torch.inference_mode():
-        assert torch.equal(loaded(x), digits_pipeline.qmodel(x))
+        mine = digits_pipeline.qmodel(x)
+        assert torch.equal(loaded(x), mine)
+    # and the ONNX graph onnxruntime runs gives the same classes
+    assert (onnx_logits(tmp_path / ONNX_FILE, x).argmax(1) == mine.argmax(1)).float().mean() >= 0.98
     assert test["top1"] == pytest.approx(digits_pipeline.evaluator.evaluate(policy.bits(), "test").top1)
 
 

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from hysquant_rl.apps import app, plain, run_dir
 from hysquant_rl.bits import FP32_BITS, parse_uniform
 from hysquant_rl.export import export_quantized
+from hysquant_rl.export_onnx import export_onnx
 from hysquant_rl.pipeline import Pipeline, build
 from hysquant_rl.policy import QuantPolicy, complete, validate
 from hysquant_rl.settings import RunSettings
@@ -58,7 +59,9 @@ def apply_policy(run: RunSettings, spec: str, out: Path) -> QuantPolicy:
     policy.save(out / "policy.json")
     pipe.qmodel.apply_bits(policy.bits())
     paths = export_quantized(pipe.qmodel, policy, pipe.spec.to_dict(), out)
-    log.info("wrote %s, %s and %s", out / "policy.json", paths["fakequant"], paths["int"])
+    if run.export_onnx:
+        paths["onnx"] = export_onnx(pipe.qmodel, policy, pipe.data.input_shape, out)
+    log.info("wrote %s and %s", out / "policy.json", ", ".join(str(p) for p in paths.values()))
     return policy
 
 

@@ -58,7 +58,7 @@ def run_search(run: RunSettings, search: SearchSettings, out: Path, pipe: Any = 
     log_summary(lut)
     write_lut(lut, out)
     result = search_policy(search, pipe, lut, out, make_method)
-    return finish(search, pipe, result, out, start)
+    return finish(search, pipe, result, out, start, export_onnx=run.export_onnx)
 
 
 RECORD = "run_settings.json"  # the resolved settings of a run, in its directory: what resume=true restores

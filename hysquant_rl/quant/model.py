@@ -32,6 +32,7 @@ from torch import nn
 from hysquant_rl.bits import FP32_BITS, check_bits
 from hysquant_rl.layers import recognised_attention
 from hysquant_rl.quant.calibrate import histogram, log2_fake_quantize, mse_range, percentile_range
+from hysquant_rl.quant.onnx_ops import DequantizedWeight, Log2Quantize, QuantizeDequantize
 from hysquant_rl.quant.quantizer import fake_quantize, minmax, qparams, quantize
 from hysquant_rl.settings import CALIBRATORS, GRANULARITIES, SOFTMAX_LEVELS, check_choice
 
@@ -98,9 +99,12 @@ class ActivationQuant:
             self._observe(x)
         if bits == FP32_BITS:
             return x
+        exporting = torch.onnx.is_in_onnx_export()  # the same numbers, written as QDQ nodes (quant/onnx_ops.py)
         if self.levels == "log2":
-            return log2_fake_quantize(x, bits)
+            return Log2Quantize.apply(x, bits) if exporting else log2_fake_quantize(x, bits)
         delta, zero = self.act_qparams(bits)
+        if exporting:
+            return QuantizeDequantize.apply(x, delta, zero, bits, -1 if self.act_per_channel else None)
         return fake_quantize(x, delta, zero, bits)
 
     def install_activation(
@@ -153,7 +157,14 @@ class AttentionUnit(Unit):
         return tx.fake(x, self.a_bits), ty.fake(y, self.a_bits)
 
 
-class QuantMixin(ActivationQuant, Unit):
+class InputUnit(ActivationQuant, Unit):
+    """A module unit whose one quantized activation is its input (the mixin is that tensor's quantizer)."""
+
+    def quantizers(self) -> dict[str, ActivationQuant]:
+        return {"input": self}
+
+
+class QuantMixin(InputUnit):
     """Adds fake quantization of the input activation (:class:`ActivationQuant`) and of the weight (min-max, per
     tensor or per output channel) to a Conv2d/Linear."""
 
@@ -162,9 +173,7 @@ class QuantMixin(ActivationQuant, Unit):
         self.w_bits = self.a_bits = FP32_BITS
         self.per_channel = per_channel
         self._w_cache: dict[int, torch.Tensor] = {}
-
-    def quantizers(self) -> dict[str, ActivationQuant]:
-        return {"input": self}
+        self._codes: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # bits -> codes, Delta, Z
 
     # -- weights ---------------------------------------------------------------------------------------
     def weight_qparams(self, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -174,9 +183,11 @@ class QuantMixin(ActivationQuant, Unit):
         return quantize(w, delta, zero, bits).to(torch.uint8), delta, zero
 
     def quantized_weight(self, bits: int) -> torch.Tensor:
+        """The dequantized weight at ``bits`` (eq. 6 on its codes), cached with the codes, Delta and Z."""
         if bits not in self._w_cache:
             q, delta, zero = self.weight_qparams(bits)
             self._w_cache[bits] = ((q.float() - zero) * delta).to(self.weight.dtype)
+            self._codes[bits] = (q, delta, zero)
         return self._w_cache[bits]
 
     def install(
@@ -184,12 +195,14 @@ class QuantMixin(ActivationQuant, Unit):
         act_range: tuple[torch.Tensor, torch.Tensor] | None,
         weights: dict[int, torch.Tensor],
         act_qparams: dict[int, tuple[torch.Tensor, torch.Tensor]],
+        codes: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None,
     ) -> None:
         """Restore stored quantization (a loaded export): the calibrated input range, dequantized weights
-        and activation (Delta, Z) per bit-width. Re-deriving them from a dequantized weight would not be
-        bit-identical: its min/max moved."""
+        and activation (Delta, Z) per bit-width, and the weight's integer codes with their Delta and Z. Re-deriving
+        them from a dequantized weight would not be bit-identical: its min/max moved."""
         self.install_activation(act_range, act_qparams)
         self._w_cache = dict(weights)
+        self._codes = dict(codes or {})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.fake(x, self.a_bits)
@@ -197,22 +210,23 @@ class QuantMixin(ActivationQuant, Unit):
             return self._base_forward(x)
         # Run the layer's own forward with the cached quantized weight in place of the parameter.
         weight = self._parameters["weight"]
-        self._parameters["weight"] = self.quantized_weight(self.w_bits)
+        quantized = self.quantized_weight(self.w_bits)
+        if torch.onnx.is_in_onnx_export():  # DequantizeLinear of the integer codes in the exported graph
+            codes, delta, zero = self._codes[self.w_bits]
+            quantized = DequantizedWeight.apply(quantized, codes, delta, zero, 0 if self.per_channel else None)
+        self._parameters["weight"] = quantized
         try:
             return self._base_forward(x)
         finally:
             self._parameters["weight"] = weight
 
 
-class QuantLayerNorm(ActivationQuant, Unit):
+class QuantLayerNorm(InputUnit):
     """A LayerNorm whose input (the residual stream) is fake-quantized at ``a_bits``."""
 
     def _init_quant(self, calibrator: str, percentile: float, per_channel: bool) -> None:
         self._init_activation(calibrator, percentile, per_channel)
         self.w_bits = self.a_bits = FP32_BITS
-
-    def quantizers(self) -> dict[str, ActivationQuant]:
-        return {"input": self}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._base_forward(self.fake(x, self.a_bits))

@@ -13,6 +13,7 @@ import numpy as np
 
 from hysquant_rl.bits import FP32_BITS, label, parse_uniform
 from hysquant_rl.export import export_quantized
+from hysquant_rl.export_onnx import export_onnx as write_onnx
 from hysquant_rl.io import atomic_write, save_json
 from hysquant_rl.search.baselines import uniform_candidates
 from hysquant_rl.search.loop import SearchResult
@@ -40,8 +41,11 @@ def best_uniform(problem: SearchProblem, limits: dict[str, float]) -> tuple[str,
     return label(*pair), pair
 
 
-def finish(search: SearchSettings, pipe: Pipeline, result: SearchResult, out: Path, started: float) -> dict[str, Any]:
-    """Test split once; best_policy.json, quantized model, summary.json / summary.md."""
+def finish(
+    search: SearchSettings, pipe: Pipeline, result: SearchResult, out: Path, started: float, export_onnx: bool = False
+) -> dict[str, Any]:
+    """Test split once; best_policy.json, quantized model (and ``model.onnx`` with ``export_onnx``), summary.json /
+    summary.md."""
     n = len(pipe.layers)
     budgets = result.budgets
     rows: dict[str, Any] = {
@@ -74,6 +78,8 @@ def finish(search: SearchSettings, pipe: Pipeline, result: SearchResult, out: Pa
     )
     pipe.qmodel.apply_bits(policy.bits())
     export_quantized(pipe.qmodel, policy, pipe.spec.to_dict(), out)
+    if export_onnx:
+        write_onnx(pipe.qmodel, policy, pipe.data.input_shape, out)
     best = np.asarray(result.bits)
     by_kind = {}
     for kind in dict.fromkeys(layer.kind for layer in pipe.layers):

@@ -1,0 +1,129 @@
+"""ONNX QDQ export, run by onnxruntime's CPU provider: the independent check of what the quantized model computes."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hysquant_rl.errors import HySquantError
+from hysquant_rl.export_onnx import ONNX_FILE, export_onnx, onnx_logits
+from hysquant_rl.layers import inventory
+from hysquant_rl.policy import QuantPolicy
+from hysquant_rl.provenance import weights_sha256
+from hysquant_rl.quant.model import QuantModel
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+CYCLE = [(8, 8), (4, 8), (2, 4), (6, 5), (32, 8), (8, 32), (3, 3), (32, 32)]
+
+
+def _policy(pipe, spec: str):
+    n = len(pipe.layers)
+    bits = {"FP32": [(32, 32)] * n, "W8A8": [(8, 8)] * n, "W4A8": [(4, 8)] * n}.get(spec)
+    return pipe.policy(bits or [CYCLE[i % len(CYCLE)] for i in range(n)], method=spec)
+
+
+def _nodes(path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(path)).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize("spec", ["FP32", "W8A8", "W4A8", "mixed"])
+def test_onnxruntime_runs_the_export_with_the_fake_quant_logits(digits_pipeline, tmp_path, spec):
+    """FP32 within 1e-5 of PyTorch; quantized policies: the same top-1 on the 400 test images (within 0.05 points)
+    and the same argmax on at least 99.9 % of them. The graph holds one QuantizeLinear per quantized activation
+    tensor and one DequantizeLinear more per quantized weight, with uint8 codes inside the 2^b range."""
+    pipe = digits_pipeline
+    policy = _policy(pipe, spec)
+    pipe.qmodel.apply_bits(policy.bits())
+    path = export_onnx(pipe.qmodel, policy, pipe.data.input_shape, tmp_path)
+    assert path == tmp_path / ONNX_FILE and sorted(p.name for p in tmp_path.iterdir()) == [ONNX_FILE]
+    model = onnx.load(str(path))
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(meta["hysquant_policy"]) == policy.to_dict()
+    x, labels = pipe.data.test.x, pipe.data.test.y
+    with torch.inference_mode():
+        ref = pipe.qmodel(x)
+    got = onnx_logits(path, x, batch_size=128)
+    assert got.shape == ref.shape
+    if spec == "FP32":
+        assert (got - ref).abs().max() < 1e-5
+        assert "QuantizeLinear" not in _nodes(path)
+        return
+    bits = policy.bits()
+    tensors = sum(len(u.quantizers()) for u, (_, a) in zip(pipe.qmodel.units, bits) if a != 32)
+    weights = sum(1 for l, (w, _) in zip(pipe.layers, bits) if l.weighted and w != 32)
+    counts = _nodes(path)
+    assert counts["QuantizeLinear"] == tensors and counts["DequantizeLinear"] == tensors + weights
+    codes = [onnx.numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == onnx.TensorProto.UINT8]
+    assert max(int(c.max()) for c in codes if c.size > 1) <= 255
+    agree = (got.argmax(1) == ref.argmax(1)).float().mean().item()
+    top1 = lambda logits: 100.0 * (logits.argmax(1) == labels).float().mean().item()  # noqa: E731
+    assert agree >= 0.999 and abs(top1(got) - top1(ref)) <= 0.05
+    # most images get the same logits to float precision; where they differ, a value that sat on a rounding
+    # boundary went to the other code (onnxruntime's float kernels round differently from PyTorch's by an ulp)
+    per_image = (got - ref).abs().amax(1)
+    assert per_image.median() < 1e-4 and (per_image < 1e-4).float().mean() > 0.5
+
+
+def test_weight_codes_are_the_int_export_codes(digits_pipeline, tmp_path):
+    """Every quantized weight is stored once, as uint8 codes in [0, 2^w - 1]: the model_int.pt codes."""
+    pipe = digits_pipeline
+    policy = _policy(pipe, "mixed")
+    pipe.qmodel.apply_bits(policy.bits())
+    model = onnx.load(str(export_onnx(pipe.qmodel, policy, pipe.data.input_shape, tmp_path)))
+    stored = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    found = 0
+    for unit, layer, (w, _) in zip(pipe.qmodel.units, pipe.layers, policy.bits()):
+        if not layer.weighted or w == 32:
+            continue
+        codes = unit.weight_qparams(w)[0].numpy()
+        match = [a for a in stored.values() if a.dtype == np.uint8 and a.shape == codes.shape and (a == codes).all()]
+        assert match and int(codes.max()) <= 2**w - 1, layer.name
+        found += 1
+    assert found == sum(1 for l, (w, _) in zip(pipe.layers, policy.bits()) if l.weighted and w != 32)
+
+
+def test_log2_softmax_channel_ranges_and_shifted_zero_points(small_model, tmp_path):
+    """The other quantizer settings export too: log2 probabilities (float ops), per-channel LayerNorm-input ranges
+    (per-axis QDQ), and a zero point a uint8 cannot hold (an all-positive input range, Z < 0), which the export
+    shifts by whole steps: onnxruntime still gives the PyTorch logits."""
+    model = copy.deepcopy(small_model).eval()
+    units = inventory(model, (1, 32, 32))[0]
+    qm = QuantModel(model, [u.name for u in units], "channel", softmax="log2", act_granularity="channel")
+    g = torch.Generator().manual_seed(0)
+    calib = torch.rand(32, 1, 32, 32, generator=g) + 0.5  # all-positive images: the stem's Z < 0
+    qm.calibrate([calib])
+    stem = qm.units[0]
+    bits = [(8, 6) if u.weighted else (6, 6) for u in units]
+    assert float(stem.act_qparams(6)[1]) < 0
+    policy = QuantPolicy.from_bits(units, bits, "mobilevit_xxs", weights_sha256(model))
+    qm.apply_bits(policy.bits())
+    path = export_onnx(qm, policy, (1, 32, 32), tmp_path)
+    x = torch.rand(64, 1, 32, 32, generator=g) + 0.5
+    with torch.inference_mode():
+        ref = qm(x)
+    got = onnx_logits(path, x)
+    assert (got.argmax(1) == ref.argmax(1)).float().mean() >= 0.98
+    assert (got - ref).abs().amax(1).median() < 1e-3 * ref.abs().max()
+    counts = _nodes(path)
+    assert counts.get("Pow", 0) >= 9  # one log2 quantizer per attention-pv unit
+
+
+def test_export_refuses_what_it_cannot_write(digits_pipeline, tmp_path):
+    pipe = digits_pipeline
+    policy = _policy(pipe, "W8A8")
+    pipe.qmodel.apply_bits([(4, 4)] * len(pipe.layers))
+    with pytest.raises(HySquantError, match="differ from the policy"):
+        export_onnx(pipe.qmodel, policy, pipe.data.input_shape, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(HySquantError, match="onnxruntime cannot run"):
+        (tmp_path / "junk.onnx").write_bytes(b"not a model")
+        onnx_logits(tmp_path / "junk.onnx", torch.zeros(1, 1, 32, 32))
