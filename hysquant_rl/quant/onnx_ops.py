@@ -29,9 +29,9 @@ from typing import Any
 
 import torch
 
+from hysquant_rl.quant.calibrate import log2_fake_quantize
 from hysquant_rl.quant.quantizer import fake_quantize
 
-UINT8 = 2  # onnx.TensorProto.UINT8
 UINT8_MAX = 255
 
 
@@ -81,8 +81,6 @@ class Log2Quantize(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, bits: int) -> Any:
-        from hysquant_rl.quant.calibrate import log2_fake_quantize
-
         return log2_fake_quantize(x, bits)
 
     @staticmethod
