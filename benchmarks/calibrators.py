@@ -19,9 +19,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-
-from hysquant_rl.apps import CONF_DIR, plain
+from hysquant_rl.apps import compose_config, plain
 from hysquant_rl.bench import throughput
 from hysquant_rl.bits import FP32_BITS, parse_uniform
 from hysquant_rl.io import atomic_write
@@ -47,8 +45,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     overrides = args.overrides or ["data=fashion_mnist"]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        run = RunSettings.from_mapping(plain(compose("search", overrides=overrides)))
+    run = RunSettings.from_mapping(plain(compose_config("search", overrides)))
     rows, units, speed = {}, {}, {}
     start = time.perf_counter()
     for label, change in VARIANTS:

@@ -24,9 +24,8 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
-from hysquant_rl.apps import CONF_DIR, plain
+from hysquant_rl.apps import compose_config, plain
 from hysquant_rl.lut.build import build_lut
 from hysquant_rl.lut.executor import make_executor
 from hysquant_rl.lut.table import LUT
@@ -38,8 +37,7 @@ DEFAULTS = ["data.search_val_size=500", "data.test_size=300"]
 
 def config(overrides: list[str]) -> RunSettings:
     """The settings ``hysquant-lut`` resolves with ``overrides``."""
-    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        return RunSettings.from_mapping(plain(compose("lut", overrides=overrides)))
+    return RunSettings.from_mapping(plain(compose_config("lut", overrides)))
 
 
 def timed_build(run: RunSettings, pipe) -> tuple[float, float, LUT]:

@@ -18,9 +18,8 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
-from hysquant_rl.apps import CONF_DIR, plain
+from hysquant_rl.apps import compose_config, plain
 from hysquant_rl.apps.apply import resolve_policy
 from hysquant_rl.export_onnx import export_onnx, onnx_logits
 from hysquant_rl.io import atomic_write
@@ -36,8 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     overrides = args.overrides or ["data=fashion_mnist"]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        run = RunSettings.from_mapping(plain(compose("apply", overrides=[*overrides, "policy=FP32"])))
+    run = RunSettings.from_mapping(plain(compose_config("apply", [*overrides, "policy=FP32"])))
     pipe = build(run)
     x, y = pipe.data.test.x, pipe.data.test.y
     rows = []

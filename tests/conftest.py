@@ -11,25 +11,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from hysquant_rl.apps import CONF_DIR, plain
+from hysquant_rl.apps import compose_config, plain
 from hysquant_rl.settings import RunSettings, SearchSettings
-
-
-def make_cfg(app: str = "search", overrides: list[str] | None = None):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        return compose(app, overrides=list(overrides or []), return_hydra_config=False)
 
 
 def run_settings(app: str = "search", overrides: list[str] | None = None) -> RunSettings:
     """The :class:`RunSettings` an app resolves from ``conf/<app>.yaml`` with ``overrides``."""
-    return RunSettings.from_mapping(plain(make_cfg(app, overrides)))
+    return RunSettings.from_mapping(plain(compose_config(app, overrides)))
 
 
 def search_settings(overrides: list[str] | None = None) -> SearchSettings:
     """The :class:`SearchSettings` ``hysquant-search`` resolves with ``overrides``."""
-    return SearchSettings.from_mapping(plain(make_cfg("search", overrides)))
+    return SearchSettings.from_mapping(plain(compose_config("search", overrides)))
 
 
 @pytest.fixture(scope="session")

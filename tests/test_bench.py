@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from hysquant_rl.apps import plain
+from hysquant_rl.apps import compose_config, plain
 from hysquant_rl.apps.bench import run_bench
 from hysquant_rl.bench import Goal, goal, mcnemar
 from hysquant_rl.bits import grid_sum
@@ -17,7 +17,6 @@ from hysquant_rl.lut.build import build_lut
 from hysquant_rl.search.allocation import proxy_grid, solve_ilp
 from hysquant_rl.search.budget import span
 from hysquant_rl.settings import RunSettings
-from tests.conftest import make_cfg
 from tests.formats import missing_keys
 
 PLAN = [
@@ -38,7 +37,7 @@ PLAN = [
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    cfg = make_cfg("bench", PLAN)
+    cfg = compose_config("bench", PLAN)
     return cfg, out, run_bench(cfg, out)
 
 
@@ -136,7 +135,7 @@ def test_goal_check():
             "found": 1,
         }
 
-    g = Goal.from_mapping(plain(make_cfg("bench"))["bench"]["goal"])
+    g = Goal.from_mapping(plain(compose_config("bench"))["bench"]["goal"])
     table = [
         row("latency 0.25", "rl", 80.0, 0.4),
         row("latency 0.25", "ilp-kl", 79.4),
@@ -153,4 +152,4 @@ def test_goal_check():
 
 def test_bench_refuses_unknown_method_names(tmp_path):
     with pytest.raises(HySquantError, match="unknown methods"):
-        run_bench(make_cfg("bench", [*PLAN, "bench.goal.reference=ilp"]), tmp_path)
+        run_bench(compose_config("bench", [*PLAN, "bench.goal.reference=ilp"]), tmp_path)

@@ -20,7 +20,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from hysquant_rl.apps import plain
+from hysquant_rl.apps import compose_config, plain
 from hysquant_rl.apps.lut import run_lut
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.lut.build import build_lut, cache_key, cache_path
@@ -30,7 +30,7 @@ from hysquant_rl.lut.replay import PrefixReplay, trunk
 from hysquant_rl.lut.report import write_lut
 from hysquant_rl.lut.table import COLUMNS, LUT
 from hysquant_rl.settings import RunSettings, parse_configs
-from tests.conftest import make_cfg, run_settings
+from tests.conftest import run_settings
 
 CONFIGS = "[[4,8],[8,4]]"  # one test configuration per operand: W4 (at A8) and A4 (at W8)
 FP = (32, 32)
@@ -100,7 +100,7 @@ def test_bad_settings_fail_before_any_work(tmp_path):
         ("prune.max_kl=-1", "prune.max_kl"),
         ("lut.workers=0", "lut.workers"),
     ):
-        cfg = make_cfg("lut", [f"lut.cache_dir={tmp_path}", override])
+        cfg = compose_config("lut", [f"lut.cache_dir={tmp_path}", override])
         start = time.perf_counter()
         with pytest.raises(HySquantError, match=re.escape(message)):
             run_lut(RunSettings.from_mapping(plain(cfg)), tmp_path)
@@ -109,7 +109,7 @@ def test_bad_settings_fail_before_any_work(tmp_path):
 
 
 def test_unknown_hardware_profile_fails_before_the_pipeline(tmp_path):
-    cfg = make_cfg("lut", [f"lut.cache_dir={tmp_path}"])
+    cfg = compose_config("lut", [f"lut.cache_dir={tmp_path}"])
     cfg.hardware = OmegaConf.create({"name": "nope"})
     with pytest.raises(HySquantError, match="unknown hardware profile 'nope'"):
         run_lut(RunSettings.from_mapping(plain(cfg)), tmp_path)

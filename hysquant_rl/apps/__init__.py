@@ -6,10 +6,11 @@
     hysquant-apply    apps/apply.py   evaluate a policy on the test split and write the quantized model
     hysquant-bench    apps/bench.py   every search method under the same budgets, figures and plots
 
-This is the only layer that sees a Hydra config: each app resolves it once (:func:`settings_of`) into the typed
-settings of :mod:`hysquant_rl.settings` and passes those down. A :class:`HySquantError` ends a run with one
-``error: ...`` line on stderr and exit status 2. In a sweep (``-m``) a failing job prints its line and the sweep
-goes on; the sweep's exit status is the number of jobs that failed.
+This is the only layer that sees a Hydra config: each app resolves it once (:func:`plain`, then the settings'
+``from_mapping``) into the typed settings of :mod:`hysquant_rl.settings` and passes those down;
+:func:`compose_config` gives scripts and tests the same config outside an app. A :class:`HySquantError` ends a
+run with one ``error: ...`` line on stderr and exit status 2. In a sweep (``-m``) a failing job prints its line and
+the sweep goes on; the sweep's exit status is the number of jobs that failed.
 """
 
 from __future__ import annotations
@@ -36,6 +37,15 @@ def run_dir() -> Path:
     from hydra.core.hydra_config import HydraConfig
 
     return Path(HydraConfig.get().runtime.output_dir)
+
+
+def compose_config(app: str, overrides: list[str] | None = None) -> DictConfig:
+    """The config ``conf/<app>.yaml`` with command-line style ``overrides``, as the app composes it (for scripts
+    and tests that call the library outside an app)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        return compose(app, overrides=list(overrides or []))
 
 
 def plain(cfg: DictConfig) -> dict[str, Any]:
