@@ -33,9 +33,9 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from hysquant_rl.bits import GRID, MAX_BITS, grid_at, to_index, uniform_slice
+from hysquant_rl.bits import GRID, MAX_BITS, to_index, uniform_slice
 from hysquant_rl.bits import to_bits as index_to_bits
-from hysquant_rl.search.allocation import cheapest
+from hysquant_rl.search.allocation import lowest_costs
 from hysquant_rl.search.problem import BUDGETS, SearchProblem
 from hysquant_rl.units import KINDS
 
@@ -84,7 +84,7 @@ class HySquantEnv(gym.Env):
                 share,
             ]
         ).astype(np.float32)
-        self._min_cost = {k: grid_at(p.costs[k], cheapest(p.mask)) for k in BUDGETS}
+        self._min_cost = {k: lowest_costs(p.costs[k], p.mask) for k in BUDGETS}
         top = GRID - 1
         self._w_range = index_to_bits(
             np.stack([np.argmax(p.mask.any(2), 1), top - np.argmax(p.mask.any(2)[:, ::-1], 1)], 1)

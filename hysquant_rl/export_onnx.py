@@ -100,8 +100,9 @@ def _constants_to_initializers(proto) -> None:
     proto.graph.node.extend(keep)
 
 
-def onnx_session(path: str | os.PathLike, threads: int = 1):
-    """An onnxruntime CPU session of ``path`` on ``threads`` intra-op threads (all graph optimisations on)."""
+def onnx_session(path: str | os.PathLike | bytes, threads: int = 1):
+    """An onnxruntime CPU session of ``path`` (or a serialised model) on ``threads`` intra-op threads (all graph
+    optimisations on)."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -111,10 +112,12 @@ def onnx_session(path: str | os.PathLike, threads: int = 1):
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        model = path if isinstance(path, bytes) else str(path)
+        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types for a graph it cannot run
+        where = "the in-memory model" if isinstance(path, bytes) else path
         raise HySquantError(
-            f"onnxruntime cannot run {path} ({type(e).__name__}: {str(e).splitlines()[0]}): re-export it with this"
+            f"onnxruntime cannot run {where} ({type(e).__name__}: {str(e).splitlines()[0]}): re-export it with this"
             " version, or report the policy that produced it"
         ) from None
 

@@ -22,7 +22,7 @@ from timm.layers.attention import Attention
 from torch import nn
 
 from hysquant_rl.settings import SCOPES
-from hysquant_rl.units import AttentionMatmul, LayerInfo
+from hysquant_rl.units import AttentionMatmul, LayerInfo, OtherOps
 
 log = logging.getLogger(__name__)
 
@@ -245,3 +245,46 @@ def _attention_unit(index: int, name: str, own: str, m: nn.Module, shape: tuple[
         heads=heads,
         sequences=seq,
     )
+
+
+# Calls that launch no kernel of their own on a deployed model: shape queries, eval-mode dropout, assertions, and
+# BatchNorm (folded into the preceding convolution by every deployment runtime).
+_FREE_CALLS = frozenset(
+    "__get__ _assert size dim dropout batch_norm zeros __getitem__ __len__ __iter__ __bool__ __format__".split()
+)
+# Views and layout changes: free on a GPU runtime, nodes of their own on onnxruntime (with their shape arithmetic).
+_VIEW_CALLS = frozenset(
+    "view reshape flatten transpose permute unbind unsqueeze squeeze split chunk contiguous expand".split()
+)
+# Calls that the cost model prices as units or as fixed attention matmuls; layer_norm only under scope=hybrid.
+_PRICED_CALLS = frozenset("conv2d linear scaled_dot_product_attention matmul __matmul__ softmax bmm".split())
+
+
+def other_ops(model: nn.Module, shape: tuple[int, ...], scope: str = "hybrid") -> OtherOps:
+    """What one forward pass of ``model`` on a (1, *shape) input runs beyond what the cost model prices as units or
+    attention matmuls: kernels (activations, residual adds, concatenations, pooling, and LayerNorm under
+    ``scope="linear"``) and views (reshapes, transposes). Counted with a :class:`torch.overrides.TorchFunctionMode`
+    over one forward pass; shape queries, eval dropout and BatchNorm (which deployments fold into the convolution)
+    are not counted. Each kernel costs the device profile's ``kernel_overhead_s``, each view its
+    ``view_overhead_s``."""
+    from collections import Counter
+
+    from torch.overrides import TorchFunctionMode
+
+    class _Count(TorchFunctionMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: Counter[str] = Counter()
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.calls[getattr(func, "__name__", "")] += 1
+            return func(*args, **(kwargs or {}))
+
+    priced = _PRICED_CALLS | ({"layer_norm"} if scope == "hybrid" else set())
+    param = next(model.parameters(), None)
+    x = torch.zeros((1, *shape), dtype=param.dtype if param is not None else torch.float32)
+    with torch.no_grad(), _Count() as count:
+        model(x)
+    views = sum(n for call, n in count.calls.items() if call in _VIEW_CALLS)
+    kernels = sum(n for call, n in count.calls.items() if call not in _FREE_CALLS | _VIEW_CALLS | priced)
+    return OtherOps(kernels=kernels, views=views)

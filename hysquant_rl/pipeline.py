@@ -16,7 +16,7 @@ from hysquant_rl.data import DataSplits, load_data
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.evaluate import Evaluator
 from hysquant_rl.hardware import CostModel
-from hysquant_rl.layers import inventory
+from hysquant_rl.layers import inventory, other_ops
 from hysquant_rl.models import ModelSpec, check_model_name, create_model
 from hysquant_rl.policy import QuantPolicy
 from hysquant_rl.provenance import weights_sha256
@@ -99,6 +99,7 @@ def build(run: RunSettings) -> Pipeline:
     sha = weights_sha256(model)
     q = run.quant
     layers, matmuls = inventory(model, data.input_shape, q.scope)
+    other = other_ops(model, data.input_shape, q.scope)  # before the quantizer swaps classes
     qmodel = QuantModel(
         model,
         [layer.name for layer in layers],
@@ -124,5 +125,5 @@ def build(run: RunSettings) -> Pipeline:
         time.perf_counter() - start,
     )
     evaluator = Evaluator(qmodel, data, run.eval.batch_size)
-    cost = CostModel(layers, matmuls, run.hardware)
+    cost = CostModel(layers, matmuls, run.hardware, other=other)
     return Pipeline(spec, model, data, layers, matmuls, qmodel, evaluator, cost, sha)

@@ -108,3 +108,13 @@ class AttentionMatmul:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class OtherOps:
+    """What a model runs per inference besides its units and attention matmuls (:func:`hysquant_rl.layers.other_ops`):
+    ``kernels`` (activations, residual adds, ...) and ``views`` (reshapes, transposes). The cost model charges each
+    a fixed overhead only (``kernel_overhead_s``, ``view_overhead_s`` of the device profile)."""
+
+    kernels: int = 0
+    views: int = 0

@@ -129,7 +129,7 @@ def test_conv_priced_by_hand_on_rtx3080(tiny):
     # bytes = weights 216 * 1 + bias 8 * 4 + input 48 * 1 + output 128 * 1 (consumer quantizes) = 424
     assert c.bytes_moved == 424
     assert c.memory_s == pytest.approx(424 / 760e9)
-    assert c.latency_s == pytest.approx(424 / 760e9) and c.bound == "memory"
+    assert c.latency_s == pytest.approx(424 / 760e9 + 4e-6) and c.bound == "memory"  # + one kernel's 4 us
     # energy = (320 - 80) W / 238e12 op/s * 6912 op + 80 W * 424 B / 760e9 B/s
     assert c.energy_j == pytest.approx(240 / 238e12 * 6912 + 80 * 424 / 760e9)
     assert c.energy_j == pytest.approx(5.1602e-8, rel=1e-4)
@@ -148,7 +148,7 @@ def test_linear_priced_by_hand_on_rtx3080(tiny):
     assert c.compute_s == pytest.approx(2560 / 476e12)
     # bytes = weights 1280 * 0.5 + bias 10 * 4 + input 128 * 0.5 + fp16 logits 10 * 2 = 764
     assert c.bytes_moved == 764
-    assert c.latency_s == pytest.approx(764 / 760e9)
+    assert c.latency_s == pytest.approx(764 / 760e9 + 4e-6)  # + one kernel's 4 us
     assert c.energy_j == pytest.approx(240 / 476e12 * 2560 + 80 * 764 / 760e9)
     assert c.size_bytes == 640 + 40 and c.bitops == 1280 * 4 * 4
     # at batch 64: weights once, activations 64 times: 680 + 64 * (64 + 20) = 6056 bytes, ops 64x
@@ -164,10 +164,10 @@ def test_linear_priced_by_hand_on_rtx3080(tiny):
 def test_policy_prices_each_output_at_what_its_consumer_reads(tiny):
     cm = CostModel(*tiny, load_profile("rtx3080"))
     quantized = cm.policy_cost([(8, 8), (4, 4)])
-    assert quantized.latency_s == pytest.approx(424 / 760e9 + 764 / 760e9)
+    assert quantized.latency_s == pytest.approx(424 / 760e9 + 764 / 760e9 + 2 * 4e-6)  # two kernels
     assert quantized.fixed_latency_s == 0.0  # no attention in this model
     unquantized_consumer = cm.policy_cost([(8, 8), (4, 32)])
-    assert unquantized_consumer.layer_latency_s[0] == pytest.approx((424 + 128) / 760e9)
+    assert unquantized_consumer.layer_latency_s[0] == pytest.approx((424 + 128) / 760e9 + 4e-6)
 
 
 # -- whole-model properties --------------------------------------------------------------------------------
@@ -251,7 +251,7 @@ def test_uniform_policy_equals_sum_of_config_costs_plus_fixed(xxs, name, batch):
 
 
 def test_batch_1_is_memory_bound_and_batch_64_makes_compute_precision_matter(xxs):
-    rtx = load_profile("rtx3080")
+    rtx = dataclasses.replace(load_profile("rtx3080"), kernel_overhead_s=0.0)  # the roofline alone
     int8_peaks = {k: v for k, v in rtx.peak_ops.items() if k != "int4"}
     no_int4 = dataclasses.replace(rtx, name="rtx3080-no-int4", peak_ops=int8_peaks)  # W4A4 computes as int8
     # batch 1: every layer is memory-bound and weights are most of the bytes moved
@@ -360,3 +360,109 @@ def test_measured_backend_times_real_kernels(xxs):
     modelled = CostModel(*xxs, profile, batch_size=4).uniform_cost(4, 4)
     assert cm.uniform_cost(4, 4).size_bytes == modelled.size_bytes
     assert cm.uniform_cost(4, 4).deployable == modelled.deployable is False
+
+
+# -- per-kernel overhead, Q/DQ boundaries, the cpu profile --------------------------------------------------
+
+
+def _with(profile_name: str, **fields):
+    return load_profile({**load_profile(profile_name).to_dict(), **fields})
+
+
+def test_kernel_overhead_is_added_per_kernel_by_hand(tiny):
+    """Conv + Linear, no attention: each unit is one kernel; other kernels and views of the model are fixed."""
+    from hysquant_rl.units import OtherOps
+
+    plain = CostModel(*tiny, _with("rtx3080", kernel_overhead_s=0.0))
+    other = OtherOps(kernels=3, views=5)
+    o = CostModel(*tiny, _with("rtx3080", kernel_overhead_s=1e-3, view_overhead_s=1e-4), other=other)
+    for policy in ([(8, 8), (4, 4)], [(32, 32), (32, 32)], [(2, 6), (8, 32)]):
+        extra = o.policy_cost(policy).latency_s - plain.policy_cost(policy).latency_s
+        assert extra == pytest.approx(2 * 1e-3 + 3 * 1e-3 + 5 * 1e-4)  # 2 units + 3 other kernels + 5 views
+    assert o.fixed_latency_s == pytest.approx(3e-3 + 5e-4) and plain.fixed_latency_s == 0
+    assert o.policy_cost([(8, 8), (4, 4)]).energy_j == plain.policy_cost([(8, 8), (4, 4)]).energy_j  # time only
+
+
+def test_qdq_boundary_priced_by_hand(tiny):
+    """A QDQ runtime (qdq_kernels 2, float32 compute): the conv's quantized 48-element input costs a Q and a DQ
+    kernel, each moving it once in fp32 and once at a bits, at least 48 / rate seconds each; below 8 bits one more
+    kernel clips the codes; a quantized conv weight outside integer_ops is dequantized on each run."""
+    base = dict(float_precision="fp32", kernel_overhead_s=0.0, integer_ops=["conv2d", "linear", "matmul"])
+    bw = load_profile("rtx3080").memory_bandwidth
+    plain = CostModel(*tiny, _with("rtx3080", **base))
+    qdq = CostModel(*tiny, _with("rtx3080", **{**base, "qdq_kernels": 2, "kernel_overhead_s": 1e-6}))
+    d8 = qdq.layer_cost(0, 8, 8, True).latency_s - plain.layer_cost(0, 8, 8, True).latency_s
+    assert d8 == pytest.approx(2 * 48 * (32 + 8) / 8 / bw + 3 * 1e-6)  # the conv's own kernel, Q and DQ
+    d4 = qdq.layer_cost(0, 8, 4, True).latency_s - plain.layer_cost(0, 8, 4, True).latency_s
+    assert d4 == pytest.approx(3 * 48 * (32 + 4) / 8 / bw + 4 * 1e-6)  # and the Clip
+    slow = CostModel(*tiny, _with("rtx3080", **base, qdq_kernels=2, qdq_elements_per_s=1e6))
+    d_slow = slow.layer_cost(0, 8, 8, True).latency_s - plain.layer_cost(0, 8, 8, True).latency_s
+    assert d_slow == pytest.approx(2 * 48 / 1e6)  # element-bound: 96 conversions at 1e6 per second
+    assert qdq.layer_cost(0, 32, 32, True).latency_s == pytest.approx(
+        plain.layer_cost(0, 32, 32, True).latency_s + 1e-6
+    )
+    # conv outside integer_ops: float compute at dequantized_weight_speed, its weight dequantized by a kernel
+    cpu_like = {**base, "integer_ops": ["linear", "matmul"], "qdq_kernels": 2, "dequantized_weight_speed": 0.25}
+    f = CostModel(*tiny, _with("rtx3080", **cpu_like))
+    c = f.layer_cost(0, 8, 8, True)
+    assert c.precision == "fp32" and not c.deployable and f.kernels[0, CHOICES.index(8), CHOICES.index(8)] == 4
+    assert c.compute_s == pytest.approx(6912 / load_profile("rtx3080").peak("fp32") / 0.25)
+    assert f.layer_cost(0, 32, 32, True).deployable and f.layer_cost(1, 8, 8, True).deployable
+
+
+def test_rtx3080_batch1_latency_is_at_least_the_launch_floor(xxs_model):
+    """mobilevit_xxs (256 px): at least one launch per unit and per other kernel of the model (counted by an
+    independent walk: one per Conv2d/Linear module call, three per attention, one per LayerNorm, one per
+    activation module and per residual block), where the plain roofline said 1.6 us."""
+    from hysquant_rl.layers import other_ops
+
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("mobilevit_xxs").eval()
+    layers, matmuls = inventory(model, (3, 256, 256))
+    other = other_ops(model, (3, 256, 256))
+    modules = list(model.modules())
+    convs = sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in modules)
+    attention = sum(type(m).__name__ == "Attention" for m in modules)
+    norms = sum(isinstance(m, nn.LayerNorm) for m in modules)
+    acts = sum(isinstance(m, (nn.SiLU,)) for m in modules)
+    floor = 4e-6 * (convs + 2 * attention + norms + acts)  # qk, softmax + pv: 2 more per attention
+    cm = CostModel(layers, matmuls, load_profile("rtx3080"), 1, other)
+    w8a8 = cm.uniform_cost(8, 8).latency_s
+    assert w8a8 >= floor > 5e-4
+    assert CostModel(layers, matmuls, _with("rtx3080", kernel_overhead_s=0.0), 1).uniform_cost(8, 8).latency_s < 1e-4
+
+
+def test_other_ops_counts_kernels_and_views_by_hand():
+    from hysquant_rl.layers import other_ops
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.act = nn.Conv2d(2, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU()
+            self.fc = nn.Linear(2 * 4 * 4, 3)
+
+        def forward(self, x):
+            y = self.act(self.bn(self.conv(x))) + x  # conv priced, BN folded, ReLU and + are kernels
+            return self.fc(y.flatten(1).transpose(0, 1).transpose(0, 1))  # 3 views, Linear priced
+
+    ops = other_ops(Block().eval(), (2, 4, 4))
+    assert (ops.kernels, ops.views) == (2, 3)
+
+
+def test_cpu_profile_and_bad_new_fields():
+    cpu = load_profile("cpu")
+    assert cpu.float_precision == "fp32" and cpu.qdq_kernels == 2 and "conv2d" not in cpu.integer_ops
+    assert cpu.timing.repeats >= 30 and cpu.kernel_overhead_s > 0 and 0 < cpu.compute_efficiency <= 1
+    for field, value, message in (
+        ("kernel_overhead_s", -1, "kernel_overhead_s must be a number of seconds >= 0"),
+        ("qdq_kernels", 1.5, "qdq_kernels must be an integer >= 0"),
+        ("integer_ops", ["conv3d"], "integer_ops .* must list some of conv2d, linear, matmul"),
+        ("dequantized_weight_speed", 0, r"dequantized_weight_speed must be in \(0, 1\]"),
+        ("timing", {"repeats": 10}, "timing.repeats is 10; a median needs at least 30 runs"),
+        ("timing", {"max_cv": -1}, "timing.max_cv must be a positive number"),
+        ("timing", {"runs": 5}, "unknown timing field"),
+        ("backend", "tensorrt", "backend 'tensorrt' is not one of modelled, measured, onnxruntime"),
+    ):
+        with pytest.raises(HySquantError, match=message):
+            load_profile({"name": "cpu", field: value})

@@ -74,7 +74,7 @@ def test_resume_refuses_another_value_and_a_run_that_is_not_there(tmp_path, digi
     assert_one_error_line(run_here(main, "resume=true", tmp_path=tmp_path / "empty"), r"holds no interrupted run")
     # the record no longer matches the checkpoint (as when the cached model or LUT changed under it)
     record = json.loads((run / "run_settings.json").read_text())
-    record["budget"]["latency_ratio"] = 0.7
+    record["budget"]["energy_ratio"] = 0.7
     (run / "run_settings.json").write_text(json.dumps(record))
     assert_one_error_line(run_here(main, "resume=true", tmp_path=run), r"was made with other budgets than this run")
     assert (run / "best_policy.json").read_bytes() == before

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import numpy as np
 import pytest
@@ -127,3 +128,109 @@ def test_export_refuses_what_it_cannot_write(digits_pipeline, tmp_path):
     with pytest.raises(HySquantError, match="onnxruntime cannot run"):
         (tmp_path / "junk.onnx").write_bytes(b"not a model")
         onnx_logits(tmp_path / "junk.onnx", torch.zeros(1, 1, 32, 32))
+
+
+# -- hardware.backend=onnxruntime: the exported graph timed --------------------------------------------------
+
+
+def _check(pipe, **timing):
+    from hysquant_rl.hardware.onnx_backend import OnnxRuntimeCheck
+    from hysquant_rl.hardware.profile import Timing
+
+    return OnnxRuntimeCheck(pipe.qmodel, pipe.policy, pipe.data.input_shape, pipe.cost, Timing(**timing))
+
+
+def test_onnxruntime_backend_times_the_exported_graph(digits_pipeline, tmp_path):
+    """The median of 30 timed runs of the policy's exported graph, cached by policy; the cost it returns is the
+    roofline's with that latency. Checked against an independent timing of the same file run by onnxruntime."""
+    import statistics
+    import time
+
+    from hysquant_rl.export_onnx import onnx_session
+
+    pipe = digits_pipeline
+    bits = np.array([(8, 8)] * len(pipe.layers))
+    check = _check(pipe, threads=1, warmup=3, repeats=30, max_cv=10.0)
+    m = check.measure(bits)
+    assert m.runs == 30 and m.threads == 1 and m.batch_size == pipe.cost.batch_size and m.latency_s > 0 and m.cv > 0
+    assert check.measure(bits) is m and len(check.measurements) == 1  # cached: not timed twice
+    cost, modelled = check.policy_cost(bits), pipe.cost.policy_cost(bits)
+    assert cost.backend == "onnxruntime" and cost.latency_s == m.latency_s and "onnxruntime" in cost.device
+    assert cost.energy_j == modelled.energy_j and cost.size_bytes == modelled.size_bytes
+    policy = pipe.policy(bits)
+    pipe.qmodel.apply_bits(policy.bits())
+    session = onnx_session(export_onnx(pipe.qmodel, policy, pipe.data.input_shape, tmp_path), 1)
+    x = np.random.default_rng(1).standard_normal((1, *pipe.data.input_shape)).astype(np.float32)
+    for _ in range(3):
+        session.run(None, {"images": x})
+    times = []
+    for _ in range(30):
+        start = time.perf_counter()
+        session.run(None, {"images": x})
+        times.append(time.perf_counter() - start)
+    assert statistics.median(times) / 3 < m.latency_s < 3 * statistics.median(times)
+    fp32 = check.measure(np.array([(32, 32)] * len(pipe.layers)))  # a different graph: another entry
+    assert len(check.measurements) == 2 and fp32 is not m
+
+
+def test_onnxruntime_backend_refuses_an_unsteady_timing(digits_pipeline):
+    with pytest.raises(
+        HySquantError, match=r"onnxruntime timing too unsteady: CV \d\.\d+ > hardware.timing.max_cv 1e-09"
+    ):
+        _check(digits_pipeline, repeats=30, warmup=1, max_cv=1e-9).measure([(8, 8)] * len(digits_pipeline.layers))
+
+
+def test_onnxruntime_backend_without_onnxruntime(monkeypatch, tmp_path, run_here):
+    """A missing onnxruntime is one error line naming the fix, before any search work, and nothing is written."""
+    import sys
+
+    from hysquant_rl.apps.search import main as search_main
+    from tests.conftest import assert_one_error_line
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed: `import onnxruntime` fails
+    proc = run_here(search_main, "hardware=cpu", "hardware.backend=onnxruntime", tmp_path=tmp_path)
+    assert_one_error_line(proc, r"hardware.backend=onnxruntime needs onnxruntime: pip install onnx onnxruntime")
+    assert not (tmp_path / "best_policy.json").exists() and not (tmp_path / "summary.md").exists()
+
+
+def test_search_checked_on_onnxruntime(tmp_path, digits_pipeline):
+    """The hardware-feedback loop on the cpu profile measures its policy with onnxruntime; the summary puts measured
+    FP32, the references and the found policy side by side with the measured speed-up over FP32."""
+    from dataclasses import replace
+
+    from hysquant_rl.apps.search import run_search
+    from hysquant_rl.hardware import CostModel
+    from tests.conftest import run_settings, search_settings
+
+    overrides = [
+        "hardware=cpu",
+        "hardware.backend=onnxruntime",
+        "budget.energy_ratio=0.95",
+        "hardware.timing.max_cv=10",
+    ]
+    run = run_settings("search", overrides)
+    base = digits_pipeline
+    pipe = replace(base, cost=CostModel(base.layers, base.matmuls, run.hardware, other=base.cost.other))
+    search = search_settings([*overrides, "search.method=ilp", "search.reference=[W8A8]"])
+    summary = run_search(run, search, tmp_path, pipe)
+    rounds = summary["rounds"]
+    assert rounds and all(r["backend"] == "onnxruntime" and r["timing"]["runs"] == 30 for r in rounds)
+    table = summary["policies"]
+    assert {"FP32", "W8A8", "best policy"} <= set(table)
+    for name in ("FP32", "W8A8", "best policy"):
+        assert table[name]["measured"]["latency_s"] > 0 and table[name]["measured"]["runs"] == 30
+    speedup = table["FP32"]["measured"]["latency_s"] / table["best policy"]["measured"]["latency_s"]
+    assert summary["measured_speedup_over_fp32"] == pytest.approx(speedup)
+    text = (tmp_path / "summary.md").read_text()
+    assert "Latency measured by onnxruntime" in text and "Measured speed-up of the best policy over FP32" in text
+
+
+def test_apply_on_onnxruntime_says_how_fast_the_policy_runs(tmp_path, run_here):
+    from hysquant_rl.apps.apply import main as apply_main
+
+    proc = run_here(apply_main, "policy=W8A8", "hardware=cpu", "hardware.backend=onnxruntime", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = next(x for x in (proc.stdout + proc.stderr).splitlines() if "measured on cpu (onnxruntime" in x)
+    fp32, policy, speed = (float(v) for v in re.search(r"FP32 (\S+) ms, policy (\S+) ms: (\S+)x", line).groups())
+    assert fp32 > 0 and policy > 0 and speed == pytest.approx(fp32 / policy, rel=2e-3)
+    assert "modelled: cpu, batch 1" in proc.stdout + proc.stderr  # the modelled lines say so

@@ -12,6 +12,7 @@ from hysquant_rl.apps import app, plain, run_dir
 from hysquant_rl.bits import FP32_BITS, parse_uniform
 from hysquant_rl.export import export_quantized
 from hysquant_rl.export_onnx import export_onnx
+from hysquant_rl.hardware import make_check
 from hysquant_rl.pipeline import Pipeline, build
 from hysquant_rl.policy import QuantPolicy, complete, validate
 from hysquant_rl.settings import RunSettings
@@ -40,7 +41,8 @@ def format_metrics(label: str, metrics: dict[str, Any]) -> str:
     c = metrics["cost"]
     parts.append(
         f"latency {c['latency_ms']:.4g} ms  energy {c['energy_mj']:.4g} mJ  size {c['size_mb']:.4g} MB"
-        f"  ({c['device']}, batch {c['batch_size']}{', deployable' if c['deployable'] else ', simulation-only'})"
+        f"  ({c['backend']}: {c['device']}, batch {c['batch_size']}"
+        f"{', deployable' if c['deployable'] else ', simulation-only'})"
     )
     return " | ".join(parts)
 
@@ -61,6 +63,18 @@ def apply_policy(run: RunSettings, spec: str, out: Path) -> QuantPolicy:
     paths = export_quantized(pipe.qmodel, policy, pipe.spec.to_dict(), out)
     if run.export_onnx:
         paths["onnx"] = export_onnx(pipe.qmodel, policy, pipe.data.input_shape, out)
+    check = make_check(pipe)
+    if hasattr(check, "measure"):  # hardware.backend=onnxruntime: is it really faster?
+        fp32 = [(FP32_BITS, FP32_BITS)] * len(pipe.layers)
+        fp32_ms, policy_ms = (1e3 * check.measure(b).latency_s for b in (fp32, policy.bits()))
+        log.info(
+            "measured on %s at batch %d: FP32 %.4g ms, policy %.4g ms: %.3gx the speed of FP32",
+            check.device,
+            check.batch_size,
+            fp32_ms,
+            policy_ms,
+            fp32_ms / policy_ms,
+        )
     log.info("wrote %s and %s", out / "policy.json", ", ".join(str(p) for p in paths.values()))
     return policy
 

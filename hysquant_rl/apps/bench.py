@@ -111,7 +111,7 @@ def run_bench(cfg: DictConfig, out: Path) -> dict[str, Any]:
         rcfg = with_overrides(cfg, [f"hardware.batch_size={int(batch)}"])
         regime = RunSettings.from_mapping(plain(rcfg))
         # the same model, calibration and FP32 logits, priced at this batch size
-        pipe = replace(base, cost=CostModel(base.layers, base.matmuls, regime.hardware))
+        pipe = replace(base, cost=CostModel(base.layers, base.matmuls, regime.hardware, other=base.cost.other))
         lut = build_lut(regime, pipe)  # its rows carry this regime's costs: one cached table per batch size
         result["speed"]["lut_build_s"][str(batch)] = lut_build_seconds(lut)
         low, w8a8 = span(pipe.cost, lut.mask())

@@ -11,7 +11,21 @@ Per layer ``l`` at weight bits ``w`` and input-activation bits ``a``, with ``B``
   move once per batch, activations once per image; bias stays 32-bit; ``o`` is what the consumer (the next
   layer in forward order) reads: 1 byte (int8) when it quantizes its input activation, else 2 bytes (fp16);
   the last layer's output is fp16 logits.
-* ``latency = max(ops / peak(prec), bytes / bandwidth)`` [s] (roofline; no kernel-launch overhead)
+* ``latency = max(ops / peak(prec), bytes / bandwidth) + serial + kernels * kernel_overhead_s`` [s]: the
+  roofline, plus the memory time of the kernels that run on their own (``serial``: the softmax, the Q/DQ
+  boundary), plus the profile's fixed cost per kernel (launch and framework overhead). A unit runs 1 kernel
+  (``attention-pv`` 2: softmax and matmul), plus ``qdq_kernels`` when its input is quantized (and, on such a
+  runtime, one more below 8 bits: the export clips the codes in their uint8 container), plus 1 where a
+  runtime dequantizes its weight on each run: a quantized weight of a unit that computes in float (an op outside
+  ``integer_ops``, or float activations) on a QDQ runtime (``qdq_kernels > 0``); such a unit computes at
+  ``dequantized_weight_speed`` x the float peak. The Q/DQ boundary moves ``qdq_kernels * B * in_l * (f + t(a)) /
+  8`` bytes (``f``: the float precision's width): each of its kernels reads or writes the tensor once in float and
+  once at ``a`` bits, and takes at least ``in_l * B / qdq_elements_per_s`` per kernel where the profile gives that
+  rate (a CPU converts fewer elements per second than its bandwidth moves).
+* compute runs at ``compute_efficiency`` x the peak (1 on the GPU profiles: the plain roofline; fitted on ``cpu``,
+  whose small depthwise and 3x3 convolutions reach a fraction of the large-matmul peak).
+* an op outside the profile's ``integer_ops`` computes at ``float_precision`` whatever its bits (simulation-only
+  unless FP32).
 * energy, paper eqs. 9-11 with the units made explicit:
   ``p_f = (max_power - memory_power) / peak(prec)`` [W / (op/s) = J/op], and
   ``energy = p_f * ops + memory_power * bytes / bandwidth`` [J] (compute at peak, plus memory power over
@@ -34,7 +48,10 @@ formulas with no weight and their pair read as ``(a, a)`` (``w`` changes nothing
 
 Latency and energy are per inference of one batch of ``batch_size`` images. Attention matmuls that are not units
 (``quant.scope=linear``, or an attention module the inventory does not recognise) are priced once at the float
-precision, with q/k/v/scores/probabilities moving in fp16, and added to every policy as the ``fixed`` part.
+precision, with q/k/v/scores/probabilities moving in fp16 (3 kernels), and added to every policy as the ``fixed``
+part, with ``kernel_overhead_s`` for each of the model's kernels that are not units (activations, residual adds)
+and ``view_overhead_s`` for each view (reshapes, transposes), counted by :func:`hysquant_rl.layers.other_ops`.
+Overheads cost time, not energy.
 BatchNorm, activations, reshapes and (under ``scope=linear``) LayerNorm are not priced (they fuse into
 neighbouring kernels on a deployed model, or are not in the inventory).
 
@@ -53,7 +70,7 @@ import numpy as np
 from hysquant_rl.bits import CHOICES, FP32_BITS, GRID, GRID_BITS, check_bits
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.hardware.profile import DeviceProfile
-from hysquant_rl.units import AttentionMatmul, LayerInfo
+from hysquant_rl.units import AttentionMatmul, LayerInfo, OtherOps
 
 BUDGET_UNITS: dict[str, tuple[str, float, float, str]] = {  # budget key -> (SI field, x multiplier / divisor, unit)
     "latency_ms": ("latency_s", 1e3, 1.0, "ms"),
@@ -155,6 +172,7 @@ class CostModel:
         matmuls: Sequence[AttentionMatmul],
         profile: DeviceProfile,
         batch_size: int | None = None,
+        other: OtherOps | None = None,
     ) -> None:
         batch = profile.batch_size if batch_size is None else batch_size
         if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
@@ -166,6 +184,7 @@ class CostModel:
         self.profile = profile
         self.batch_size = int(batch)
         self.device = profile.name
+        self.other = other or OtherOps()  # kernels and views that are not units: an overhead each
         self._tabulate()
         self._price()
 
@@ -200,6 +219,11 @@ class CostModel:
         moves = np.array([a == FP32_BITS or a in p.deployable_activation_bits for a in CHOICES])
         norm = np.array([l.op == "layernorm" for l in self.layers])
         self._deployable[norm] = moves[None, :]
+        # ops without integer kernels on this device compute in float and deploy only unquantized
+        self._float_only = np.array([l.op != "layernorm" and l.op not in p.integer_ops for l in self.layers])
+        fp32 = len(CHOICES) - 1  # CHOICES ends with FP32_BITS
+        peak_u[self._float_only] = p.peak(p.float_precision)
+        self._deployable[self._float_only] = (self._w_eff == fp32)[self._float_only] & (a_idx == fp32)[self._float_only]
 
         elem_out = np.array([p.float_bits / 8, INT8_BYTES])
         # q k^T writes its scores for the float softmax whatever the consumer quantizes
@@ -211,14 +235,38 @@ class CostModel:
         # memory-bound kernel of its own (serial: it does not overlap the matmul)
         probs = np.array([l.sequences * l.heads * l.tokens**2 if l.kind == "attention-pv" else 0 for l in self.layers])
         softmax_bytes = batch * probs[:, None] * (p.float_bits + traffic_bits[None, :]) / 8  # (n, a)
-        self._serial_s = softmax_bytes / p.memory_bandwidth  # (n, a)
+        # the Q/DQ boundary of a quantized input, and a weight dequantized on each run, as kernels of their own
+        quantized = bits != FP32_BITS
+        # kernels of the boundary at each a: Q and DQ, and below 8 bits a Clip of the codes in their uint8 container
+        boundary = p.qdq_kernels * quantized + ((p.qdq_kernels > 0) & (bits < 8))  # (a,)
+        qdq_bytes = boundary * batch * in_elems[:, None] * (p.float_bits + traffic_bits[None, :]) / 8  # (n, a)
+        # a quantized weight of a unit computing in float (an op outside integer_ops, or float activations): a QDQ
+        # runtime dequantizes it on each run and runs the float kernel on it, at dequantized_weight_speed
+        float_compute = self._float_only[:, None, None] | (a_idx == fp32)  # (n, w, a)
+        dequantizes = weighted[:, None, None] & quantized[None, :, None] & float_compute & (p.qdq_kernels > 0)
+        dq_weight_bytes = weights[:, None, None] * (p.float_bits + traffic_bits[None, :, None]) / 8 * dequantizes
+        serial_bytes = (softmax_bytes + qdq_bytes)[:, None, :] + dq_weight_bytes  # (n, w, a)
+        own = np.array([2 if l.kind == "attention-pv" else 1 for l in self.layers])
+        self.kernels = own[:, None, None] + boundary[None, None, :] + dequantizes  # (n, w, a)
+        # serial kernels: their memory time (also part of _memory_s), and their latency, where a Q/DQ kernel that
+        # converts fewer elements per second than the bandwidth allows takes its element time
+        self._serial_memory_s = serial_bytes / p.memory_bandwidth  # (n, w, a)
+        qdq_memory_s = qdq_bytes / p.memory_bandwidth  # (n, a)
+        qdq_elements_s = boundary * batch * in_elems[:, None] / (p.qdq_elements_per_s or np.inf)  # (n, a)
+        self._serial_s = (
+            self._serial_memory_s
+            + (np.maximum(qdq_memory_s, qdq_elements_s) - qdq_memory_s)[:, None, :]
+            + self.kernels * p.kernel_overhead_s
+        )  # (n, w, a)
         self._bytes = (
             weight_bytes[:, :, None, None]
-            + (input_bytes + softmax_bytes)[:, None, :, None]
+            + serial_bytes[..., None]
+            + input_bytes[:, None, :, None]
             + output_bytes[:, None, None, :]
         )
         self._ops = 2.0 * macs.astype(np.float64) * batch  # (n,)
-        self._compute_s = self._ops[:, None, None] / peak_u  # (n, w, a)
+        speed = p.compute_efficiency * np.where(dequantizes, p.dequantized_weight_speed, 1.0)  # x peak
+        self._compute_s = self._ops[:, None, None] / peak_u / speed  # (n, w, a)
         self._memory_s = self._bytes / p.memory_bandwidth  # (n, w, a, c)
         self._joules_per_op = p.compute_power_w / peak_u  # (n, w, a) J/op, paper eq. 10 less memory power
         self._size = weights[:, None] * bits / 8 + bias[:, None] * BIAS_BITS / 8  # (n, w)
@@ -229,14 +277,16 @@ class CostModel:
     def _price(self) -> None:
         """Fill ``_latency``/``_energy`` (n, w, a, c) and the fixed part: here the roofline."""
         p = self.profile
-        serial = self._serial_s[:, None, :, None]  # (n, 1, a, 1)
-        self._latency = np.maximum(self._compute_s[..., None], self._memory_s - serial) + serial
+        parallel = np.maximum(self._compute_s[..., None], self._memory_s - self._serial_memory_s[..., None])
+        self._latency = parallel + self._serial_s[..., None]
         self._energy = (self._ops[:, None, None] * self._joules_per_op)[..., None] + p.memory_power_w * self._memory_s
         self.fixed_items = [self._attention_cost(m) for m in self.matmuls]
         self._sum_fixed()
 
     def _sum_fixed(self) -> None:
-        self.fixed_latency_s = float(sum(c.latency_s for c in self.fixed_items))
+        p = self.profile
+        overhead = self.other.kernels * p.kernel_overhead_s + self.other.views * p.view_overhead_s
+        self.fixed_latency_s = float(sum(c.latency_s for c in self.fixed_items)) + overhead
         self.fixed_energy_j = float(sum(c.energy_j for c in self.fixed_items))
 
     def _attention_cost(self, m: AttentionMatmul) -> LayerCost:
@@ -251,12 +301,13 @@ class CostModel:
             (0.0, rows * 2 * n * n * elem),  # softmax: read scores, write probabilities
             (half_ops, rows * (n * n + 2 * n * d) * elem),  # read probabilities, v; write output
         )
-        peak = p.peak(p.float_precision)
+        raw = p.peak(p.float_precision)
+        peak = raw * p.compute_efficiency  # what the kernels reach (energy stays per op at peak, as for units)
         ops = sum(k[0] for k in kernels)
         nbytes = sum(k[1] for k in kernels)
         compute_s, memory_s = ops / peak, nbytes / p.memory_bandwidth
-        latency = sum(max(o / peak, b / p.memory_bandwidth) for o, b in kernels)
-        energy = ops * p.compute_power_w / peak + p.memory_power_w * memory_s
+        latency = sum(max(o / peak, b / p.memory_bandwidth) + p.kernel_overhead_s for o, b in kernels)
+        energy = ops * p.compute_power_w / raw + p.memory_power_w * memory_s
         return LayerCost(
             name=m.name,
             w_bits=FP32_BITS,
@@ -288,7 +339,7 @@ class CostModel:
             name=self.layers[i].name,
             w_bits=int(w_bits),
             a_bits=int(a_bits),
-            precision=self._precision[self._w_eff[i, w, a]][a],
+            precision=self.profile.float_precision if self._float_only[i] else self._precision[self._w_eff[i, w, a]][a],
             deployable=bool(self._deployable[i, w, a]),
             batch_size=self.batch_size,
             ops=float(self._ops[i]),

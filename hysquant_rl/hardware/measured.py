@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.hardware.cost import CostModel
 from hysquant_rl.hardware.profile import DeviceProfile
-from hysquant_rl.units import AttentionMatmul, LayerInfo
+from hysquant_rl.units import AttentionMatmul, LayerInfo, OtherOps
 
 NO_CUDA = "hardware.backend=measured needs a CUDA GPU; use hardware.backend=modelled"
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -215,6 +215,7 @@ class MeasuredCostModel(CostModel):
         profile: DeviceProfile,
         batch_size: int | None = None,
         *,
+        other: OtherOps | None = None,
         warmup: int = 10,
         repeats: int = 50,
         energy_window_s: float = 0.25,
@@ -225,7 +226,7 @@ class MeasuredCostModel(CostModel):
         if warmup < 0 or repeats < 1 or energy_window_s <= 0:
             raise HySquantError("measured backend: warmup >= 0, repeats >= 1 and energy_window_s > 0 are required")
         self.warmup, self.repeats, self.energy_window_s, self.seed = warmup, repeats, energy_window_s, seed
-        super().__init__(layers, matmuls, profile, batch_size)
+        super().__init__(layers, matmuls, profile, batch_size, other)
 
     def _measure(self, fn: Kernel, meter: EnergyMeter) -> tuple[float, float | None]:
         latency = median_latency(fn, self.warmup, self.repeats)

@@ -12,7 +12,28 @@ A profile holds the numbers the cost model needs, each cited in its YAML file:
   are FP32 (the float model always runs). ``32`` in the activation list means weight-only kernels (integer
   weights, float activations) exist. Every other pair is simulation-only: it can be evaluated with fake
   quantization but has no kernel on this device.
-* ``batch_size`` (images per inference; 1 is the edge case) and ``backend`` (``modelled`` or ``measured``).
+* ``kernel_overhead_s``: the fixed time every kernel costs on top of its roofline (launch and framework
+  overhead), in seconds; the cost model counts the kernels of each unit, of its Q/DQ boundary and of the rest of
+  the model (activations, residual adds: :func:`hysquant_rl.layers.other_ops`).
+* ``view_overhead_s``: the fixed time of each view or layout change (reshape, transpose) of the model, in seconds:
+  0 where views are free (GPU runtimes), a node of its own with its shape arithmetic on onnxruntime.
+* ``qdq_kernels``: the kernels each quantized activation's boundary runs on its own (``QuantizeLinear`` then
+  ``DequantizeLinear``: 2 on a runtime that executes the QDQ graph's nodes, as onnxruntime's CPU provider does
+  around a float convolution); 0 where the (re)quantization is fused into the producing kernel's epilogue (the
+  integer GPU pipelines the GPU profiles describe). Each such kernel moves the tensor once in the float precision
+  and once at ``a`` bits; ``qdq_elements_per_s``, where given, bounds how fast one such kernel converts elements
+  (on a CPU it is below what the bandwidth allows).
+* ``dequantized_weight_speed``: on a runtime that executes Q/DQ nodes, a unit whose weight is quantized but which
+  computes in float (no integer kernel for its op or its float activations) gets its weight from a
+  ``DequantizeLinear`` on each run; its float kernel then runs at this fraction of the float peak (onnxruntime cannot
+  pre-pack such a weight into its blocked convolution layout). 1 elsewhere.
+* ``compute_efficiency``: the fraction of ``peak_ops`` the model's kernels reach (1: the plain roofline).
+* ``integer_ops``: the unit ops (``conv2d``, ``linear``, ``matmul``) that have integer kernels; a unit of another
+  op computes in ``float_precision`` whatever its bits, is simulation-only unless FP32, and (when the runtime runs
+  Q/DQ nodes) dequantizes its weight at run time.
+* ``batch_size`` (images per inference; 1 is the edge case) and ``backend``: ``modelled`` (this roofline),
+  ``measured`` (isolated kernels on the local CUDA GPU) or ``onnxruntime`` (the exported ONNX graph timed by
+  onnxruntime's CPU provider, with the ``timing`` settings).
 
 The rules that read these lists (compute precision, deployability) live here, next to the data.
 """
@@ -28,9 +49,22 @@ from typing import Any
 from hysquant_rl.bits import FP32_BITS, MAX_BITS, MIN_BITS
 from hysquant_rl.errors import HySquantError
 
-BACKENDS = ("modelled", "measured")
+BACKENDS = ("modelled", "measured", "onnxruntime")
+UNIT_OPS = ("conv2d", "linear", "matmul")
 _PRECISION = re.compile(r"^(fp32|fp16|bf16|int(\d+))$")
 _FLOAT_BITS = {"fp32": 32, "fp16": 16, "bf16": 16}
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How ``backend=onnxruntime`` times a policy's graph: ``threads`` intra-op threads, ``warmup`` untimed runs,
+    the median of ``repeats`` timed runs; a timing whose coefficient of variation (stdev / mean) exceeds
+    ``max_cv`` is an error (another process is using the CPU)."""
+
+    threads: int = 1
+    warmup: int = 10
+    repeats: int = 30
+    max_cv: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -47,6 +81,14 @@ class DeviceProfile:
     float_precision: str = "fp16"
     batch_size: int = 1
     backend: str = "modelled"
+    kernel_overhead_s: float = 0.0  # fixed time per kernel (launch + framework) [s]
+    view_overhead_s: float = 0.0  # fixed time per view / layout change of the model [s]
+    dequantized_weight_speed: float = 1.0  # float kernels on run-time dequantized weights, x float peak
+    compute_efficiency: float = 1.0  # fraction of peak_ops a model's kernels reach
+    qdq_elements_per_s: float | None = None  # elements one Q/DQ kernel converts per second; None: memory-bound
+    qdq_kernels: int = 0  # kernels each quantized activation's Q/DQ boundary runs on its own
+    integer_ops: tuple[str, ...] = UNIT_OPS  # unit ops with integer kernels
+    timing: Timing = Timing()  # backend=onnxruntime only
     # Integer precisions the chip executes, as (bits, name), narrowest first; derived from peak_ops.
     integer_precisions: tuple[tuple[int, str], ...] = field(init=False, repr=False, compare=False)
 
@@ -97,7 +139,20 @@ class DeviceProfile:
         d.pop("integer_precisions")
         d["deployable_weight_bits"] = list(self.deployable_weight_bits)
         d["deployable_activation_bits"] = list(self.deployable_activation_bits)
+        d["integer_ops"] = list(self.integer_ops)
         return d
+
+
+def runtime_version() -> str:
+    """``onnxruntime <version> CPU`` (raises :class:`HySquantError` naming the fix when it is not installed)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise HySquantError(
+            "hardware.backend=onnxruntime needs onnxruntime: pip install onnx onnxruntime,"
+            " or use hardware.backend=modelled"
+        ) from None
+    return f"onnxruntime {onnxruntime.__version__} CPU"
 
 
 # -- the config group on disk --------------------------------------------------------------------------
@@ -221,6 +276,8 @@ def load_profile(settings: Mapping[str, Any] | str) -> DeviceProfile:
     backend = data.get("backend", "modelled")
     if backend not in BACKENDS:
         raise HySquantError(f"{where}: backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    if backend == "onnxruntime":  # missing onnxruntime fails here, at the app boundary, before any work
+        runtime_version()
     batch = data.get("batch_size", 1)
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise HySquantError(f"{where}: batch_size must be a positive integer, got {batch!r}")
@@ -231,6 +288,24 @@ def load_profile(settings: Mapping[str, Any] | str) -> DeviceProfile:
     weight_bits = _bit_list(data, "deployable_weight_bits", where)
     if FP32_BITS in weight_bits:
         raise HySquantError(f"{where}: deployable_weight_bits lists integer weight widths only (FP32 always runs)")
+
+    overheads = {key: data.get(key, 0.0) for key in ("kernel_overhead_s", "view_overhead_s")}
+    for key, value in overheads.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise HySquantError(f"{where}: {key} must be a number of seconds >= 0, got {value!r}")
+    fractions = {key: data.get(key, 1.0) for key in ("dequantized_weight_speed", "compute_efficiency")}
+    for key, value in fractions.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+            raise HySquantError(f"{where}: {key} must be in (0, 1], got {value!r}")
+    rate = data.get("qdq_elements_per_s")
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate <= 0):
+        raise HySquantError(f"{where}: qdq_elements_per_s must be a positive number or null, got {rate!r}")
+    qdq = data.get("qdq_kernels", 0)
+    if isinstance(qdq, bool) or not isinstance(qdq, int) or qdq < 0:
+        raise HySquantError(f"{where}: qdq_kernels must be an integer >= 0, got {qdq!r}")
+    ops = data.get("integer_ops", list(UNIT_OPS))
+    if not isinstance(ops, (list, tuple)) or any(o not in UNIT_OPS for o in ops):
+        raise HySquantError(f"{where}: integer_ops {ops!r} must list some of {', '.join(UNIT_OPS)}")
 
     return DeviceProfile(
         name=str(data["name"]),
@@ -243,4 +318,32 @@ def load_profile(settings: Mapping[str, Any] | str) -> DeviceProfile:
         float_precision=float_precision,
         batch_size=batch,
         backend=backend,
+        kernel_overhead_s=float(overheads["kernel_overhead_s"]),
+        view_overhead_s=float(overheads["view_overhead_s"]),
+        qdq_kernels=qdq,
+        dequantized_weight_speed=float(fractions["dequantized_weight_speed"]),
+        compute_efficiency=float(fractions["compute_efficiency"]),
+        qdq_elements_per_s=None if rate is None else float(rate),
+        integer_ops=tuple(ops),
+        timing=_timing(data.get("timing"), where),
     )
+
+
+def _timing(raw: Any, where: str) -> Timing:
+    if raw is None:
+        return Timing()
+    if not isinstance(raw, Mapping):
+        raise HySquantError(f"{where}: timing must be a mapping of {', '.join(f.name for f in fields(Timing))}")
+    unknown = sorted(set(raw) - {f.name for f in fields(Timing)})
+    if unknown:
+        raise HySquantError(f"{where}: unknown timing field(s) {', '.join(unknown)}")
+    t = Timing(**raw)
+    counts = {"threads": t.threads, "warmup": t.warmup, "repeats": t.repeats}
+    for key, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "warmup" else 1):
+            raise HySquantError(f"{where}: timing.{key} must be a positive integer, got {value!r}")
+    if t.repeats < 30:
+        raise HySquantError(f"{where}: timing.repeats is {t.repeats}; a median needs at least 30 runs")
+    if isinstance(t.max_cv, bool) or not isinstance(t.max_cv, (int, float)) or t.max_cv <= 0:
+        raise HySquantError(f"{where}: timing.max_cv must be a positive number, got {t.max_cv!r}")
+    return t

@@ -70,7 +70,11 @@ def cache_key(run: RunSettings, pipe: Pipeline, configs: list[tuple[int, int]]) 
         "split_size": len(pipe.data.split(SPLIT)),
         "quant": run.quant.key(),
         "configs": [list(c) for c in configs],
-        "hardware": {**pipe.cost.profile.to_dict(), "batch_size": pipe.cost.batch_size, "backend": pipe.cost.backend},
+        "hardware": {
+            **{k: v for k, v in pipe.cost.profile.to_dict().items() if k != "timing"},  # how, not what
+            "batch_size": pipe.cost.batch_size,
+            "backend": pipe.cost.backend,
+        },
         "eval": run.eval.key(),
     }
 

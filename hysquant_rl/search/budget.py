@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from hysquant_rl.bits import MAX_BITS, grid_sum
+from hysquant_rl.bits import MAX_BITS
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.hardware import BUDGET_UNITS, CostModel
-from hysquant_rl.search.allocation import cheapest
+from hysquant_rl.search.allocation import lowest_costs
 from hysquant_rl.settings import BudgetSpec
 
 UNITS = {key: unit for key, (*_, unit) in BUDGET_UNITS.items()}  # budget key -> its unit
@@ -29,11 +29,12 @@ def within(totals: Mapping[str, float], limits: Mapping[str, float]) -> dict[str
 
 
 def span(cost: CostModel, mask: np.ndarray) -> tuple[dict[str, float], dict[str, float]]:
-    """Totals of the cheapest allowed policy (every layer at its lowest bits in ``mask`` (L, GRID, GRID)) and of
-    uniform W8A8: the range in which a budget is both reachable and binding."""
+    """The lowest total each budget can reach over policies allowed by ``mask`` (L, GRID, GRID), each unit at its
+    cheapest allowed pair for that budget (totals are sums over units), and uniform W8A8's totals: the range in
+    which a budget is both reachable and binding. The cheapest pair is usually the lowest bits; on a runtime whose
+    sub-8-bit codes cost a kernel of their own (the ``cpu`` profile) it is not."""
     grids, fixed = cost.budget_grids()
-    low = cheapest(mask)
-    minimum = {k: grid_sum(grids[k], low) + fixed[k] for k in UNITS}
+    minimum = {k: float(lowest_costs(grids[k], mask).sum()) + fixed[k] for k in UNITS}
     return minimum, cost.uniform_cost(MAX_BITS, MAX_BITS).totals()
 
 
@@ -76,7 +77,7 @@ class Budgets:
 
 def resolve(spec: BudgetSpec, cost: CostModel, mask: np.ndarray) -> Budgets:
     """Budgets from ``spec`` on ``cost``'s device; refuses, with the minimum achievable in the message, a budget
-    below what the all-minimum-bits policy of the pruned space ``mask`` (L, GRID, GRID) costs."""
+    below what the cheapest policy of the pruned space ``mask`` (L, GRID, GRID) costs."""
     minimum, reference = span(cost, mask)
     limits: dict[str, float] = {}
     for key in UNITS:
@@ -94,7 +95,7 @@ def resolve(spec: BudgetSpec, cost: CostModel, mask: np.ndarray) -> Budgets:
             ratio_key = f"{key.split('_')[0]}_ratio"
             raise HySquantError(
                 f"budget {key.split('_')[0]} {limit:.4g} {UNITS[key]} ({limit / reference[key]:.3f}x W8A8) is below"
-                f" the {low:.4g} {UNITS[key]} ({low / reference[key]:.3f}x W8A8) of the all-minimum-bits policy:"
+                f" the {low:.4g} {UNITS[key]} ({low / reference[key]:.3f}x W8A8) of the cheapest allowed policy:"
                 f" set budget.{ratio_key} >= {low / reference[key]:.3f} or relax the pruning rules"
             )
     return Budgets(limits, spec.min_top1, reference)

@@ -12,14 +12,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hysquant_rl.errors import NoPolicyError
-from hysquant_rl.hardware import make_cost_model
+from hysquant_rl.hardware import make_check
 from hysquant_rl.search.budget import Budgets, resolve
 from hysquant_rl.search.problem import SearchProblem, build_problem
 from hysquant_rl.search.recorder import Recorder
@@ -44,6 +44,7 @@ class SearchResult:
     recorder: Recorder
     rounds: list[dict[str, Any]]
     wall_s: float
+    check: Any  # what the rounds were checked on: a CostModel, or an OnnxRuntimeCheck (its measurements cached)
 
 
 def search(
@@ -70,8 +71,7 @@ def search(
 
     # The search prices with the roofline; the check runs on the profile's backend (the same model when that is
     # the roofline). The internal budgets start at the user's and tighten by the checked-over-modelled ratio.
-    profile = pipe.cost.profile
-    check = pipe.cost if profile.backend == pipe.cost.backend else make_cost_model(pipe.layers, pipe.matmuls, profile)
+    check = make_check(pipe)
     internal = dict(budgets.limits)
     rounds: list[dict[str, Any]] = []
     problem = build_problem(search, pipe, lut, budgets)
@@ -79,7 +79,22 @@ def search(
     best_bits = None
     try:
         for r in range(search.max_rounds):
-            bits = method.run(internal, round_index=r)
+            try:
+                bits = method.run(internal, round_index=r)
+            except NoPolicyError:
+                if best_bits is None:
+                    raise
+                bits = None
+            if bits is None and best_bits is not None:  # tightened past what any policy reaches: keep the last
+                log.warning(
+                    "round %d: no policy within the tightened internal budgets %s; the search ends with round %d's"
+                    " policy, which missed a budget on %s",
+                    r,
+                    {k: round(v, 6) for k, v in internal.items()},
+                    r - 1,
+                    check.backend,
+                )
+                break
             if bits is None:
                 raise NoPolicyError(
                     f"search.method={search.method} found no policy within {budgets.describe()}: relax the budgets"
@@ -94,9 +109,12 @@ def search(
                     "modelled": modelled,
                     "checked": checked,
                     "backend": check.backend,
+                    "device": check.device,
                     "holds": holds,
                 }
             )
+            if hasattr(check, "measure"):  # a timed runtime: its median, CV and run count
+                rounds[-1]["timing"] = asdict(check.measure(bits))
             log.info(
                 "round %d: checked on %s (%s): %s",
                 r,
@@ -112,4 +130,4 @@ def search(
                     internal[k] = internal[k] * limit / checked[k]
     finally:
         recorder.writer.close()
-    return SearchResult(np.asarray(best_bits), budgets, problem, recorder, rounds, time.perf_counter() - start)
+    return SearchResult(np.asarray(best_bits), budgets, problem, recorder, rounds, time.perf_counter() - start, check)

@@ -75,6 +75,15 @@ class Recorder:
             for kind in ACTIVATION_KINDS
             if any(layer.kind == kind for layer in layers)
         }
+        if self.writer is not None:  # what the episode/*_ms and *_mj scalars are
+            cost = self.pipe.cost
+            self.writer.add_text(
+                "cost/source",
+                f"episode/latency_ms and episode/energy_mj are modelled: the {cost.backend} roofline of the"
+                f" {cost.device} profile at batch {cost.batch_size}. A hardware backend's measured figures are in"
+                " summary.md.",
+                0,
+            )
 
     def record(self, info: dict[str, Any]) -> None:
         """One episode's record (:meth:`SearchProblem.finish`)."""

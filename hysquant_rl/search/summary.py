@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 SPLITS = ("search_val", "test")
+FP32_NAME = label(FP32_BITS, FP32_BITS)
 
 
 def best_uniform(problem: SearchProblem, limits: dict[str, float]) -> tuple[str, tuple[int, int]] | None:
@@ -48,9 +50,7 @@ def finish(
     summary.md."""
     n = len(pipe.layers)
     budgets = result.budgets
-    rows: dict[str, Any] = {
-        spec: [parse_uniform(spec)] * n for spec in [label(FP32_BITS, FP32_BITS), *search.reference]
-    }
+    rows: dict[str, Any] = {spec: [parse_uniform(spec)] * n for spec in [FP32_NAME, *search.reference]}
     uniform = best_uniform(result.problem, budgets.limits)
     if uniform is not None:
         rows[f"best uniform in budget ({uniform[0]})"] = [uniform[1]] * n
@@ -63,6 +63,12 @@ def finish(
             pipe.policy(b, method="uniform", seed=search.seed, metrics=m).save(
                 out / "policies" / f"uniform_{name}.json"
             )
+    measured = {}
+    if hasattr(result.check, "measure"):  # latency timed on a runtime: FP32, the references and the found policy
+        for name in table:
+            m = result.check.measure(np.asarray(rows[name]))
+            table[name]["measured"] = asdict(m)
+            measured[name] = m.latency_s
     episodes = len(result.recorder.history)
     policy = save_best_policy(
         out,
@@ -96,6 +102,10 @@ def finish(
         "device": pipe.cost.device,
         "batch_size": pipe.cost.batch_size,
         "cost_backend": pipe.cost.backend,
+        "check": {"backend": result.check.backend, "device": result.check.device},
+        "measured_speedup_over_fp32": (
+            measured[FP32_NAME] / measured["best policy"] if FP32_NAME in measured else None
+        ),
         "best_policy_by_kind": by_kind,
         "budgets": budgets.to_dict(),
         "rounds": result.rounds,
@@ -134,9 +144,27 @@ def summary_markdown(s: dict[str, Any]) -> str:
             w = "-" if k["mean_w_bits"] is None else f"{k['mean_w_bits']:.2f}"
             lines.append(f"| {kind} | {k['units']} | {w} | {k['mean_a_bits']:.2f} |")
     backend = s.get("cost_backend", "modelled")
+    timed = {name: m["measured"] for name, m in s["policies"].items() if "measured" in m}
+    if timed:
+        check = s["check"]
+        lines += ["", f"Latency measured by {check['backend']} on {check['device']} at batch {s['batch_size']}:", ""]
+        limit = s["budgets"].get("latency_ms")
+        lines += [
+            "| policy | measured latency (ms) | CV | runs | modelled latency (ms) | latency budget, measured |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, m in timed.items():
+            verdict = "-" if limit is None else ("ok" if 1e3 * m["latency_s"] <= limit else "missed")
+            lines.append(
+                f"| {name} | {1e3 * m['latency_s']:.4g} | {m['cv']:.3f} | {m['runs']} |"
+                f" {s['policies'][name]['cost']['latency_ms']:.4g} | {verdict} |"
+            )
+        if s.get("measured_speedup_over_fp32") is not None:
+            lines += ["", f"Measured speed-up of the best policy over FP32: {s['measured_speedup_over_fp32']:.3f}x."]
     lines += [
         "",
-        f"Latency and energy: {backend} on {s['device']} at batch {s['batch_size']}.",
+        f"Latency and energy in the first table (and its budgets column): {backend} on {s['device']} at batch"
+        f" {s['batch_size']}.",
         f"{s['episodes']} episodes, {len(s['rounds'])} hardware round(s), {s['wall_time_s']:.0f} s.",
     ]
     return "\n".join(lines) + "\n"
