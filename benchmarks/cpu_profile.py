@@ -166,7 +166,7 @@ timing:  # hardware.backend=onnxruntime
   threads: {threads}
   warmup: 10
   repeats: 30
-  max_cv: 0.25
+  max_cv: 0.5  # CVs on this 2-core VM reach 0.34 (benchmarks/results/cpu_cost_check.md); above 0.5 is a busy machine
 """
     path = ROOT / "conf" / "hardware" / "cpu.yaml"
     return atomic_write(path, lambda f: f.write(text.encode()))

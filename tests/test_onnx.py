@@ -228,7 +228,8 @@ def test_search_checked_on_onnxruntime(tmp_path, digits_pipeline):
 def test_apply_on_onnxruntime_says_how_fast_the_policy_runs(tmp_path, run_here):
     from hysquant_rl.apps.apply import main as apply_main
 
-    proc = run_here(apply_main, "policy=W8A8", "hardware=cpu", "hardware.backend=onnxruntime", tmp_path=tmp_path)
+    overrides = ("policy=W8A8", "hardware=cpu", "hardware.backend=onnxruntime", "hardware.timing.max_cv=10")
+    proc = run_here(apply_main, *overrides, tmp_path=tmp_path)  # max_cv: a test must not fail on a busy machine
     assert proc.returncode == 0, proc.stderr[-2000:]
     line = next(x for x in (proc.stdout + proc.stderr).splitlines() if "measured on cpu (onnxruntime" in x)
     fp32, policy, speed = (float(v) for v in re.search(r"FP32 (\S+) ms, policy (\S+) ms: (\S+)x", line).groups())

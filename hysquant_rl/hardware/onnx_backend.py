@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hysquant_rl.errors import HySquantError
-from hysquant_rl.export_onnx import INPUT
+from hysquant_rl.export_onnx import INPUT, export_onnx, onnx_session
 from hysquant_rl.hardware.cost import CostModel, PolicyCost
 from hysquant_rl.hardware.profile import Timing, runtime_version
 
@@ -92,8 +92,6 @@ class OnnxRuntimeCheck:
 
     def open(self, bits: np.ndarray | Sequence[tuple[int, int]]) -> Any:
         """An onnxruntime session of the policy's exported graph (exported to a temporary file, then removed)."""
-        from hysquant_rl.export_onnx import export_onnx, onnx_session
-
         policy = self.policy_of(np.asarray(bits, dtype=np.int64))
         self.qmodel.apply_bits(policy.bits())
         with tempfile.TemporaryDirectory() as tmp:
