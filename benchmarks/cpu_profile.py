@@ -109,16 +109,6 @@ def measure_peaks(threads: int) -> dict[str, float]:
     return out
 
 
-def policy_counts(cost: CostModel, bits: np.ndarray) -> tuple[int, int]:
-    """(kernels, views) the roofline counts for a policy: each unit's kernels, the fixed attention matmuls' and the
-    model's other kernels; the model's views."""
-    from hysquant_rl.bits import CHOICES
-
-    idx = np.searchsorted(CHOICES, np.asarray(bits))
-    units = int(cost.kernels[np.arange(cost.num_layers), idx[:, 0], idx[:, 1]].sum())
-    return units + 3 * len(cost.matmuls) + cost.other.kernels, cost.other.views
-
-
 def pipeline(overrides: list[str]):
     run = RunSettings.from_mapping(plain(compose_config("apply", [*overrides, "hardware=cpu", "policy=FP32"])))
     return run, build(run)

@@ -16,7 +16,6 @@ from pathlib import Path
 import timm
 import torch
 
-from hysquant_rl.bits import CHOICES
 from hysquant_rl.hardware import CostModel, load_profile
 from hysquant_rl.io import atomic_write
 from hysquant_rl.layers import inventory, other_ops
@@ -49,8 +48,7 @@ def main() -> None:
             profile = load_profile(profile_name)
             for batch in (1, 64):
                 cost = CostModel(layers, matmuls, profile, batch, other)
-                at8 = CHOICES.index(8)
-                kernels = int(cost.kernels[:, at8, at8].sum()) + 3 * len(matmuls) + other.kernels
+                kernels = cost.kernel_count([(8, 8)] * len(layers))
                 ms = {
                     spec: 1e3 * cost.uniform_cost(*bits).latency_s
                     for spec, bits in (("FP32", (32, 32)), ("W8A8", (8, 8)), ("W4A4", (4, 4)))

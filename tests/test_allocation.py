@@ -10,7 +10,7 @@ import pytest
 from hysquant_rl.bits import GRID_BITS as BITS
 from hysquant_rl.bits import grid_sum
 from hysquant_rl.lut.prune import box_mask
-from hysquant_rl.search.allocation import cheapest, project, proxy_grid, richest, solve_ilp
+from hysquant_rl.search.allocation import lowest_costs, project, proxy_grid, richest, solve_ilp
 
 
 def synthetic(seed: int, layers: int = 4):
@@ -30,10 +30,15 @@ def synthetic(seed: int, layers: int = 4):
     return objective, mask, {"latency": lat, "size": size}
 
 
+def lowest(costs, mask):
+    """Each budget's lowest reachable total over the policies ``mask`` allows."""
+    return {k: float(lowest_costs(v, mask).sum()) for k, v in costs.items()}
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_ilp_equals_brute_force(seed):
     objective, mask, costs = synthetic(seed)
-    lo = {k: grid_sum(v, cheapest(mask)) for k, v in costs.items()}
+    lo = lowest(costs, mask)
     hi = {k: grid_sum(v, richest(mask)) for k, v in costs.items()}
     limits = {k: lo[k] + 0.4 * (hi[k] - lo[k]) for k in costs}
     cells = [np.argwhere(m) + 2 for m in mask]
@@ -53,7 +58,7 @@ def test_ilp_equals_brute_force(seed):
 
 def test_ilp_infeasible_and_tiny_costs():
     objective, mask, costs = synthetic(0)
-    lo = {k: grid_sum(v, cheapest(mask)) for k, v in costs.items()}
+    lo = lowest(costs, mask)
     assert solve_ilp(objective, mask, costs, {k: 0.99 * lo[k] for k in costs}) is None
     # costs in seconds (1e-7 scale) must not overshoot through solver tolerances
     tiny = {k: v * 1e-9 for k, v in costs.items()}
@@ -65,7 +70,7 @@ def test_ilp_infeasible_and_tiny_costs():
 def test_project_meets_budget_and_keeps_feasible():
     objective, mask, costs = synthetic(3, layers=12)
     top = richest(mask)
-    lo = {k: grid_sum(v, cheapest(mask)) for k, v in costs.items()}
+    lo = lowest(costs, mask)
     hi = {k: grid_sum(v, top) for k, v in costs.items()}
     limits = {"latency": lo["latency"] + 0.3 * (hi["latency"] - lo["latency"])}
     bits = project(top, objective, mask, costs, limits)
@@ -75,10 +80,11 @@ def test_project_meets_budget_and_keeps_feasible():
     assert project(top, objective, mask, costs, {"latency": 0.5 * lo["latency"]}) is None
     # sensitivity-aware: beats lowering blindly from the last layer backwards (HAQ's wall)
     blind = top.copy()
+    floor = np.stack([np.argmax(mask.any(axis=2), axis=1), np.argmax(mask.any(axis=1), axis=1)], axis=1) + BITS[0]
     while grid_sum(costs["latency"], blind) > limits["latency"]:
         for l in reversed(range(12)):
-            if blind[l, 0] > cheapest(mask)[l, 0] or blind[l, 1] > cheapest(mask)[l, 1]:
-                axis = 0 if blind[l, 0] > cheapest(mask)[l, 0] else 1
+            if blind[l, 0] > floor[l, 0] or blind[l, 1] > floor[l, 1]:
+                axis = 0 if blind[l, 0] > floor[l, 0] else 1
                 blind[l, axis] -= 1
                 break
     assert grid_sum(objective, bits) < grid_sum(objective, blind)

@@ -379,6 +379,7 @@ def test_kernel_overhead_is_added_per_kernel_by_hand(tiny):
     for policy in ([(8, 8), (4, 4)], [(32, 32), (32, 32)], [(2, 6), (8, 32)]):
         extra = o.policy_cost(policy).latency_s - plain.policy_cost(policy).latency_s
         assert extra == pytest.approx(2 * 1e-3 + 3 * 1e-3 + 5 * 1e-4)  # 2 units + 3 other kernels + 5 views
+        assert o.kernel_count(policy) == 2 + 3 and plain.kernel_count(policy) == 2  # views are counted apart
     assert o.fixed_latency_s == pytest.approx(3e-3 + 5e-4) and plain.fixed_latency_s == 0
     assert o.policy_cost([(8, 8), (4, 4)]).energy_j == plain.policy_cost([(8, 8), (4, 4)]).energy_j  # time only
 

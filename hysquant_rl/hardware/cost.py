@@ -90,6 +90,7 @@ BIAS_BITS = 32  # biases stay 32-bit (int32 accumulator scale in integer kernels
 INT8_BYTES = 1  # an activation a quantized consumer reads, as the producer's epilogue writes it
 # bit-width -> position in CHOICES, -1 where not allowed; one spare -1 at the end so that a lookup with
 # mode="clip" maps anything below 0 or above 32 to -1 too
+ATTENTION_KERNELS = 3  # a float attention module: q k^T, softmax, attention x v
 _INDEX = np.full(FP32_BITS + 2, -1, dtype=np.intp)
 _INDEX[list(CHOICES)] = np.arange(len(CHOICES))
 
@@ -296,7 +297,7 @@ class CostModel:
         rows = batch * m.sequences * m.heads  # independent (N x d) problems per batch
         n, d, elem = m.tokens, m.head_dim, p.float_bits / 8
         half_ops = float(batch * m.macs)  # 2 ops per MAC, each matmul holds half of m.macs
-        kernels = (  # (ops, bytes)
+        kernels = (  # (ops, bytes) of its ATTENTION_KERNELS kernels
             (half_ops, rows * (2 * n * d + n * n) * elem),  # read q, k; write scores
             (0.0, rows * 2 * n * n * elem),  # softmax: read scores, write probabilities
             (half_ops, rows * (n * n + 2 * n * d) * elem),  # read probabilities, v; write output
@@ -428,6 +429,14 @@ class CostModel:
         policy-independent fixed part: a fully quantized policy's total is the grid sum plus the fixed part."""
         fixed_si = {"latency_s": self.fixed_latency_s, "energy_j": self.fixed_energy_j, "size_bytes": 0.0}
         return in_budget_units(self.quantized_grid), in_budget_units(fixed_si.__getitem__)
+
+    def kernel_count(self, bits: Sequence[tuple[int, int]] | np.ndarray) -> int:
+        """Kernels a policy launches per inference, as this model counts them: each unit's (its own, its Q/DQ
+        boundary, a run-time weight dequantize), 3 per float attention module, and the model's other kernels. Times
+        ``kernel_overhead_s``, the launch floor; the model's views are counted apart (``other.views``)."""
+        _, pair = self._indices(bits)
+        units = int(self.kernels.reshape(self.num_layers, -1)[self._rows, pair].sum())
+        return units + ATTENTION_KERNELS * len(self.matmuls) + self.other.kernels
 
     def uniform_cost(self, w_bits: int, a_bits: int) -> PolicyCost:
         """:meth:`policy_cost` of every layer at (w_bits, a_bits)."""

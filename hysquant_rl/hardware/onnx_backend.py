@@ -85,9 +85,9 @@ class OnnxRuntimeCheck:
         self.qmodel, self.policy_of, self.cost, self.timing = qmodel, policy_of, cost, timing
         self.device = f"{cost.device} ({self.runtime})"
         self.batch_size = cost.batch_size
-        rng = np.random.default_rng(seed)
-        self.images = rng.standard_normal((cost.batch_size, *input_shape)).astype(np.float32)
-        self.feed = {INPUT: self.images}
+        self.input_shape = tuple(input_shape)
+        images = np.random.default_rng(seed).standard_normal((cost.batch_size, *input_shape)).astype(np.float32)
+        self.feed = {INPUT: images}  # a fixed batch of the cost model's size
         self.measurements: dict[bytes, Measurement] = {}
 
     def open(self, bits: np.ndarray | Sequence[tuple[int, int]]) -> Any:
@@ -95,7 +95,7 @@ class OnnxRuntimeCheck:
         policy = self.policy_of(np.asarray(bits, dtype=np.int64))
         self.qmodel.apply_bits(policy.bits())
         with tempfile.TemporaryDirectory() as tmp:
-            path = export_onnx(self.qmodel, policy, self.images.shape[1:], tmp)
+            path = export_onnx(self.qmodel, policy, self.input_shape, tmp)
             session = onnx_session(path, self.timing.threads)
         time.sleep(0.2)  # the exporter's torch threads go idle before a clock starts
         return session

@@ -51,14 +51,6 @@ def proxy_grid(configs: Sequence[tuple[int, int]], values: np.ndarray) -> np.nda
     return np.maximum.accumulate(grid[:, :, ::-1], axis=2)[:, :, ::-1]
 
 
-def cheapest(mask: np.ndarray) -> np.ndarray:
-    """The all-minimum-bits policy (L, 2): each layer at its lowest allowed w and a (the cheapest where costs fall
-    with bits; :func:`hysquant_rl.search.budget.span` finds the cheapest where they do not)."""
-    w = np.argmax(mask.any(axis=2), axis=1)
-    a = np.argmax(mask.any(axis=1), axis=1)
-    return to_bits(np.stack([w, a], axis=1))
-
-
 def lowest_costs(grid: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Each unit's lowest cost (L,) over its pairs allowed by ``mask`` (L, GRID, GRID) in ``grid`` (L, GRID, GRID):
     the lowest bits where costs fall with bits, another pair where they do not (the ``cpu`` profile's clipped
