@@ -9,13 +9,40 @@ import numpy as np
 import torch
 from scipy.stats import truncnorm
 from stable_baselines3 import DDPG, SAC, TD3
-from stable_baselines3.common.noise import ActionNoise
+from stable_baselines3.common.noise import ActionNoise, VectorizedActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.vec_env import VecEnv
 
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.settings import AgentSettings
 
-AGENTS: dict[str, type[OffPolicyAlgorithm]] = {"ddpg": DDPG, "td3": TD3, "sac": SAC}
+
+class ActorRate:
+    """SB3 gives the actor and the critic one learning rate; HAQ's DDPG uses 1e-4 for the actor and 1e-3 for the
+    critic. ``actor_lr_ratio`` scales the actor's rate (saved and loaded with the agent)."""
+
+    actor_lr_ratio: float = 1.0
+
+    def _update_learning_rate(self, optimizers: Any) -> None:
+        super()._update_learning_rate(optimizers)  # type: ignore[misc]
+        rate = self.lr_schedule(self._current_progress_remaining) * self.actor_lr_ratio  # type: ignore[attr-defined]
+        for group in self.actor.optimizer.param_groups:  # type: ignore[attr-defined]
+            group["lr"] = rate
+
+
+class HaqDDPG(ActorRate, DDPG):
+    pass
+
+
+class HaqTD3(ActorRate, TD3):
+    pass
+
+
+class HaqSAC(ActorRate, SAC):
+    pass
+
+
+AGENTS: dict[str, type[OffPolicyAlgorithm]] = {"ddpg": HaqDDPG, "td3": HaqTD3, "sac": HaqSAC}
 
 
 class DecayingTruncatedNormalNoise(ActionNoise):
@@ -50,22 +77,33 @@ def check_agent(name: str) -> str:
     return name
 
 
+def exploration_noises(model: OffPolicyAlgorithm) -> list[DecayingTruncatedNormalNoise]:
+    """The agent's exploration noise, one per environment (none for SAC)."""
+    noise = getattr(model, "action_noise", None)
+    if isinstance(noise, VectorizedActionNoise):
+        return list(noise.noises)
+    return [noise] if isinstance(noise, DecayingTruncatedNormalNoise) else []
+
+
 def make_agent(
     agent: AgentSettings,
-    env: gym.Env,
+    env: gym.Env | VecEnv,
     steps_per_episode: int,
     seed: int,
     tensorboard_log: str | None = None,
     local_sigma: float | None = None,
 ) -> OffPolicyAlgorithm:
     """The SB3 agent named ``agent.name`` with its hyperparameters (``conf/agent/<name>.yaml``); updates run once
-    per episode (``gradient_steps`` of them), after ``warmup_episodes`` episodes of exploration.
+    per episode (``gradient_steps`` of them), after ``warmup_episodes`` episodes of exploration. With a vectorized
+    ``env`` of N environments (parallel episodes) a rollout is N episodes and runs N x ``gradient_steps`` updates;
+    each environment explores with its own noise stream.
 
     ``local_sigma`` (in [0, 1] action units) makes it a local search around action 0.5 (a warm start): the
     actor's output layer starts at zero so its first actions are 0.5 everywhere, exploration is noise of that
     sigma around the actor from the first episode (no uniform warm-up, which would throw the warm start
     away; :class:`agents.rl.RLSearch` holds the updates back for ``warmup_episodes``)."""
     name = check_agent(agent.name)
+    n_envs = getattr(env, "num_envs", 1)
     kwargs: dict[str, Any] = dict(
         learning_rate=agent.learning_rate,
         buffer_size=agent.buffer_size,
@@ -73,8 +111,8 @@ def make_agent(
         batch_size=agent.batch_size,
         tau=agent.tau,
         gamma=agent.gamma,
-        train_freq=(1, "episode"),
-        gradient_steps=agent.gradient_steps,
+        train_freq=(steps_per_episode, "step"),  # one episode per environment: episodes have L steps
+        gradient_steps=agent.gradient_steps * n_envs,
         policy_kwargs={"net_arch": list(agent.net_arch)},
         seed=seed,
         device="cpu",
@@ -84,8 +122,14 @@ def make_agent(
     if name != "sac":
         n = int(np.prod(env.action_space.shape))
         sigma = agent.noise_sigma if local_sigma is None else float(local_sigma)
-        kwargs["action_noise"] = DecayingTruncatedNormalNoise(n, 2.0 * sigma, agent.noise_decay, seed)
+        noises = [DecayingTruncatedNormalNoise(n, 2.0 * sigma, agent.noise_decay, seed + i) for i in range(n_envs)]
+        if n_envs == 1:
+            kwargs["action_noise"] = noises[0]
+        else:
+            kwargs["action_noise"] = vectorized = VectorizedActionNoise(noises[0], n_envs)
+            vectorized.noises = noises  # SB3 copies one noise n times: the same draws in every environment
     model = AGENTS[name]("MlpPolicy", env, **kwargs)
+    model.actor_lr_ratio = agent.actor_learning_rate / agent.learning_rate
     if local_sigma is not None:
         last = [m for m in model.actor.mu.modules() if isinstance(m, torch.nn.Linear)][-1]
         with torch.no_grad():

@@ -2,8 +2,11 @@
 
 Warm start (on by default): the ILP policy over the LUT's ``search.proxy`` column (KL by default) is evaluated
 first and its episode is put in the replay buffer, and actions become offsets of up to ``search.offset_range``
-bits around it (action 0.5 = the ILP's choice). The additive proxy already knows each layer's own sensitivity;
-the agent spends its episodes on what a sum cannot see, the interactions between layers.
+bits around it (action 0.5 = the ILP's choice); when a better policy is found the centre moves there and the
+replay buffer is rewritten as offsets from it (:meth:`RLSearch._recenter`). The additive proxy already knows each
+layer's own sensitivity; the agent spends its episodes on what a sum cannot see, the interactions between layers.
+Once updates begin, the critic picks each episode's policy among ``search.candidates`` new ones near the actor's
+choice (:class:`envs.ParallelEpisodes`), and ``search.workers`` episodes run at once.
 ``search.warm_start=false`` gives the plain HAQ-style agent (actions over each layer's full allowed range).
 """
 
@@ -16,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
-from agents.callbacks import SearchCallback
+from agents.callbacks import EpisodeStore, SearchCallback
 from agents.checkpoint import read_checkpoint, write_checkpoint
-from agents.factory import AGENTS, make_agent
-from envs import HySquantEnv
+from agents.factory import AGENTS, exploration_noises, make_agent
+from envs import HySquantEnv, ParallelEpisodes
 from hysquant_rl.errors import HySquantError, NoPolicyError, SearchInterrupted
 from hysquant_rl.search.allocation import solve_ilp
 from hysquant_rl.search.problem import SearchProblem
@@ -43,7 +47,10 @@ class RLSearch:
         self.warm = search.warm_start
         if self.warm:
             self.problem.warm_start = self._ilp(self.problem.limits)
-        self.env = HySquantEnv(self.problem)
+        # search.workers episodes at a time; once the agent learns, its critic picks among search.candidates
+        self.env = ParallelEpisodes(self.problem, search.workers, search.seed, search.candidates)
+        self.single = HySquantEnv(self.problem)  # action <-> bits, the warm-start episode, evaluated trajectories
+        self.store = EpisodeStore(self.single.trajectory, search.agent.normalize_reward)
         self.ckpt = out / CHECKPOINT_DIR
         self.state = {"episodes_done": 0, "seeded": False, "round": 0}
         self.bar: tqdm | None = None
@@ -52,7 +59,7 @@ class RLSearch:
             self.agent = self._load()
         else:
             # with a warm start: exploration of search.warm_start_noise_bits around the agent's choice
-            local_sigma = self.env.bits_to_action(search.warm_start_noise_bits) if self.warm else None
+            local_sigma = self.single.bits_to_action(search.warm_start_noise_bits) if self.warm else None
             self.agent = make_agent(search.agent, self.env, self.L, search.seed, local_sigma=local_sigma)
 
     # -- pieces ------------------------------------------------------------------------------------------
@@ -63,6 +70,28 @@ class RLSearch:
             raise NoPolicyError("the LUT's integer program found no policy within the budgets: relax them")
         return p.canonical(bits)
 
+    def _score(self, policies: list[np.ndarray]) -> np.ndarray:
+        """The critic's estimate of each policy's (standardised) reward: its Q-value averaged over the policy's
+        trajectory (gamma = 0 and HAQ's reward copy make every transition's Q the episode's expected reward)."""
+        steps = [self.single.trajectory(bits) for bits in policies]
+        obs = torch.as_tensor(np.concatenate([o for o, _, _ in steps]))
+        actions = torch.as_tensor(np.concatenate([self.agent.policy.scale_action(a) for _, _, a in steps]))
+        with torch.no_grad():
+            q = self.agent.critic(obs, actions)[0]
+        return q.numpy().reshape(len(policies), -1).mean(axis=1)
+
+    def _recenter(self) -> None:
+        """With a warm start, actions are offsets from the best policy found so far (elitism, as a local search's
+        incumbent): when it improves, the warm start moves there and the replay buffer's actions are rewritten as
+        offsets from it."""
+        best = self.recorder.best_within(self.problem.limits) if self.warm else None
+        if best is None:
+            return
+        bits = self.problem.canonical(best)
+        if not np.array_equal(bits, self.problem.warm_start):
+            self.problem.warm_start = bits
+            self.store.relabel(self.agent)
+
     def _on_episode(self, info: dict[str, Any]) -> None:
         self.recorder.record(info)
         self.state["episodes_done"] += 1
@@ -72,17 +101,19 @@ class RLSearch:
             self.bar.update(1)
 
     def _seed_episode(self) -> None:
-        """Evaluate the warm-start policy as the first episode and store its transitions (HAQ's reward copy)."""
-        env, agent = self.env, self.agent
-        obs, _ = env.reset()
-        steps = []
+        """Evaluate the warm-start policy as the first episode and store it (HAQ's reward copy) in every
+        environment's column of the replay buffer."""
+        agent, n = self.agent, self.env.num_envs
+        info = self.problem.finish(self.problem.warm_start)
+        obs, next_obs, actions = self.single.trajectory(info["bits"])
         for l in range(self.L):
-            action = env.to_action(l, self.problem.warm_start[l])
-            next_obs, reward, done, _, info = env.step(action)
-            steps.append((obs, next_obs, agent.policy.scale_action(action), done))
-            obs = next_obs
-        for o, n, a, d in steps:
-            agent.replay_buffer.add(o[None], n[None], a[None], np.array([info["reward"]]), np.array([d]), [{}])
+            agent.replay_buffer.add(
+                *(np.repeat(x[None], n, 0) for x in (obs[l], next_obs[l], agent.policy.scale_action(actions[l]))),
+                np.zeros(n),
+                np.full(n, l == self.L - 1),
+                [{}] * n,
+            )
+        self.store.store(agent, [(info["bits"], info["reward"])] * n)
         self._on_episode(info)
         self.state["seeded"] = True
 
@@ -90,20 +121,27 @@ class RLSearch:
     def checkpoint(self) -> None:
         """Agent, replay buffer and search state (history, best, evaluation cache, the problem's identity) as one
         consistent set (:func:`agents.checkpoint.write_checkpoint`)."""
-        noise = getattr(self.agent, "action_noise", None)
+        noises = exploration_noises(self.agent)
         state = {
             **self.state,
             "agent": self.search.agent.name,
             "identity": self.problem.identity,
             "history": self.recorder.history,
             "best": self.recorder.best,
-            "noise_episodes": getattr(noise, "episodes", 0),
+            "noise_episodes": [noise.episodes for noise in noises],
             "cache": {k.hex(): v for k, v in self.problem.cache.items()},
         }
         text = (json.dumps(state, indent=1) + "\n").encode()
         parts = {
             "agent.zip": lambda f: self.agent.save(f),
             "replay_buffer.pkl": lambda f: self.agent.save_replay_buffer(f),
+            "episodes.npz": lambda f: np.savez(
+                f,
+                raw=np.zeros((0, 0)) if self.store.raw is None else self.store.raw,  # None: nothing stored yet
+                keys=np.array(list(self.store.episodes), dtype=np.int64).reshape(-1, 2),
+                bits=np.array(list(self.store.episodes.values()), dtype=np.int64).reshape(-1, self.L, 2),
+                warm_start=np.zeros((0, 2)) if self.problem.warm_start is None else self.problem.warm_start,
+            ),
             "state.json": lambda f: f.write(text),
         }
         write_checkpoint(self.ckpt, self.state["episodes_done"], parts)
@@ -124,9 +162,13 @@ class RLSearch:
             )
         agent = AGENTS[state["agent"]].load(folder / "agent.zip", env=self.env, device="cpu")
         agent.load_replay_buffer(folder / "replay_buffer.pkl")
-        noise = getattr(agent, "action_noise", None)
-        if noise is not None and hasattr(noise, "episodes"):
-            noise.episodes = int(state["noise_episodes"])
+        with np.load(folder / "episodes.npz", allow_pickle=False) as saved:
+            self.store.raw = saved["raw"] if saved["raw"].size else None
+            self.store.episodes = {(int(a), int(b)): bits for (a, b), bits in zip(saved["keys"], saved["bits"])}
+            if len(saved["warm_start"]):
+                self.problem.warm_start = saved["warm_start"].astype(np.int64)
+        for noise, episodes in zip(exploration_noises(agent), state["noise_episodes"], strict=True):
+            noise.episodes = int(episodes)
             noise.sigma = noise.sigma0 * noise.decay**noise.episodes
         self.recorder.history = state["history"]
         self.recorder.best = state["best"]
@@ -152,6 +194,7 @@ class RLSearch:
         p.limits = dict(limits)
         if self.warm and round_index > 0:
             p.warm_start = self._ilp(p.limits)
+            self.store.relabel(self.agent)
         target = self.search.episodes * (round_index + 1)  # episodes per round, counted across a resume
         self.state["round"] = round_index
         self.bar = tqdm(
@@ -167,8 +210,15 @@ class RLSearch:
                 self._seed_episode()
             remaining = target - self.state["episodes_done"]
             callback = SearchCallback(
-                self.L, self._on_episode, self.checkpoint, self.search.checkpoint_every, lambda: self.stop_requested
+                self.L,
+                self._on_episode,
+                self.checkpoint,
+                self.search.checkpoint_every,
+                self.store,
+                lambda: self.stop_requested,
+                self._recenter,
             )
+            n = self.env.num_envs  # episodes per rollout: a phase of k episodes runs ceil(k / n) rollouts
             # local search: the warm-up explores with noise around the (centred) actor, without updates
             explore = 0
             if self.warm:
@@ -176,12 +226,15 @@ class RLSearch:
             if explore > 0:
                 steps, self.agent.gradient_steps = self.agent.gradient_steps, 0
                 try:
-                    self.agent.learn(explore * self.L, callback=callback, reset_num_timesteps=False)
+                    self.agent.learn(-(-explore // n) * n * self.L, callback=callback, reset_num_timesteps=False)
                 finally:
                     self.agent.gradient_steps = steps
-            if remaining > explore:
-                self.agent.learn((remaining - explore) * self.L, callback=callback, reset_num_timesteps=False)
+            remaining = target - self.state["episodes_done"]
+            if remaining > 0:
+                self.env.scorer = self._score  # the critic has started learning: it screens the candidates
+                self.agent.learn(-(-remaining // n) * n * self.L, callback=callback, reset_num_timesteps=False)
         finally:
+            self.env.scorer = None
             self.bar.close()
             self.bar = None
             for signum, handler in handlers.items():

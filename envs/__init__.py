@@ -4,8 +4,9 @@
 import gymnasium
 
 from envs.hysquant_env import HySquantEnv
+from envs.parallel import ParallelEpisodes
 
 if "HySquant-v0" not in gymnasium.registry:
     gymnasium.register(id="HySquant-v0", entry_point="envs.hysquant_env:HySquantEnv")
 
-__all__ = ["HySquantEnv"]
+__all__ = ["HySquantEnv", "ParallelEpisodes"]

@@ -99,6 +99,8 @@ class HySquantEnv(gym.Env):
         self._step = 0
         self._prev = np.zeros(2, dtype=np.float32)
         self._used = dict(p.fixed)
+        self.final: np.ndarray | None = None  # the policy this episode evaluates, when chosen for it (novelty)
+        self.proposed_repeat = False  # the policy the actor and its noise chose had been evaluated already
 
     # -- action -> bits ----------------------------------------------------------------------------------
     def to_bits(self, layer: int, action: np.ndarray) -> np.ndarray:
@@ -152,6 +154,15 @@ class HySquantEnv(gym.Env):
         self._used = dict(self.problem.fixed)  # cost committed so far, per budget
         return self._obs(), {}
 
+    def ending(self, action: np.ndarray) -> np.ndarray | None:
+        """The policy (L, 2) this episode ends with if ``action`` is its last, else None (parallel episodes
+        evaluate all ending policies at once before they step)."""
+        if self._step != self.problem.num_layers - 1:
+            return None
+        bits = self._bits.copy()
+        bits[self._step] = self.to_bits(self._step, action)
+        return bits
+
     def step(self, action: np.ndarray):
         l = self._step
         self._bits[l] = self.to_bits(l, action)
@@ -161,7 +172,8 @@ class HySquantEnv(gym.Env):
         self._step += 1
         if self._step < self.problem.num_layers:
             return self._obs(), 0.0, False, False, {}
-        info = self.finish(self._bits.copy())
+        info = self.problem.finish(self._bits.copy(), self.final)
+        info["proposed_repeat"], self.proposed_repeat, self.final = self.proposed_repeat, False, None
         self._step = self.problem.num_layers - 1  # the terminal observation repeats the last layer's
         obs = self._obs()
         return obs, float(info["reward"]), True, False, info
@@ -169,3 +181,22 @@ class HySquantEnv(gym.Env):
     def finish(self, chosen: np.ndarray) -> dict[str, Any]:
         """The episode end of :meth:`SearchProblem.finish` (projection, cached evaluation, reward)."""
         return self.problem.finish(chosen)
+
+    def trajectory(self, bits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(observations, next observations, actions) of an episode that chose ``bits`` (L, 2) itself: (L, D),
+        (L, D), (L, 2). The replay buffer stores these for the policy an episode evaluated (after the budget
+        projection and any novelty step), so the critic learns the reward of what was evaluated. Leaves this
+        environment reset."""
+        n = self.problem.num_layers
+        obs = np.zeros((n + 1, self.observation_space.shape[0]), dtype=np.float32)
+        actions = np.stack([self.to_action(l, bits[l]) for l in range(n)])
+        obs[0], _ = self.reset()
+        for l in range(n):  # step's bookkeeping without the episode end (no evaluation)
+            self._bits[l] = bits[l]
+            for k in BUDGETS:
+                self._used[k] += self.problem.costs[k][(l, *to_index(bits[l]))]
+            self._prev = actions[l]
+            self._step = min(l + 1, n - 1)  # the terminal observation repeats the last layer's
+            obs[l + 1] = self._obs()
+        self.reset()
+        return obs[:-1], obs[1:], actions

@@ -1,11 +1,20 @@
 """The benchmark's statistics and reports: evaluation throughput, aggregation over seeds, the McNemar test, the
-goal check, ``bench.md`` and ``pareto.png``. The runs themselves are planned by ``hysquant-bench``
+noise of search-val, the room each budget leaves, the agent's learning diagnostics, the goal check and the verdict,
+``bench.md`` and ``pareto.png``. The runs themselves are planned by ``hysquant-bench``
 (:mod:`hysquant_rl.apps.bench`).
+
+The goal (``bench.goal``, :func:`goal`): ``method`` (rl) reaches at least every other method's mean test top-1 at
+every budget, and at each regime's tightest budget beats ``reference`` (ILP-KL) by ``margin`` points with a McNemar
+p-value below ``p_max`` in at least ``min_seeds`` of its seeds. A regime's tightest budget is its smallest fraction;
+a regime with budgets of several kinds (latency and energy) has a smallest fraction per kind, and of those the
+tightest is the one with the most room: the lowest reference test top-1 (:func:`tightest`). The other targets
+(``bench.targets``: room, learning, overhead) are judged with the goal in :func:`verdict`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +29,50 @@ from hysquant_rl.lut.table import read_document
 from hysquant_rl.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
+BUDGET_KEYS = {"latency": "latency_ms", "energy": "energy_mj"}  # budget kind of a plan -> budget key
+EPS = 1e-9  # points: means of top-1 over the same images compare equal within float summation error
+
+
+def budget_label(kind: str, fraction: float) -> str:
+    """A budget's name in the tables and run directories: ``latency 0.20`` (more decimals only when needed)."""
+    return f"{kind} {fraction:.2f}" if round(fraction, 2) == fraction else f"{kind} {fraction:g}"
+
+
+def budget_parts(label: str) -> tuple[str, float]:
+    """(kind, fraction) of a budget named by :func:`budget_label`."""
+    kind, fraction = label.split()
+    return kind, float(fraction)
+
+
+def regime_budgets(plan: Any) -> list[tuple[int, list[tuple[str, float]]]]:
+    """``bench.plans.*.regimes`` as (batch size, [(budget kind, fraction), ...]) per regime, checked: each regime is
+    ``{batch: N, budgets: {latency: [...], energy: [...]}}`` with at least one budget, kinds from
+    :data:`BUDGET_KEYS`, no budget or batch size twice."""
+    out: list[tuple[int, list[tuple[str, float]]]] = []
+    for regime in plan["regimes"]:
+        try:
+            batch = int(regime["batch"])
+            pairs = [(str(kind), float(f)) for kind, fractions in regime["budgets"].items() for f in fractions]
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise HySquantError(
+                f"bench plan regime {regime!r}: write {{batch: <batch size>, budgets: {{latency: [<fraction>, ...],"
+                " energy: [...]}}"
+            ) from e
+        unknown = sorted({kind for kind, _ in pairs} - set(BUDGET_KEYS))
+        if unknown:
+            raise HySquantError(
+                f"bench plan, batch {batch}: unknown budget kinds {unknown}: use {', '.join(BUDGET_KEYS)}"
+            )
+        labels = [budget_label(kind, f) for kind, f in pairs]
+        if not pairs or len(set(labels)) < len(labels):
+            raise HySquantError(
+                f"bench plan, batch {batch}: give at least one budget, each once (given: {', '.join(labels) or 'none'})"
+            )
+        out.append((batch, pairs))
+    batches = [batch for batch, _ in out]
+    if not out or len(set(batches)) < len(batches):
+        raise HySquantError(f"bench plan: give at least one regime, each batch size once (given: {batches})")
+    return out
 
 
 def throughput(pipe: Pipeline, bits: list[tuple[int, int]], split: str, repeats: int) -> float:
@@ -36,17 +89,44 @@ def throughput(pipe: Pipeline, bits: list[tuple[int, int]], split: str, repeats:
 
 @dataclass(frozen=True)
 class Goal:
-    """``bench.goal``: ``method`` reaches the best of ``baselines`` within one seed std at every budget, and beats
-    ``reference`` by ``margin`` points at each regime's tightest latency budget."""
+    """``bench.goal``: ``method``'s mean test top-1 is at least every other method's at every budget, and at each
+    regime's tightest budget (:func:`tightest`) it beats ``reference`` by ``margin`` points with a McNemar p-value
+    below ``p_max`` in at least ``min_seeds`` of its seeds."""
 
     method: str
     reference: str
     margin: float
-    baselines: tuple[str, ...]
+    p_max: float
+    min_seeds: int
 
     @classmethod
     def from_mapping(cls, g: Any) -> Goal:
-        return cls(str(g["method"]), str(g["reference"]), float(g["margin"]), tuple(str(b) for b in g["baselines"]))
+        goal = cls(str(g["method"]), str(g["reference"]), float(g["margin"]), float(g["p_max"]), int(g["min_seeds"]))
+        if not 0.0 < goal.p_max <= 1.0 or goal.min_seeds < 1:
+            raise HySquantError(
+                f"bench.goal: p_max in (0, 1] and min_seeds >= 1, not p_max={goal.p_max}, min_seeds={goal.min_seeds}"
+            )
+        return goal
+
+
+@dataclass(frozen=True)
+class Targets:
+    """``bench.targets``, the verdict's other items. ``min_room``: points by which FP32's test top-1 must exceed the
+    reference's at every budget (with less, no search can show skill there); ``new_policy_fraction``: the share of
+    the agent's episodes after its warm-up that evaluate a policy not seen before in the run, in every run;
+    ``improved_seeds``: seeds per budget in which the agent's best search-val reward improves after its updates
+    begin; ``max_overhead``: the agent's own time per episode as a fraction of one PTQ evaluation."""
+
+    min_room: float
+    new_policy_fraction: float
+    improved_seeds: int
+    max_overhead: float
+
+    @classmethod
+    def from_mapping(cls, t: Any) -> Targets:
+        return cls(
+            float(t["min_room"]), float(t["new_policy_fraction"]), int(t["improved_seeds"]), float(t["max_overhead"])
+        )
 
 
 def lut_build_seconds(lut: Any) -> float | None:
@@ -100,51 +180,241 @@ def episode_speed(runs: pd.DataFrame) -> list[dict[str, Any]]:
 
 def mcnemar(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
     """Exact McNemar test of two policies' per-image top-1 hits (N,) on the same images: ``wins`` images only
-    ``a`` gets right, ``losses`` only ``b``; ``p`` the two-sided binomial p-value of wins among the two."""
+    ``a`` gets right, ``losses`` only ``b``; ``diff`` a's top-1 minus b's in points (wins - losses over N); ``p``
+    the two-sided binomial p-value of wins among the two."""
     from scipy.stats import binomtest
 
     wins, losses = int((a & ~b).sum()), int((~a & b).sum())
     p = binomtest(wins, wins + losses, 0.5).pvalue if wins + losses else 1.0
-    return {"wins": wins, "losses": losses, "p": float(p)}
+    return {"wins": wins, "losses": losses, "diff": 100.0 * (wins - losses) / len(a), "p": float(p)}
+
+
+def se_top1(top1: float, n: int) -> float:
+    """Standard error, in points, of one policy's top-1 ``top1`` [%] measured on ``n`` images:
+    ``100 sqrt(p (1 - p) / n)``."""
+    p = top1 / 100.0
+    return 100.0 * math.sqrt(p * (1.0 - p) / n)
+
+
+def se_paired(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """Standard error, in points, of the top-1 difference of two policies from their per-image hits (N,) on the same
+    images: ``100 sqrt(d / N)``, ``d`` the discordant fraction (images exactly one of the two gets right)."""
+    d = float(np.mean(a != b))
+    return {"discordant": d, "se": 100.0 * math.sqrt(d / len(a))}
+
+
+def learning(history: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
+    """The agent's learning diagnostics from its episode history (:class:`~hysquant_rl.search.recorder.Recorder`).
+    Episodes 0..``warmup`` (``agent.warmup_episodes``) come before the updates; of the episodes after them,
+    ``new_policy_fraction`` evaluated a policy not seen before in the run (None: there are none).
+    ``last_improvement``: the last episode whose reward beat every earlier one; ``improved``: it lies after the
+    warm-up, i.e. the best reward over all episodes beats the best over episodes <= ``warmup``. Skipped (NaN)
+    episodes carry no reward. ``proposed_new_fraction``: of the episodes after the warm-up, those whose policy the
+    actor and its noise proposed was new, before the novelty step (the agent's own exploration, collapse or not)."""
+    after = [e for e in history if e["episode"] > warmup]
+    scored = [(int(e["episode"]), float(e["reward"])) for e in history if not e.get("skipped", False)]
+    last, best = None, -math.inf
+    for episode, reward in scored:
+        if reward > best:
+            last, best = episode, reward
+    warm = [reward for episode, reward in scored if episode <= warmup]
+    return {
+        "warmup_episodes": int(warmup),
+        "episodes": len(history),
+        "episodes_after_warmup": len(after),
+        "new_policy_fraction": sum(not e.get("cached", False) for e in after) / len(after) if after else None,
+        "proposed_new_fraction": (
+            sum(not e.get("proposed_repeat", False) for e in after) / len(after) if after else None
+        ),
+        "best_reward_warmup": max(warm) if warm else None,
+        "best_reward": best if scored else None,
+        "last_improvement": last,
+        "improved": last is not None and last > warmup,
+    }
+
+
+def room(table: list[dict[str, Any]], fp32_top1: float, reference: str, min_room: float) -> list[dict[str, Any]]:
+    """Per (regime, budget): FP32's test top-1 minus ``reference``'s mean (None where it found no policy), and
+    whether that room is at least ``min_room`` points."""
+    out = []
+    for t in table:
+        if t["method"] != reference:
+            continue
+        top1 = float(t["test_top1_mean"]) if t["found"] else None
+        gap = None if top1 is None else fp32_top1 - top1
+        out.append(
+            {
+                "regime": int(t["regime"]),
+                "budget": t["budget"],
+                "reference_top1": top1,
+                "room": gap,
+                "met": gap is not None and gap >= min_room - EPS,
+            }
+        )
+    return out
+
+
+def tightest(table: list[dict[str, Any]], reference: str) -> dict[int, str]:
+    """Each regime's tightest budget: its smallest fraction; with budgets of several kinds, of each kind's smallest
+    fraction the one where ``reference``'s mean test top-1 is lowest, which leaves the most room (a budget where
+    the reference found no policy counts as lowest)."""
+    top1: dict[tuple[int, str], float] = {}
+    for t in table:
+        key = (int(t["regime"]), t["budget"])
+        top1.setdefault(key, -math.inf)
+        if t["method"] == reference and t["found"]:
+            top1[key] = float(t["test_top1_mean"])
+    out: dict[int, str] = {}
+    for regime in dict.fromkeys(r for r, _ in top1):
+        smallest: dict[str, tuple[float, str]] = {}
+        for r, budget in top1:
+            kind, fraction = budget_parts(budget)
+            if r == regime and (kind not in smallest or fraction < smallest[kind][0]):
+                smallest[kind] = (fraction, budget)
+        out[regime] = min((budget for _, budget in smallest.values()), key=lambda budget: top1[(regime, budget)])
+    return out
 
 
 def goal(
     table: list[dict[str, Any]], g: Goal, paired: dict[tuple[int, str], list[dict[str, Any]]] | None = None
 ) -> list[dict[str, Any]]:
-    """Issue 5's goal per (regime, budget): ``g.method`` reaches the best of ``g.baselines`` within one seed std,
-    and at each regime's tightest latency budget beats ``g.reference`` by at least ``g.margin`` points.
-    ``paired`` adds each seed's McNemar test against the reference's policy."""
-    frame = pd.DataFrame(table)
+    """:class:`Goal` per (regime, budget) where ``g.method`` ran: its mean test top-1 against every other method
+    that found a policy (``beaten_by``: those with a higher mean, best first; all of them where ``g.method`` found
+    none), its margin over ``g.reference``, and ``paired``'s per-seed McNemar tests against the reference's policy
+    (:func:`mcnemar`, keyed by (regime, budget)), each marked ``passes`` when that seed's difference is at least
+    ``g.margin`` points with p < ``g.p_max``. At each regime's tightest budget (:func:`tightest`): ``tightest``,
+    ``seeds_passing`` and ``beats_reference_by_margin`` (at least ``g.min_seeds`` seeds pass)."""
+    tight = tightest(table, g.reference)
+    groups: dict[tuple[int, str], dict[str, dict[str, Any]]] = {}
+    for t in table:
+        groups.setdefault((int(t["regime"]), t["budget"]), {})[t["method"]] = t
     out = []
-    for (regime, budget), rows in frame.groupby(["regime", "budget"], sort=False):
-        by = rows.set_index("method")
-        if g.method not in by.index or not by.loc[g.method, "found"]:
+    for (regime, budget), by in groups.items():
+        me = by.get(g.method)
+        if me is None:
             continue
-        rl = by.loc[g.method]
-        std = None if rl["test_top1_std"] is None or pd.isna(rl["test_top1_std"]) else float(rl["test_top1_std"])
-        base = by.loc[[m for m in g.baselines if m in by.index and by.loc[m, "found"]]]
-        best = base["test_top1_mean"].idxmax()
-        entry = {
-            "regime": int(regime),
+        mine = float(me["test_top1_mean"]) if me["found"] else None
+        std = me.get("test_top1_std")
+        others = sorted(
+            ((m, float(t["test_top1_mean"])) for m, t in by.items() if m != g.method and t["found"]),
+            key=lambda x: -x[1],
+        )
+        beaten_by = [{"method": m, "test_top1": v} for m, v in others if mine is None or v > mine + EPS]
+        entry: dict[str, Any] = {
+            "regime": regime,
             "budget": budget,
-            "method_top1": float(rl["test_top1_mean"]),
-            "method_std": std,
-            "best_baseline": best,
-            "best_baseline_top1": float(base.loc[best, "test_top1_mean"]),
+            "method_top1": mine,
+            "method_std": None if std is None or pd.isna(std) else float(std),
+            "best_other": others[0][0] if others else None,
+            "best_other_top1": others[0][1] if others else None,
+            "beaten_by": beaten_by,
+            "at_least_every_other": mine is not None and not beaten_by,
         }
-        entry["reaches_best_baseline"] = entry["method_top1"] >= entry["best_baseline_top1"] - (std or 0.0)
-        if g.reference in by.index and by.loc[g.reference, "found"]:
-            entry["reference_top1"] = float(by.loc[g.reference, "test_top1_mean"])
-            entry["margin_over_reference"] = entry["method_top1"] - entry["reference_top1"]
-            entry["paired_vs_reference"] = (paired or {}).get((int(regime), budget), [])
+        ref = by.get(g.reference)
+        if ref is not None and ref["found"]:
+            entry["reference_top1"] = float(ref["test_top1_mean"])
+            if mine is not None:
+                entry["margin_over_reference"] = mine - entry["reference_top1"]
+        tests = [
+            {**t, "passes": bool(t["diff"] >= g.margin - EPS and t["p"] < g.p_max)}
+            for t in (paired or {}).get((regime, budget), [])
+        ]
+        entry["paired_vs_reference"] = tests
+        if tight.get(regime) == budget:
+            entry["tightest"] = True
+            entry["seeds_passing"] = sum(t["passes"] for t in tests)
+            entry["beats_reference_by_margin"] = entry["seeds_passing"] >= g.min_seeds
         out.append(entry)
-    for regime in {e["regime"] for e in out}:
-        latency = [e for e in out if e["regime"] == regime and e["budget"].startswith("latency")]
-        if latency and "margin_over_reference" in latency[0]:
-            tight = min(latency, key=lambda e: float(e["budget"].split()[1]))
-            tight["tightest"] = True
-            tight["beats_reference_by_margin"] = tight["margin_over_reference"] >= float(g.margin)
     return out
+
+
+def _signed(x: float | None) -> str:
+    return "-" if x is None else f"{x:+.2f}"
+
+
+def _points(x: float) -> str:
+    return f"{x:g} point{'' if x == 1 else 's'}"
+
+
+def _top1(x: float) -> str:
+    return f"{x:.2f}"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.0f} %"
+
+
+def verdict(r: dict[str, Any], g: Goal, t: Targets) -> list[dict[str, Any]]:
+    """Every target of the bench, ``met`` or not, with the figures that decided it (``detail``): the room at every
+    budget, :class:`Goal`'s two parts (the tightest budget once per regime), ``g.method``'s learning diagnostics
+    (:func:`learning`) and its overhead per episode (:func:`episode_speed`). Reads ``r``'s plan, runs, room, goal
+    and speed."""
+    items: list[dict[str, Any]] = []
+
+    def add(item: str, met: bool, detail: str) -> None:
+        items.append({"item": item, "met": bool(met), "detail": detail})
+
+    def where(e: dict[str, Any]) -> str:
+        return f"batch {e['regime']} {e['budget']}"
+
+    rooms = r["room"]
+    short = [e for e in rooms if not e["met"]]
+    lowest = min((e["room"] for e in rooms if e["room"] is not None), default=None)
+    add(
+        f"room (FP32 test top-1 minus {g.reference}'s) >= {_points(t.min_room)} at every budget",
+        bool(rooms) and not short,
+        ", ".join(f"{where(e)}: {_signed(e['room'])}" for e in short) or f"lowest {_signed(lowest)}",
+    )
+    entries = r["goal"]
+    behind = [e for e in entries if not e["at_least_every_other"]]
+    add(
+        f"{g.method}'s mean test top-1 >= every other method's at every budget",
+        bool(entries) and not behind,
+        "; ".join(
+            f"{where(e)}: {g.method} {'found no policy' if e['method_top1'] is None else _top1(e['method_top1'])},"
+            " beaten by " + ", ".join(f"{b['method']} {b['test_top1']:.2f}" for b in e["beaten_by"])
+            for e in behind
+        )
+        or f"at all {len(entries)} budgets",
+    )
+    for batch, _ in regime_budgets(r["plan"]):
+        e = next((e for e in entries if e["regime"] == batch and e.get("tightest")), None)
+        if e is None:
+            add(f"batch {batch}, tightest budget: {g.method} beats {g.reference}", False, f"no {g.method} result")
+            continue
+        margin = e.get("margin_over_reference")
+        add(
+            f"batch {batch}, tightest budget ({e['budget']}): {g.method} >= {g.reference} + {_points(g.margin)} with"
+            f" McNemar p < {g.p_max:g} in >= {g.min_seeds} seeds",
+            e["beats_reference_by_margin"],
+            f"{e['seeds_passing']} of {len(e['paired_vs_reference'])} seeds; mean difference {_signed(margin)}",
+        )
+    runs = [x for x in r["runs"] if x["method"] == g.method and x.get("learning")]
+    low = [x for x in runs if (x["learning"]["new_policy_fraction"] or 0.0) < t.new_policy_fraction - EPS]
+    fractions = [x["learning"]["new_policy_fraction"] for x in runs if x["learning"]["new_policy_fraction"] is not None]
+    add(
+        f"{g.method}: >= {100 * t.new_policy_fraction:g} % of the episodes after the warm-up evaluate a policy new to"
+        " the run, in every run",
+        bool(runs) and not low,
+        ", ".join(f"{where(x)} seed {x['seed']}: {_pct(x['learning']['new_policy_fraction'])}" for x in low)
+        or f"lowest {_pct(min(fractions, default=None))} over {len(runs)} runs",
+    )
+    improved: dict[str, list[bool]] = {}
+    for x in runs:
+        improved.setdefault(where(x), []).append(bool(x["learning"]["improved"]))
+    add(
+        f"{g.method}: the best search-val reward improves after the updates begin in >= {t.improved_seeds} seeds at"
+        " every budget",
+        bool(improved) and all(sum(v) >= t.improved_seeds for v in improved.values()),
+        ", ".join(f"{k}: {sum(v)} of {len(v)}" for k, v in improved.items()) or f"no {g.method} run",
+    )
+    speed = next((e for e in r["speed"]["episodes"] if e["method"] == g.method), None)
+    add(
+        f"{g.method}: search overhead <= {100 * t.max_overhead:g} % of a PTQ evaluation",
+        speed is not None and speed["overhead_fraction"] <= t.max_overhead,
+        f"{_pct(speed['overhead_fraction'])}" if speed else f"no episodic {g.method} run",
+    )
+    return items
 
 
 def _pm(mean: float | None, std: float | None, fmt: str = ".2f") -> str:
@@ -154,12 +424,25 @@ def _pm(mean: float | None, std: float | None, fmt: str = ".2f") -> str:
 
 
 def _paired(tests: list[dict[str, Any]]) -> str:
-    return ", ".join(f"{t['wins']}/{t['losses']} p={t['p']:.2f}" for t in tests) or "-"
+    return (
+        ", ".join(f"seed {t['seed']}: {t['wins']}/{t['losses']} {t['diff']:+.2f} p={t['p']:.3f}" for t in tests) or "-"
+    )
+
+
+def _seeds(seeds: dict[str, list[int]]) -> str:
+    """'rl, local with seeds 0, 1, 2; uniform, greedy, ... with seed 0'."""
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for method, s in seeds.items():
+        groups.setdefault(tuple(s), []).append(method)
+    return "; ".join(
+        f"{', '.join(ms)} with seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s))}" for s, ms in groups.items()
+    )
 
 
 def markdown(r: dict[str, Any]) -> str:
-    plan = r["plan"]
-    energy = f" and {', '.join(map(str, plan['energy_fractions']))} (energy)" if plan["energy_fractions"] else ""
+    regimes = regime_budgets(r["plan"])
+    g, tg, sv = r["goal_config"], r["targets"], r["search_val"]
+    m, ref = g["method"], g["reference"]
     q = r.get("quant", {})
     scope = (
         f" Quantization scope `{q['scope']}` ({r['units']} units), {q['calibrator']} calibration, {q['softmax']}"
@@ -170,16 +453,21 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [
         f"# Benchmark: {r['model']['name']} on {r['data']}, {r['device']}{' (quick)' if r['quick'] else ''}",
         "",
-        f"Budgets at {', '.join(map(str, plan['latency_fractions']))} of the way from the cheapest allowed policy to"
-        f" uniform W8A8 (latency){energy};"
-        f" {plan['episodes']} episodes per episodic run; seeds {plan['seeds']} for the stochastic methods"
-        " (mean ± sample std)."
-        " Test top-1 on the test split, which no search saw; search-val top-1 is what the search optimised."
-        f"{scope} Latency and energy are modelled (roofline of the {r['device']} profile), not measured."
-        f" Total {r['wall_s'] / 60:.1f} min.",
+        f"Budgets per regime (a batch size of the {r['device']} profile), at fractions of the way from the cheapest"
+        " allowed policy to uniform W8A8: "
+        + "; ".join(f"batch {batch}: {', '.join(budget_label(k, f) for k, f in pairs)}" for batch, pairs in regimes)
+        + f". {r['plan']['episodes']} episodes per episodic run. Methods run {_seeds(r['seeds'])}"
+        " (mean ± sample std over seeds)."
+        + " Test top-1 on the test split, which no search saw; search-val top-1 is what the search optimised"
+        f" ({sv['size']} images).{scope} Latency and energy are modelled (roofline of the {r['device']} profile), not"
+        f" measured. Total {r['wall_s'] / 60:.1f} min.",
+        "",
+        "## Verdict",
+        "",
+        *(f"- {v['item']}: {'met' if v['met'] else 'NOT met'} ({v['detail']})." for v in r["verdict"]),
         "",
     ]
-    for regime in plan["regimes"]:
+    for regime, _ in regimes:
         lines += [
             f"## Batch {regime}",
             "",
@@ -198,20 +486,23 @@ def markdown(r: dict[str, Any]) -> str:
                 f" {_pm(t['search_val_top1_mean'], t['search_val_top1_std'])} | {t['latency_ms_mean']:.4g} |"
                 f" {t['energy_mj_mean']:.4g} | {t['evaluations_mean']:.0f} | {t['wall_s_mean']:.1f} |"
             )
-        if "fp32" in r:
-            room = []
-            for budget in dict.fromkeys(t["budget"] for t in r["table"] if t["regime"] == regime):
-                found = [t for t in r["table"] if t["regime"] == regime and t["budget"] == budget and t["found"]]
-                if found:
-                    best = max(found, key=lambda t: t["test_top1_mean"])
-                    gap = r["fp32"]["test_top1"] - best["test_top1_mean"]
-                    room.append(f"{budget}: {gap:+.2f} ({best['method']})")
-            lines += [
-                "",
-                f"Room left (FP32 test top-1 {r['fp32']['test_top1']:.2f} minus the best method's mean): "
-                + ", ".join(room)
-                + ".",
-            ]
+        left = []
+        for budget in dict.fromkeys(t["budget"] for t in r["table"] if t["regime"] == regime):
+            found = [t for t in r["table"] if t["regime"] == regime and t["budget"] == budget and t["found"]]
+            if found:
+                best = max(found, key=lambda t: t["test_top1_mean"])
+                left.append(f"{budget}: {r['fp32']['test_top1'] - best['test_top1_mean']:+.2f} ({best['method']})")
+        rooms = [e for e in r["room"] if e["regime"] == regime]
+        lines += [
+            "",
+            f"Room left (FP32 test top-1 {r['fp32']['test_top1']:.2f} minus the best method's mean): "
+            + ", ".join(left)
+            + ".",
+            "",
+            f"Room (FP32 test top-1 minus {ref}'s; the bench requires >= {_points(tg['min_room'])}): "
+            + ", ".join(f"{e['budget']}: {_signed(e['room'])} ({'met' if e['met'] else 'NOT met'})" for e in rooms)
+            + ".",
+        ]
         refs = [u for u in r["uniform"] if u["regime"] == regime]
         if refs:
             lines += [
@@ -224,28 +515,75 @@ def markdown(r: dict[str, Any]) -> str:
                 + ".",
             ]
         lines.append("")
-    g = r["goal_config"]
     lines += [
+        "## Search-val noise",
+        "",
+        f"- Search-val: {sv['size']} images; FP32 search-val top-1 {sv['fp32_top1']:.2f} %.",
+        f"- Standard error of one policy's search-val top-1 at FP32's accuracy, 100 sqrt(p (1 - p) / n):"
+        f" {sv['se_top1']:.2f} points.",
+        f"- Standard error of the paired {m} - {ref} difference on search-val, 100 sqrt(d / n) with d the fraction of"
+        f" images exactly one of the two policies gets right (mean over {m}'s seeds): "
+        + (
+            ", ".join(
+                f"batch {e['regime']} {e['budget']}: {e['se_mean']:.2f} points"
+                f" (d {100 * float(np.mean([s['discordant'] for s in e['seeds']])):.1f} %)"
+                for e in sv["paired"]
+            )
+            or "-"
+        )
+        + ".",
+        "",
         "## Goal",
         "",
-        f"{g['method']} against the best baseline (within one seed std) at every budget, and against {g['reference']}"
-        f" (by {g['margin']} points at each regime's tightest latency budget). McNemar: images only {g['method']}"
-        f" gets right / only {g['reference']} gets right, and the exact two-sided p-value, per seed.",
+        f"{m}'s mean test top-1 against every other method's at every budget, and at each regime's tightest budget"
+        f" (its smallest fraction; with budgets of several kinds, the one where {ref} leaves the most room, i.e. the"
+        f" lowest {ref} test top-1): {m} >= {ref} + {_points(g['margin'])} with McNemar p < {g['p_max']:g} in at"
+        f" least {g['min_seeds']} seeds. McNemar per seed, on the test split: images only {m} gets right / only"
+        f" {ref} gets right, the top-1 difference in points, the exact two-sided p-value.",
         "",
-        f"| batch | budget | {g['method']} test top-1 | best baseline | reaches it |"
-        f" {g['method']} - {g['reference']} | McNemar |",
+        f"| batch | budget | {m} test top-1 | best other | beaten by | {m} - {ref} | McNemar per seed |",
         "|---|---|---|---|---|---|---|",
     ]
     for e in r["goal"]:
-        margin = "-" if "margin_over_reference" not in e else f"{e['margin_over_reference']:+.2f}"
+        margin = _signed(e.get("margin_over_reference"))
         if e.get("tightest"):
-            margin += f" (tightest: {'met' if e['beats_reference_by_margin'] else 'NOT met'})"
+            margin += (
+                f" (tightest: {e['seeds_passing']} of {len(e['paired_vs_reference'])} seeds pass,"
+                f" {'met' if e['beats_reference_by_margin'] else 'NOT met'})"
+            )
+        other = "-" if e["best_other"] is None else f"{e['best_other']} {e['best_other_top1']:.2f}"
+        beaten = ", ".join(b["method"] for b in e["beaten_by"]) or "none"
         lines.append(
-            f"| {e['regime']} | {e['budget']} | {_pm(e['method_top1'], e['method_std'])} |"
-            f" {e['best_baseline']} {e['best_baseline_top1']:.2f} |"
-            f" {'yes' if e['reaches_best_baseline'] else 'NO'} | {margin} |"
-            f" {_paired(e.get('paired_vs_reference', []))} |"
+            f"| {e['regime']} | {e['budget']} | {_pm(e['method_top1'], e['method_std'])} | {other} | {beaten} |"
+            f" {margin} | {_paired(e['paired_vs_reference'])} |"
         )
+    agent = [x for x in r["runs"] if x.get("learning")]
+    if agent:
+        lines += [
+            "",
+            "## Learning",
+            "",
+            "The agent's runs. Episodes 0 to agent.warmup_episodes come before its updates. New policies: the share"
+            " of the episodes after them that evaluated a policy not seen before in the run (target >="
+            f" {100 * tg['new_policy_fraction']:g} %); an episode whose proposed policy (the actor's, with its noise)"
+            " had been evaluated moves to a new one (novelty step), so the next column is the agent's own share: the"
+            " episodes whose proposal was new. Improved: the best search-val reward over all episodes beats"
+            f" the best up to the warm-up's end (target: in >= {tg['improved_seeds']} seeds per budget).",
+            "",
+            "| batch | budget | method | seed | warm-up | new policies after it | proposed new |"
+            " best reward: warm-up / all | improved | last improvement (episode) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for x in agent:
+            d = x["learning"]
+            best = f"{_num(d['best_reward_warmup'])} / {_num(d['best_reward'])}"
+            last = "-" if d["last_improvement"] is None else d["last_improvement"]
+            lines.append(
+                f"| {x['regime']} | {x['budget']} | {x['method']} | {x['seed']} | {d['warmup_episodes']} |"
+                f" {_pct(d['new_policy_fraction'])} of {d['episodes_after_warmup']} |"
+                f" {_pct(d.get('proposed_new_fraction'))} | {best} |"
+                f" {'yes' if d['improved'] else 'no'} | {last} |"
+            )
     s = r["speed"]
     lines += [
         "",
@@ -261,39 +599,47 @@ def markdown(r: dict[str, Any]) -> str:
         lines.append(
             f"- {e['method']}: {e['s_per_episode']:.2f} s per episode, {e['eval_s_per_evaluation']:.2f} s per PTQ"
             f" evaluation; environment and agent overhead {e['overhead_s_per_episode']:.2f} s per episode,"
-            f" {100 * e['overhead_fraction']:.0f} % of an evaluation (target <= 20 %)."
+            f" {100 * e['overhead_fraction']:.0f} % of an evaluation (target <= {100 * tg['max_overhead']:g} %)."
         )
     return "\n".join(lines) + "\n"
 
 
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4g}"
+
+
 def pareto_plot(r: dict[str, Any], path: Path) -> None:
-    """Test top-1 against modelled latency, one column per regime: every method (mean ± std over seeds) at every
-    budget, the uniform configurations as grey reference points. The bottom row zooms on the top 4 points."""
+    """Test top-1 against a modelled cost, one column per regime, in the unit of that regime's budgets (latency
+    when it has budgets of both kinds): every method (mean ± std over seeds) at every budget, the uniform
+    configurations as grey reference points, the budgets of that kind as vertical lines. The bottom row zooms on
+    the top 4 points."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    regimes = r["plan"]["regimes"]
+    from hysquant_rl.search.budget import UNITS
+
+    regimes = regime_budgets(r["plan"])
     fig, axes = plt.subplots(2, len(regimes), figsize=(6.5 * len(regimes), 9), squeeze=False)
     methods = list(r["methods"])
     markers = "osD^v<>PX*"
-    for col, regime in enumerate(regimes):
+    for col, (regime, pairs) in enumerate(regimes):
+        kinds = dict.fromkeys(kind for kind, _ in pairs)
+        kind = "latency" if "latency" in kinds else "energy"
+        key = BUDGET_KEYS[kind]
+        both = "\nx: latency (this regime also has energy budgets)" if len(kinds) > 1 else ""
         refs = [u for u in r["uniform"] if u["regime"] == regime]
         rows = [t for t in r["table"] if t["regime"] == regime and t["found"]]
         best = max([t["test_top1_mean"] for t in rows] + [u["test_top1"] for u in refs])
         for row, ax in enumerate(axes[:, col]):
             ax.scatter(
-                [u["latency_ms"] for u in refs],
-                [u["test_top1"] for u in refs],
-                c="0.6",
-                marker="x",
-                label="uniform reference",
+                [u[key] for u in refs], [u["test_top1"] for u in refs], c="0.6", marker="x", label="uniform reference"
             )
             for u in refs:
                 ax.annotate(
                     u["policy"],
-                    (u["latency_ms"], u["test_top1"]),
+                    (u[key], u["test_top1"]),
                     fontsize=7,
                     color="0.4",
                     xytext=(3, 3),
@@ -304,7 +650,7 @@ def pareto_plot(r: dict[str, Any], path: Path) -> None:
                 mine = [t for t in rows if t["method"] == m]
                 if mine:
                     ax.errorbar(
-                        [t["latency_ms_mean"] for t in mine],
+                        [t[f"{key}_mean"] for t in mine],
                         [t["test_top1_mean"] for t in mine],
                         yerr=[t["test_top1_std"] or 0.0 for t in mine],
                         fmt=markers[i % len(markers)],
@@ -313,14 +659,14 @@ def pareto_plot(r: dict[str, Any], path: Path) -> None:
                         alpha=0.8,
                         capsize=2,
                     )
-            for limit in {t["limit"] for t in rows if t["unit"] == "ms"}:
+            for limit in {t["limit"] for t in rows if t["unit"] == UNITS[key]}:
                 ax.axvline(limit, color="0.85", lw=0.8, zorder=0)
+            title = f"{r['device']}, batch {regime}"
             if row == 1:
                 ax.set_ylim(best - 4.0, best + 0.5)
-                ax.set_title(f"{r['device']}, batch {regime}: within 4 points of the best")
-            else:
-                ax.set_title(f"{r['device']}, batch {regime}")
-            ax.set_xlabel("modelled latency (ms)")
+                title += ": within 4 points of the best"
+            ax.set_title(title + both, fontsize=10)
+            ax.set_xlabel(f"modelled {kind} ({UNITS[key]})")
             ax.set_ylabel("test top-1 (%)")
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8, loc="lower right")

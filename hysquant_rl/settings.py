@@ -368,7 +368,9 @@ class AgentSettings:
 
     name: str
     net_arch: tuple[int, ...]
-    learning_rate: float
+    learning_rate: float  # the critic's (and SAC's entropy coefficient's)
+    actor_learning_rate: float
+    normalize_reward: bool  # robust standardisation of the rewards in the replay buffer
     buffer_size: int
     batch_size: int
     tau: float
@@ -384,6 +386,8 @@ class AgentSettings:
             name=str(a["name"]),
             net_arch=tuple(_integer(n, "agent.net_arch", 1) for n in a["net_arch"]),
             learning_rate=_number(a["learning_rate"], "agent.learning_rate", positive=True),
+            actor_learning_rate=_number(a["actor_learning_rate"], "agent.actor_learning_rate", positive=True),
+            normalize_reward=_flag(a["normalize_reward"], "agent.normalize_reward"),
             buffer_size=_integer(a["buffer_size"], "agent.buffer_size", 1),
             batch_size=_integer(a["batch_size"], "agent.batch_size", 1),
             tau=_number(a["tau"], "agent.tau"),
@@ -408,7 +412,10 @@ class SearchSettings:
     warm_start: bool
     offset_range: int
     warm_start_noise_bits: float
+    refine_groups: int  # ilp-refine: contiguous unit groups whose sensitivity is re-measured in context
     checkpoint_every: int
+    workers: int  # parallel episodes: policies evaluated at once (Ray actors when > 1)
+    candidates: int  # new policies per episode the agent's critic picks from, once it learns
     reference: tuple[str, ...]
     reward_metric: str
     reward_scale: float
@@ -430,7 +437,11 @@ class SearchSettings:
             warm_start=_flag(s["warm_start"], "search.warm_start"),
             offset_range=_integer(s["offset_range"], "search.offset_range", 0),
             warm_start_noise_bits=_number(s["warm_start_noise_bits"], "search.warm_start_noise_bits"),
+            # a run recorded before the setting existed (resume=true) gets the conf/search.yaml default
+            refine_groups=_integer(s.get("refine_groups", 16), "search.refine_groups", 1),
             checkpoint_every=_integer(s["checkpoint_every"], "search.checkpoint_every", 1),
+            workers=_integer(s["workers"], "search.workers", 1),
+            candidates=_integer(s["candidates"], "search.candidates", 1),
             reference=tuple(str(x) for x in s["reference"]),
             reward_metric=check_choice(r["metric"], "reward.metric", REWARD_METRICS),
             reward_scale=_number(r["scale"], "reward.scale"),

@@ -19,13 +19,13 @@ from hysquant_rl.lut.build import build_lut
 from hysquant_rl.lut.prune import box_mask
 from hysquant_rl.policy import QuantPolicy, validate
 from hysquant_rl.search.allocation import MIP_REL_GAP, proxy_grid
-from hysquant_rl.search.budget import resolve
+from hysquant_rl.search.budget import resolve, within
 from hysquant_rl.search.problem import SearchProblem, build_problem
 from hysquant_rl.units import KINDS
 from tests.conftest import run_settings, search_settings
 from tests.formats import missing_keys
 
-PARTS = ("agent.zip", "replay_buffer.pkl", "state.json")
+PARTS = ("agent.zip", "episodes.npz", "replay_buffer.pkl", "state.json")
 QUICK = ["search.episodes=10", "agent.warmup_episodes=3", "agent.gradient_steps=2", "search.checkpoint_every=1"]
 
 
@@ -156,25 +156,45 @@ def test_warm_start_agent_starts_at_the_warm_start(digits_pipeline, lut):
 
 def test_callback_copies_the_episode_reward_onto_every_transition(digits_pipeline, lut):
     """HAQ's reward copy: every transition of an episode carries the episode's terminal reward (the environment
-    returned 0 at its intermediate steps), and only the last one is terminal."""
-    from agents.callbacks import SearchCallback
+    returned 0 at its intermediate steps), only the last one is terminal, and the stored actions are those of the
+    policy the episode evaluated (after the budget projection), not what the actor chose."""
+    from agents.callbacks import EpisodeStore, SearchCallback
     from agents.factory import make_agent
 
     p = problem(digits_pipeline, lut)
     env = HySquantEnv(p)
     settings = dataclasses.replace(search_settings().agent, gradient_steps=0, warmup_episodes=0)
     agent = make_agent(settings, env, p.num_layers, seed=0)
-    rewards, checkpoints = [], []
-    callback = SearchCallback(
-        p.num_layers, lambda info: rewards.append(info["reward"]), lambda: checkpoints.append(1), 2
-    )
-    agent.learn(3 * p.num_layers, callback=callback)
+    rewards, checkpoints, evaluated = [], [], []
+    store = EpisodeStore(HySquantEnv(p).trajectory, normalize=False)
+
+    def on_episode(info):
+        rewards.append(info["reward"])
+        evaluated.append(info["bits"])
+
+    callback = SearchCallback(p.num_layers, on_episode, lambda: checkpoints.append(1), 2, store)
+    agent.learn(4 * p.num_layers, callback=callback)
     buf, n = agent.replay_buffer, p.num_layers
-    assert len(rewards) == 3 and all(r != 0.0 for r in rewards) and len(checkpoints) == 1  # after episode 2
+    assert len(rewards) == 4 and all(r != 0.0 for r in rewards) and len(checkpoints) == 2  # after episodes 2, 4
     expected = np.repeat(np.asarray(rewards, dtype=np.float32)[:, None], n, axis=1)
-    np.testing.assert_array_equal(buf.rewards[: 3 * n, 0].reshape(3, n), expected)
-    done = buf.dones[: 3 * n, 0].reshape(3, n)
+    np.testing.assert_array_equal(buf.rewards[: 4 * n, 0].reshape(4, n), expected)
+    done = buf.dones[: 4 * n, 0].reshape(4, n)
     assert (done[:, -1] == 1).all() and (done[:, :-1] == 0).all()
+    for k, bits in enumerate(evaluated):
+        stored = agent.policy.unscale_action(buf.actions[k * n : (k + 1) * n, 0])
+        assert all((env.to_bits(l, stored[l]) == bits[l]).all() for l in range(n))
+    # standardised: the same episodes minus their median, over 1.4826 x their median absolute deviation, clipped
+    store.normalize = True
+    store.store(agent, [(evaluated[-1], rewards[-1])])  # re-stores the last episode: the buffer is standardised
+    r = np.asarray(rewards)
+    med = np.median(r)  # hand arithmetic over the 4 episodes (each episode's n transitions weigh the same)
+    mad = np.median(np.abs(r - med))
+    np.testing.assert_allclose(
+        buf.rewards[: 4 * n, 0].reshape(4, n),
+        np.repeat(np.clip((r - med) / (1.4826 * mad), -5, 5)[:, None], n, 1),
+        rtol=1e-5,
+    )
+    assert (buf.rewards[4 * n :] == 0).all()  # nothing written past the stored episodes
 
 
 def pareto_optimum(objective, mask, cost, limit, bound) -> float:
@@ -235,3 +255,107 @@ def test_baseline_methods(tmp_path, digits_pipeline, lut, method, proxy):
         assert optimum * (1 - 1e-9) <= found <= optimum * (1 + MIP_REL_GAP) + 1e-15
     if method == "greedy":
         assert not (bits == bits[0]).all()  # lowered layer by layer, not uniformly
+
+
+def test_parallel_episodes_on_ray(tmp_path, digits_pipeline, lut):
+    """search.workers=2: two Ray actors, each holding the calibrated model, evaluate the agent's episodes two at a
+    time; the run ends with as many episodes and evaluated policies as one worker's, each episode a new policy."""
+    from hysquant_rl.apps.search import make_method
+    from hysquant_rl.lut.executor import RayExecutor
+    from hysquant_rl.search.loop import search
+
+    run = dataclasses.replace(run_settings("search"), threads=1)  # each actor on one of the two cores
+    found, remote = {}, 0
+    for workers in (1, 2):
+        settings = search_settings(QUICK + ["search.episodes=7", f"search.workers={workers}"])
+        executor = RayExecutor(run, workers) if workers > 1 else None
+        try:
+            found[workers] = search(
+                settings, digits_pipeline, lut, tmp_path / str(workers), make_method, log_lut=False, executor=executor
+            )
+        finally:
+            if executor is not None:
+                remote = executor.evaluations
+                executor.close()
+    for result in found.values():
+        assert len(result.recorder.history) == 7 and len(result.problem.cache) == 7
+        assert not any(e["cached"] for e in result.recorder.history)
+    assert remote == 6  # the warm-start episode runs in the driver, the other six on the actors
+
+
+def test_candidates_are_new_allowed_and_near(digits_pipeline, lut):
+    """SearchProblem.candidates: a new chosen policy comes first, unchanged; one evaluated already (or taken by
+    another parallel episode) gives way to neighbours that are new, allowed, within the budgets, and a few steps
+    away."""
+    from hysquant_rl.bits import to_index
+    from hysquant_rl.search.problem import policy_key
+
+    p = problem(digits_pipeline, lut)
+    rng = np.random.default_rng(0)
+    chosen = np.full((p.num_layers, 2), 8)
+    fitted = p.fitted(chosen)
+    found, repeat = p.candidates(chosen, rng, k=3)
+    assert np.array_equal(found[0], fitted) and not repeat and len(found) == 3
+    p.cache[policy_key(fitted)] = {"top1": 0.0}
+    seen = {policy_key(fitted)}
+    found, repeat = p.candidates(chosen, rng, k=5, taken={policy_key(found[1])})
+    assert repeat and len(found) == 5 and len({policy_key(b) for b in found}) == 5
+    for bits in found:
+        assert policy_key(bits) not in seen and policy_key(bits) not in p.cache
+        assert p.mask[np.arange(p.num_layers), to_index(bits[:, 0]), to_index(bits[:, 1])].all()
+        assert all(within(p.totals(bits), p.limits).values())
+        assert 0 < np.abs(bits - fitted).sum() <= 12  # moved, locally (projection may lower a few units)
+
+
+def test_critic_picks_among_new_candidates(digits_pipeline, lut):
+    """ParallelEpisodes: with a scorer, an episode evaluates the best-scored of the new candidates it was given;
+    without one, the policy its actions chose."""
+    from envs import ParallelEpisodes
+
+    p = problem(digits_pipeline, lut)
+    env = ParallelEpisodes(p, 1, seed=0, candidates=4)
+    seen = []
+
+    def scorer(policies):
+        seen.append(policies)
+        return np.array([-np.sum(b) for b in policies])  # fewest bits first: a hand-checkable order
+
+    action = np.full((1, 2), 0.9, dtype=np.float32)
+    for use in (None, scorer):
+        env.scorer = use
+        env.reset()
+        for _ in range(p.num_layers):
+            _, _, done, infos = env.step(action)
+        assert done[0]
+        chosen, bits = infos[0]["chosen"], infos[0]["bits"]
+        if use is None:
+            assert np.array_equal(bits, p.fitted(chosen))
+        else:
+            offered = seen[-1]
+            assert 1 < len(offered) <= 4 and min(np.sum(b) for b in offered) == np.sum(bits)
+            assert any(np.array_equal(bits, b) for b in offered)
+
+
+def test_warm_start_moves_to_the_best_policy(tmp_path, digits_pipeline, lut):
+    """Elitism: after the search, the warm start (the centre of the agent's offsets) is the best policy found within
+    the budgets, and every stored episode's actions are offsets from it (the buffer was rewritten)."""
+    from agents.rl import RLSearch
+    from hysquant_rl.search.budget import resolve as resolve_budgets
+    from hysquant_rl.search.recorder import Recorder
+
+    settings = search_settings(QUICK + ["search.episodes=8"])
+    p = problem(digits_pipeline, lut)
+    budgets = resolve_budgets(settings.budget, digits_pipeline.cost, lut.mask())
+    recorder = Recorder(digits_pipeline, tmp_path, "rl", 0, budgets)
+    method = RLSearch(settings, p, recorder, tmp_path)
+    ilp = p.warm_start.copy()
+    best = method.run(p.limits)
+    assert np.array_equal(p.warm_start, p.canonical(best))
+    assert recorder.best["reward"] > recorder.history[0]["reward"] or np.array_equal(best, ilp)
+    buf, env = method.agent.replay_buffer, method.single
+    for (start, column), bits in method.store.episodes.items():
+        idx = (start + np.arange(p.num_layers)) % buf.buffer_size
+        stored = method.agent.policy.unscale_action(buf.actions[idx, column])
+        offsets = np.array([env.to_bits(l, stored[l]) for l in range(p.num_layers)])
+        near = np.abs(bits - p.warm_start) <= p.offset_range  # inside the offset range the buffer is exact
+        assert (offsets[near] == bits[near]).all()

@@ -57,7 +57,16 @@ def run_search(run: RunSettings, search: SearchSettings, out: Path, pipe: Any = 
     lut = build_lut(run, pipe)
     log_summary(lut)
     write_lut(lut, out)
-    result = search_policy(search, pipe, lut, out, make_method)
+    executor = None
+    if search.workers > 1:  # parallel episodes: Ray actors that each hold the calibrated model
+        from hysquant_rl.lut.executor import RayExecutor
+
+        executor = RayExecutor(run, search.workers)
+    try:
+        result = search_policy(search, pipe, lut, out, make_method, executor=executor)
+    finally:
+        if executor is not None:
+            executor.close()
     return finish(search, pipe, result, out, start, export_onnx=run.export_onnx)
 
 

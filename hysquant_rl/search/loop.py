@@ -25,6 +25,7 @@ from hysquant_rl.search.problem import SearchProblem, build_problem
 from hysquant_rl.search.recorder import Recorder
 
 if TYPE_CHECKING:
+    from hysquant_rl.lut.executor import Executor
     from hysquant_rl.lut.table import LUT
     from hysquant_rl.pipeline import Pipeline
     from hysquant_rl.settings import SearchSettings
@@ -54,10 +55,12 @@ def search(
     out: Path,
     make_method: MethodFactory,
     log_lut: bool = True,
+    executor: Executor | None = None,
 ) -> SearchResult:
     """Budgets -> ``make_method`` on search-val -> hardware check, re-searching with tightened internal budgets
     while the checked policy misses one (paper 3.3). Writes TensorBoard (with the LUT's heatmap when ``log_lut``:
-    seconds of plotting) and best_policy.json to ``out``."""
+    seconds of plotting) and best_policy.json to ``out``. ``executor``: workers that evaluate parallel episodes
+    (``search.workers``)."""
     from torch.utils.tensorboard import SummaryWriter
 
     from hysquant_rl.lut.report import log_to_tensorboard
@@ -74,7 +77,7 @@ def search(
     check = make_check(pipe)
     internal = dict(budgets.limits)
     rounds: list[dict[str, Any]] = []
-    problem = build_problem(search, pipe, lut, budgets)
+    problem = build_problem(search, pipe, lut, budgets, executor)
     method = make_method(search, problem, recorder, out)
     best_bits = None
     try:

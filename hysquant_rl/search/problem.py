@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hysquant_rl.bits import FP32_BITS, grid_sum
+from hysquant_rl.bits import FP32_BITS, MAX_BITS, MIN_BITS, grid_sum, to_index
 from hysquant_rl.search.allocation import project, proxy_grid
 from hysquant_rl.search.budget import UNITS, Budgets, within
 from hysquant_rl.units import LayerInfo
 
 if TYPE_CHECKING:
+    from hysquant_rl.lut.executor import Executor
     from hysquant_rl.lut.table import LUT
     from hysquant_rl.pipeline import Pipeline
     from hysquant_rl.settings import SearchSettings
@@ -69,6 +70,9 @@ class SearchProblem:
     cache: dict[bytes, dict[str, float]] = field(default_factory=dict)
     worst_reward: float | None = None  # stands in for a NaN evaluation's reward, so the buffer stays finite
     eval_time_s: float = 0.0  # spent in ``evaluate`` (PTQ forward passes), to price the search's own overhead
+    # several policies at once (parallel episodes: search.workers Ray actors); None: ``evaluate`` one by one
+    evaluate_many: Callable[[list[np.ndarray]], list[dict[str, float]]] | None = None
+    _fresh: set[bytes] = field(default_factory=set)  # evaluated by ``prefetch``, not yet ended by ``finish``
 
     def __post_init__(self) -> None:
         self.weighted = np.array([layer.weighted for layer in self.layers])  # (L,) False: activation-only unit
@@ -122,16 +126,74 @@ class SearchProblem:
             penalty += self.penalty_weight * (self.min_top1 - metrics["top1"]) / 100.0
         return self.reward_scale * (self.score(metrics) - self.score(self.fp32)) - penalty, penalty
 
-    def finish(self, chosen: np.ndarray) -> dict[str, Any]:
-        """The end of an episode: fit ``chosen`` (L, 2) to the budgets, evaluate it (cached by policy), and
-        reward it. Returns the episode's record: bits, chosen, metrics, totals, reward, penalty, feasible,
-        cached, skipped (a NaN evaluation)."""
-        bits = chosen = self.canonical(chosen)
+    def fitted(self, chosen: np.ndarray) -> np.ndarray:
+        """The policy an episode that chose ``chosen`` (L, 2) evaluates: canonical, and in ``project`` mode lowered
+        where the LUT says it hurts least until every budget holds."""
+        bits = self.canonical(chosen)
         if self.budget_mode == "project" and self.limits:
-            projected = project(chosen, self.proxy, self.mask, self.costs, self.layer_limits())
+            projected = project(bits, self.proxy, self.mask, self.costs, self.layer_limits())
             if projected is not None:
                 bits = self.canonical(projected)
-        cached = policy_key(bits) in self.cache
+        return bits
+
+    def candidates(
+        self, chosen: np.ndarray, rng: np.random.Generator, k: int = 1, taken: set[bytes] = frozenset()
+    ) -> tuple[list[np.ndarray], bool]:
+        """(policies, repeat): up to ``k`` policies new to the search (not evaluated, not in ``taken``), fitted to
+        the budgets: :meth:`fitted` of ``chosen`` first when it is new (else ``repeat`` is True), then neighbours of it
+        found by moving random units one allowed step (w or a, up or down) and fitting again: 1 unit, one more
+        every 10 draws, 50 draws at most. An episode does not spend its evaluation on a policy the search knows;
+        with ``k`` > 1 a learned critic picks among them (``envs/parallel.py``). Empty when every draw repeats."""
+        bits = self.fitted(chosen)
+        out: dict[bytes, np.ndarray] = {}
+        repeat = policy_key(bits) in self.cache or policy_key(bits) in taken
+        if not repeat:
+            out[policy_key(bits)] = bits
+        for attempt in range(50):
+            if len(out) >= k:
+                break
+            trial = bits.copy()
+            for l in rng.choice(self.num_layers, size=1 + attempt // 10, replace=False):
+                step = trial[l].copy()
+                # a unit with a weight moves w or a; an activation-only unit moves its a (and w with it: canonical)
+                step[int(rng.integers(2)) if self.weighted[l] else slice(None)] += rng.choice((-1, 1))
+                if ((MIN_BITS <= step) & (step <= MAX_BITS)).all() and self.mask[(l, *to_index(step))]:
+                    trial[l] = step
+            trial = self.fitted(trial)
+            key = policy_key(trial)
+            if key not in self.cache and key not in taken:
+                out.setdefault(key, trial)
+        return list(out.values()), repeat
+
+    def prefetch(self, policies: list[np.ndarray]) -> None:
+        """Evaluate ``policies`` (each (L, 2), as :meth:`fitted` returns them) at once (parallel episodes), on
+        ``evaluate_many`` when set; :meth:`finish` then reports them as new, not cached."""
+        todo: dict[bytes, np.ndarray] = {}
+        for bits in policies:
+            key = policy_key(bits)
+            if key not in self.cache:
+                todo.setdefault(key, np.asarray(bits))
+        if not todo:
+            return
+        start = time.perf_counter()
+        if self.evaluate_many is None:
+            results = [self.evaluate(bits) for bits in todo.values()]
+        else:
+            results = self.evaluate_many(list(todo.values()))
+        self.eval_time_s += time.perf_counter() - start
+        for key, metrics in zip(todo, results, strict=True):
+            self.cache[key] = dict(metrics)
+        self._fresh.update(todo)
+
+    def finish(self, chosen: np.ndarray, bits: np.ndarray | None = None) -> dict[str, Any]:
+        """The end of an episode: fit ``chosen`` (L, 2) to the budgets (or take ``bits``, already fitted, e.g. by
+        :meth:`novel`), evaluate it (cached by policy), and reward it. Returns the episode's record: bits, chosen,
+        metrics, totals, reward, penalty, feasible, cached, skipped (a NaN evaluation)."""
+        chosen = self.canonical(chosen)
+        bits = self.fitted(chosen) if bits is None else self.canonical(bits)
+        key = policy_key(bits)
+        cached = key in self.cache and key not in self._fresh
+        self._fresh.discard(key)
         metrics = self.metrics(bits)
         totals = self.totals(bits)
         reward, penalty = self.reward(metrics, totals)
@@ -154,10 +216,25 @@ class SearchProblem:
         }
 
 
-def build_problem(search: SearchSettings, pipe: Pipeline, lut: LUT, budgets: Budgets) -> SearchProblem:
+def evaluate_on(executor: Executor) -> Callable[[list[np.ndarray]], list[dict[str, float]]]:
+    """Search-val metrics of several policies (L, 2) at once on ``executor``'s workers, in the order given."""
+
+    from hysquant_rl.lut.executor import Job  # torch: pricing and allocating stay free of it
+
+    def evaluate_many(policies: list[np.ndarray]) -> list[dict[str, float]]:
+        jobs = [Job(np.asarray(bits).tolist(), "search_val", tag=i) for i, bits in enumerate(policies)]
+        results = sorted(executor.map(jobs), key=lambda r: r.job.tag)
+        return [r.metrics.to_dict() for r in results]
+
+    return evaluate_many
+
+
+def build_problem(
+    search: SearchSettings, pipe: Pipeline, lut: LUT, budgets: Budgets, executor: Executor | None = None
+) -> SearchProblem:
     """The :class:`SearchProblem` of a run: the pipeline's units and modelled costs, the pruned LUT (state
     features, allowed pairs, the ``search.proxy`` column as the projection's guide), the budgets, and the
-    evaluation on search-val."""
+    evaluation on search-val (several policies at once on ``executor``'s workers when given)."""
     grids, fixed = pipe.cost.budget_grids()
     n = len(pipe.layers)
 
@@ -171,6 +248,7 @@ def build_problem(search: SearchSettings, pipe: Pipeline, lut: LUT, budgets: Bud
         reference=budgets.reference,
         limits=dict(budgets.limits),
         evaluate=lambda bits: pipe.evaluator.evaluate(bits, "search_val").to_dict(),
+        evaluate_many=None if executor is None else evaluate_on(executor),
         fp32=pipe.evaluator.evaluate([(FP32_BITS, FP32_BITS)] * n, "search_val").to_dict(),
         offset_range=search.offset_range,
         reward_metric=search.reward_metric,

@@ -95,6 +95,9 @@ class Recorder:
             "reward": info["reward"],
             "feasible": bool(info["feasible"]),
             "skipped": bool(info.get("skipped", False)),
+            "cached": bool(info.get("cached", False)),  # evaluated before in this run (SearchProblem.finish)
+            # the agent's proposal had been evaluated before and the novelty step chose another (envs/parallel.py)
+            "proposed_repeat": bool(info.get("proposed_repeat", False)),
             "top1": m["top1"],
             "top5": m["top5"],
             "kl": m["kl"],
