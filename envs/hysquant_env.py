@@ -163,13 +163,18 @@ class HySquantEnv(gym.Env):
         bits[self._step] = self.to_bits(self._step, action)
         return bits
 
-    def step(self, action: np.ndarray):
+    def _commit(self, bits: np.ndarray, action: np.ndarray) -> None:
+        """The current unit takes ``bits`` (w, a), chosen by ``action``: its costs are committed, the action becomes
+        the previous-action feature, and the episode moves to the next unit."""
         l = self._step
-        self._bits[l] = self.to_bits(l, action)
+        self._bits[l] = bits
         for k in BUDGETS:
-            self._used[k] += self.problem.costs[k][(l, *to_index(self._bits[l]))]
+            self._used[k] += self.problem.costs[k][(l, *to_index(bits))]
         self._prev = np.clip(np.asarray(action, dtype=np.float32), 0.0, 1.0)
         self._step += 1
+
+    def step(self, action: np.ndarray):
+        self._commit(self.to_bits(self._step, action), action)
         if self._step < self.problem.num_layers:
             return self._obs(), 0.0, False, False, {}
         info = self.problem.finish(self._bits.copy(), self.final)
@@ -192,11 +197,8 @@ class HySquantEnv(gym.Env):
         actions = np.stack([self.to_action(l, bits[l]) for l in range(n)])
         obs[0], _ = self.reset()
         for l in range(n):  # step's bookkeeping without the episode end (no evaluation)
-            self._bits[l] = bits[l]
-            for k in BUDGETS:
-                self._used[k] += self.problem.costs[k][(l, *to_index(bits[l]))]
-            self._prev = actions[l]
-            self._step = min(l + 1, n - 1)  # the terminal observation repeats the last layer's
+            self._commit(bits[l], actions[l])
+            self._step = min(self._step, n - 1)  # the terminal observation repeats the last layer's
             obs[l + 1] = self._obs()
         self.reset()
         return obs[:-1], obs[1:], actions
