@@ -19,16 +19,31 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from agents.callbacks import EpisodeStore, SearchCallback
-from agents.checkpoint import read_checkpoint, write_checkpoint
-from agents.factory import AGENTS, exploration_noises, make_agent
+from agents.checkpoint import (
+    BUFFER_ARRAYS,
+    agent_counters,
+    agent_tensors,
+    buffer_arrays,
+    damaged,
+    read_arrays,
+    read_checkpoint,
+    read_json,
+    read_tensors,
+    remedy,
+    restore_agent,
+    restore_buffer,
+    write_checkpoint,
+)
+from agents.critic import critic_scores
+from agents.factory import exploration_noises, make_agent
 from envs import HySquantEnv, ParallelEpisodes
 from hysquant_rl.errors import HySquantError, NoPolicyError, SearchInterrupted
-from hysquant_rl.search.allocation import solve_ilp
+from hysquant_rl.io import npz_bytes, torch_bytes
 from hysquant_rl.search.problem import SearchProblem
+from hysquant_rl.search.ranking import clearly_ranks, kendall, prospective_pairs
 from hysquant_rl.search.recorder import Recorder
 from hysquant_rl.settings import SearchSettings
 
@@ -55,30 +70,54 @@ class RLSearch:
         self.state = {"episodes_done": 0, "seeded": False, "round": 0}
         self.bar: tqdm | None = None
         self.stop_requested: str | bool = False
-        if search.resume:
-            self.agent = self._load()
-        else:
-            # with a warm start: exploration of search.warm_start_noise_bits around the agent's choice
-            local_sigma = self.single.bits_to_action(search.warm_start_noise_bits) if self.warm else None
-            self.agent = make_agent(search.agent, self.env, self.L, search.seed, local_sigma=local_sigma)
+        self.agent = self._load() if search.resume else self._new_agent()
+
+    def _new_agent(self):
+        """The agent the run's settings make (a resume fills it from the checkpoint)."""
+        # with a warm start: exploration of search.warm_start_noise_bits around the agent's choice
+        local_sigma = self.single.bits_to_action(self.search.warm_start_noise_bits) if self.warm else None
+        return make_agent(self.search.agent, self.env, self.L, self.search.seed, local_sigma=local_sigma)
 
     # -- pieces ------------------------------------------------------------------------------------------
     def _ilp(self, limits: dict[str, float]) -> np.ndarray:
         p = self.problem
-        bits = solve_ilp(p.proxy, p.mask, p.costs, p.layer_limits(limits))
+        bits = p.ilp(limits=limits)
         if bits is None:
             raise NoPolicyError("the LUT's integer program found no policy within the budgets: relax them")
         return p.canonical(bits)
 
     def _score(self, policies: list[np.ndarray]) -> np.ndarray:
-        """The critic's estimate of each policy's (standardised) reward: its Q-value averaged over the policy's
-        trajectory (gamma = 0 and HAQ's reward copy make every transition's Q the episode's expected reward)."""
-        steps = [self.single.trajectory(bits) for bits in policies]
-        obs = torch.as_tensor(np.concatenate([o for o, _, _ in steps]))
-        actions = torch.as_tensor(np.concatenate([self.agent.policy.scale_action(a) for _, _, a in steps]))
-        with torch.no_grad():
-            q = self.agent.critic(obs, actions)[0]
-        return q.numpy().reshape(len(policies), -1).mean(axis=1)
+        """The critic's predicted gain of each policy over the incumbent (the warm start, the best policy so far):
+        its score (:func:`agents.critic.critic_scores`) minus the incumbent's, by the same critic. The pick is the
+        same as by the scores themselves; the gain is what the episode records as its prediction
+        (:mod:`hysquant_rl.search.ranking`)."""
+        centre = [] if self.problem.warm_start is None else [self.problem.warm_start]
+        scores = critic_scores(self.agent, self.single.trajectory, [*policies, *centre])
+        return scores[: len(policies)] - (scores[-1] if centre else 0.0)
+
+    def _screen(self) -> None:
+        """How many candidates the critic screens from now on: ``search.screen.candidates`` once its prospective
+        ranking of the episodes it scored is clearly above chance (:func:`hysquant_rl.search.ranking.clearly_ranks`),
+        else ``search.candidates``."""
+        screen = self.search.screen
+        if screen.candidates <= self.search.candidates:
+            return
+        tau = kendall(*prospective_pairs(self.recorder.history))
+        wanted = screen.candidates if clearly_ranks(tau, screen.min_pairs, screen.p_max) else self.search.candidates
+        if wanted != self.env.candidates:
+            log.info(
+                "the critic screens %d candidates from episode %d (its tau %s over %d scored episodes, p %s)",
+                wanted,
+                len(self.recorder.history),
+                tau["tau"],
+                tau["pairs"],
+                tau["p"],
+            )
+            self.env.candidates = wanted
+
+    def _after_rollout(self) -> None:
+        self._recenter()
+        self._screen()
 
     def _recenter(self) -> None:
         """With a warm start, actions are offsets from the best policy found so far (elitism, as a local search's
@@ -120,7 +159,7 @@ class RLSearch:
     # -- checkpoints -------------------------------------------------------------------------------------
     def checkpoint(self) -> None:
         """Agent, replay buffer and search state (history, best, evaluation cache, the problem's identity) as one
-        consistent set (:func:`agents.checkpoint.write_checkpoint`)."""
+        consistent set of data files (:mod:`agents.checkpoint`): no pickles."""
         noises = exploration_noises(self.agent)
         state = {
             **self.state,
@@ -128,53 +167,85 @@ class RLSearch:
             "identity": self.problem.identity,
             "history": self.recorder.history,
             "best": self.recorder.best,
-            "noise_episodes": [noise.episodes for noise in noises],
+            "sb3": agent_counters(self.agent, noises),
             "cache": {k.hex(): v for k, v in self.problem.cache.items()},
         }
-        text = (json.dumps(state, indent=1) + "\n").encode()
-        parts = {
-            "agent.zip": lambda f: self.agent.save(f),
-            "replay_buffer.pkl": lambda f: self.agent.save_replay_buffer(f),
-            "episodes.npz": lambda f: np.savez(
-                f,
+        # each part serialised in memory first: a full disk is then the OSError of a write, whatever the format
+        blobs = {
+            "agent.pt": torch_bytes(agent_tensors(self.agent, noises)),
+            "replay_buffer.npz": npz_bytes(**buffer_arrays(self.agent.replay_buffer)),
+            "episodes.npz": npz_bytes(
                 raw=np.zeros((0, 0)) if self.store.raw is None else self.store.raw,  # None: nothing stored yet
                 keys=np.array(list(self.store.episodes), dtype=np.int64).reshape(-1, 2),
                 bits=np.array(list(self.store.episodes.values()), dtype=np.int64).reshape(-1, self.L, 2),
                 warm_start=np.zeros((0, 2)) if self.problem.warm_start is None else self.problem.warm_start,
             ),
-            "state.json": lambda f: f.write(text),
+            "state.json": (json.dumps(state, indent=1) + "\n").encode(),
         }
+        parts = {name: (lambda f, blob=blob: f.write(blob)) for name, blob in blobs.items()}
         write_checkpoint(self.ckpt, self.state["episodes_done"], parts)
 
     def _load(self):
-        folder, episodes = read_checkpoint(self.ckpt)
-        state = json.loads((folder / "state.json").read_text())
-        if state["agent"] != self.search.agent.name:
-            raise HySquantError(
-                f"the checkpoint in {self.ckpt} is a {state['agent']} agent: resume with agent={state['agent']}"
-            )
-        theirs, ours = state.get("identity", {}), self.problem.identity
+        """The agent rebuilt from the run's settings and filled with the checkpoint's data; the search state
+        restored. Every file is read as data (JSON, ``.npz`` without pickles, tensors with ``weights_only``); one
+        that is damaged or does not fit this run is one line naming it."""
+        folder, _ = read_checkpoint(self.ckpt)
+        fix = remedy(self.ckpt, folder)
+        path = folder / "state.json"
+        state = read_json(path, fix)
+        name = state.get("agent")
+        if name != self.search.agent.name:
+            if not isinstance(name, str):
+                raise damaged(path, f"agent={name!r}", fix)
+            raise HySquantError(f"the checkpoint in {self.ckpt} is a {name} agent: resume with agent={name}")
+        theirs, ours = state.get("identity"), self.problem.identity
+        if not isinstance(theirs, dict):
+            raise damaged(path, f"identity={theirs!r}", fix)
         changed = sorted(k for k in ours if theirs.get(k) != ours[k])
         if changed:
             raise HySquantError(
                 f"the checkpoint in {self.ckpt} was made with other {' and '.join(changed)} than this run has: resume"
                 " with the interrupted run's model, data and budgets, or start a new run directory"
             )
-        agent = AGENTS[state["agent"]].load(folder / "agent.zip", env=self.env, device="cpu")
-        agent.load_replay_buffer(folder / "replay_buffer.pkl")
-        with np.load(folder / "episodes.npz", allow_pickle=False) as saved:
-            self.store.raw = saved["raw"] if saved["raw"].size else None
-            self.store.episodes = {(int(a), int(b)): bits for (a, b), bits in zip(saved["keys"], saved["bits"])}
-            if len(saved["warm_start"]):
-                self.problem.warm_start = saved["warm_start"].astype(np.int64)
-        for noise, episodes in zip(exploration_noises(agent), state["noise_episodes"], strict=True):
-            noise.episodes = int(episodes)
-            noise.sigma = noise.sigma0 * noise.decay**noise.episodes
-        self.recorder.history = state["history"]
-        self.recorder.best = state["best"]
-        self.problem.cache.update({bytes.fromhex(k): v for k, v in state["cache"].items()})
-        self.state = {k: state[k] for k in ("episodes_done", "seeded", "round")}
-        log.info("resumed from %s after %d episodes", folder, episodes)
+        try:
+            history, best, cache = state["history"], state["best"], state["cache"]
+            counts = {k: state[k] for k in ("episodes_done", "seeded", "round")}
+            if not isinstance(history, list) or not all(isinstance(e, dict) for e in history):
+                raise TypeError("history must be a list of episodes")
+            if not (best is None or isinstance(best, dict)) or not isinstance(cache, dict):
+                raise TypeError("best must be an episode or null, cache an object")
+            cache = {bytes.fromhex(k): v for k, v in cache.items()}
+            numbers = (counts["episodes_done"], counts["round"])
+            if not isinstance(counts["seeded"], bool) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in numbers
+            ):
+                raise ValueError(f"episodes_done, seeded, round = {', '.join(map(repr, counts.values()))}")
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise damaged(path, f"{type(e).__name__}: {e}", fix) from None
+        agent = self._new_agent()
+        noises = exploration_noises(agent)
+        tensors = read_tensors(folder / "agent.pt", fix)
+        restore_agent(agent, noises, tensors, state.get("sb3"), (folder / "agent.pt", path), fix)
+        buffer = folder / "replay_buffer.npz"
+        restore_buffer(agent.replay_buffer, read_arrays(buffer, (*BUFFER_ARRAYS, "pos", "full"), fix), buffer, fix)
+        stored = folder / "episodes.npz"
+        saved = read_arrays(stored, ("raw", "keys", "bits", "warm_start"), fix)
+        raw, keys, bits, warm = saved["raw"], saved["keys"], saved["bits"], saved["warm_start"]
+        shape = agent.replay_buffer.rewards.shape
+        if raw.size and raw.shape != shape:
+            raise damaged(stored, f"raw rewards of shape {raw.shape}, the buffer's are {shape}", fix)
+        if keys.ndim != 2 or bits.shape != (len(keys), self.L, 2) or (len(warm) and warm.shape != (self.L, 2)):
+            shapes = f"keys {keys.shape}, bits {bits.shape}, warm_start {warm.shape}"
+            raise damaged(stored, f"{shapes} for {self.L} units", fix)
+        self.store.raw = raw if raw.size else None
+        self.store.episodes = {(int(a), int(b)): policy for (a, b), policy in zip(keys, bits)}
+        if len(warm):
+            self.problem.warm_start = warm.astype(np.int64)
+        self.recorder.history = history
+        self.recorder.best = best
+        self.problem.cache.update(cache)
+        self.state = counts
+        log.info("resumed from %s after %d episodes", folder, counts["episodes_done"])
         return agent
 
     def _stop_on_signals(self) -> dict[int, Any]:
@@ -216,7 +287,7 @@ class RLSearch:
                 self.search.checkpoint_every,
                 self.store,
                 lambda: self.stop_requested,
-                self._recenter,
+                self._after_rollout,
             )
             n = self.env.num_envs  # episodes per rollout: a phase of k episodes runs ceil(k / n) rollouts
             # local search: the warm-up explores with noise around the (centred) actor, without updates

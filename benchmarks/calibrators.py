@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from hysquant_rl.apps import compose_config, plain
-from hysquant_rl.bench import throughput
+from hysquant_rl.bench.run import throughput
 from hysquant_rl.bits import FP32_BITS, parse_uniform
 from hysquant_rl.io import atomic_write
 from hysquant_rl.pipeline import build

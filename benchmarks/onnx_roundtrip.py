@@ -3,9 +3,10 @@
     .venv/bin/python benchmarks/onnx_roundtrip.py                                   # Fashion-MNIST, embedded model
     .venv/bin/python benchmarks/onnx_roundtrip.py --policy runs/x/best_policy.json  # plus a found mixed policy
 
-For uniform FP32, W8A8, W4A8 and each ``--policy`` file: export ``model.onnx`` (:func:`hysquant_rl.export_onnx.
-export_onnx`), run it with onnxruntime's CPU provider on the whole test split, and compare with the PyTorch
-fake-quant logits: top-1 of each, argmax agreement, largest logit difference. Writes a Markdown table to
+For uniform FP32, W8A8, W4A8 and each ``--policy`` file: export ``model.onnx`` in the paper's simulated layout
+(:func:`hysquant_rl.deploy.simulated_onnx.export_simulated`), run it with onnxruntime's CPU provider on the whole
+test split, and compare with the PyTorch fake-quant logits: top-1 of each, argmax agreement, largest logit
+difference. (The runtime layout's round trip is ``benchmarks/deployment.py``'s.) Writes a Markdown table to
 ``benchmarks/results/onnx_roundtrip.md`` (``--out`` elsewhere).
 """
 
@@ -21,7 +22,8 @@ import torch
 
 from hysquant_rl.apps import compose_config, plain
 from hysquant_rl.apps.apply import resolve_policy
-from hysquant_rl.export_onnx import export_onnx, onnx_logits
+from hysquant_rl.deploy import ort
+from hysquant_rl.deploy.simulated_onnx import export_simulated
 from hysquant_rl.io import atomic_write
 from hysquant_rl.pipeline import build
 from hysquant_rl.settings import RunSettings
@@ -47,9 +49,10 @@ def main() -> None:
             ref = pipe.evaluator.logits(pipe.data.test)[0]
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
-            path = export_onnx(pipe.qmodel, policy, pipe.data.input_shape, tmp)
+            path = export_simulated(pipe.qmodel, policy, pipe.data.input_shape, tmp)
             export_s = time.perf_counter() - t0
-            got = onnx_logits(path, x, run.eval.batch_size, threads=torch.get_num_threads())
+            session = ort.session(path, torch.get_num_threads())
+            got = torch.from_numpy(ort.logits(session, x.numpy(), run.eval.batch_size))
         label = spec if not spec.endswith(".json") else f"found ({policy.provenance.get('method')}, {Path(spec).name})"
         row = {
             "policy": label,

@@ -2,9 +2,11 @@
 :class:`hysquant_rl.search.problem.SearchProblem`, which owns the costs, budgets, evaluation cache and reward.
 
 One episode walks the L quantizable layers in forward order. At step l the agent sees layer l's state and
-answers with an action in [0, 1]^2 that becomes (w_bits, a_bits) inside the layer's allowed range (from the
-LUT's pruning rules). After the last layer the problem ends the episode (:meth:`SearchProblem.finish`: budget
-projection, cached PTQ evaluation on search-val, reward).
+answers with an action in [0, 1]^2 that becomes (w_bits, a_bits) inside the layer's allowed cells (the search
+space's, after the LUT's pruning rules): grid steps over 2..8 and FP32 (:mod:`hysquant_rl.bits`), the nearest
+allowed cell where the space is not a box (:func:`hysquant_rl.search.space.snap`); a tied unit (W8A8 or FP32 on a
+runtime) reads its ``a`` action for both operands. After the last layer the problem ends the episode
+(:meth:`SearchProblem.finish`: budget projection, cached PTQ evaluation on search-val, reward).
 
 Intermediate steps return reward 0; the terminal reward is what an agent learns from (the SB3 callback
 copies it onto every transition of the episode, as HAQ does).
@@ -24,6 +26,15 @@ Observation (all in [0, 1], F = 29 + 2 C for C LUT configurations):
     +2,+3  previous action (w, a)
     +4..   per budget (latency, energy, size): cost committed so far / limit, and the cheapest possible
            cost of the remaining layers / limit (clipped to [0, 1]); 0, 0 when that budget is not set
+
+With ``condition=True`` (the budget-conditioned agent, :mod:`agents.conditioned`) the observation goes on with the
+target it answers (:data:`CONDITION_FEATURES` more, all in [0, 1]):
+
+    +0..2  per budget (latency, energy, size): its limit as a fraction of the way from the cheapest allowed policy
+           to the problem's reference (uniform W8A8 in the simulated space), clipped; 0 when that budget is not set
+    +3..5  the device profile's cost scale: log10 of the reference's latency [ms], energy [mJ] and size [MB],
+           mapped by (log10 x + 3) / 6 (1 us .. 1 s, 1 uJ .. 1 J, 1 kB .. 1 GB onto [0, 1]), clipped
+    +6,+7  the warm start's (w, a) at this unit as grid indices / 7 (the centre of the offsets); 0, 0 without one
 """
 
 from __future__ import annotations
@@ -37,7 +48,11 @@ from hysquant_rl.bits import GRID, MAX_BITS, to_index, uniform_slice
 from hysquant_rl.bits import to_bits as index_to_bits
 from hysquant_rl.search.allocation import lowest_costs
 from hysquant_rl.search.problem import BUDGETS, SearchProblem
+from hysquant_rl.search.ranking import SCORE
+from hysquant_rl.search.space import index_ranges, snap
 from hysquant_rl.units import KINDS
+
+CONDITION_FEATURES = 2 * len(BUDGETS) + 2  # the conditioned observation's extra features (module docstring)
 
 
 def _minmax(x: np.ndarray) -> np.ndarray:
@@ -51,9 +66,10 @@ class HySquantEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, problem: SearchProblem) -> None:
+    def __init__(self, problem: SearchProblem, condition: bool = False) -> None:
         super().__init__()
         self.problem = p = problem
+        self.condition = condition
         n = p.num_layers
         layers = p.layers
         kind = np.zeros((n, len(KINDS)))
@@ -85,14 +101,13 @@ class HySquantEnv(gym.Env):
             ]
         ).astype(np.float32)
         self._min_cost = {k: lowest_costs(p.costs[k], p.mask) for k in BUDGETS}
-        top = GRID - 1
-        self._w_range = index_to_bits(
-            np.stack([np.argmax(p.mask.any(2), 1), top - np.argmax(p.mask.any(2)[:, ::-1], 1)], 1)
-        )
-        self._a_range = index_to_bits(
-            np.stack([np.argmax(p.mask.any(1), 1), top - np.argmax(p.mask.any(1)[:, ::-1], 1)], 1)
-        )
-        dim = self._static.shape[1] + 2 + 2 * len(BUDGETS)
+        # the cheapest possible cost of units l..L-1 (L,) per budget, and the cheapest policy's total
+        self._rest = {k: np.array([self._min_cost[k][l:].sum() for l in range(n)]) for k in BUDGETS}
+        self._low = {k: float(self._min_cost[k].sum()) + p.fixed[k] for k in BUDGETS}
+        self._w_range, self._a_range = index_ranges(p.mask)  # (L, 2) each: lowest and highest allowed grid index
+        self._lo = np.stack([self._w_range[:, 0], self._a_range[:, 0]], axis=1)  # (L, 2): lowest allowed index
+        self._hi = np.stack([self._w_range[:, 1], self._a_range[:, 1]], axis=1)  # (L, 2): highest
+        dim = self._static.shape[1] + 2 + 2 * len(BUDGETS) + (CONDITION_FEATURES if condition else 0)
         self.observation_space = gym.spaces.Box(0.0, 1.0, shape=(dim,), dtype=np.float32)
         self.action_space = gym.spaces.Box(0.0, 1.0, shape=(2,), dtype=np.float32)
         self._bits = np.zeros((n, 2), dtype=np.int64)
@@ -100,51 +115,92 @@ class HySquantEnv(gym.Env):
         self._prev = np.zeros(2, dtype=np.float32)
         self._used = dict(p.fixed)
         self.final: np.ndarray | None = None  # the policy this episode evaluates, when chosen for it (novelty)
+        self.score: float | None = None  # the critic's score of ``final`` when it picked it (parallel.py)
         self.proposed_repeat = False  # the policy the actor and its noise chose had been evaluated already
 
     # -- action -> bits ----------------------------------------------------------------------------------
+    def _bounds(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._lo[layer], self._hi[layer]
+
     def to_bits(self, layer: int, action: np.ndarray) -> np.ndarray:
-        """(w, a) for ``action`` in [0, 1]^2: HAQ's round((bmax - bmin + 1) * a + bmin - 0.5) inside the
-        layer's allowed range; with a warm start, an offset of up to ``offset_range`` bits around it
-        (action 0.5 = the warm-start bits)."""
+        """(w, a) for ``action`` in [0, 1]^2: HAQ's round((bmax - bmin + 1) * a + bmin - 0.5) over the layer's allowed
+        grid indices; with a warm start, an offset of up to ``offset_range`` grid steps around it (action 0.5 = the
+        warm-start bits). A tied unit takes its a for both; a cell the space does not allow becomes the nearest one
+        it does."""
         action = np.clip(np.asarray(action, dtype=np.float64), 0.0, 1.0)
-        lo = np.array([self._w_range[layer, 0], self._a_range[layer, 0]])
-        hi = np.array([self._w_range[layer, 1], self._a_range[layer, 1]])
+        lo, hi = self._bounds(layer)
         p = self.problem
         if p.warm_start is None:
-            bits = np.round((hi - lo + 1) * action + lo - 0.5)
+            idx = np.round((hi - lo + 1) * action + lo - 0.5)
         else:
-            bits = p.warm_start[layer] + np.round((action - 0.5) * 2 * (p.offset_range + 0.5))
-        return np.clip(bits, lo, hi).astype(np.int64)
+            idx = to_index(p.warm_start[layer]) + np.round((action - 0.5) * 2 * (p.offset_range + 0.5))
+        if p.tied[layer]:
+            idx[0] = idx[1]
+        idx = np.clip(idx, lo, hi).astype(np.int64)
+        if not p.mask[layer, idx[0], idx[1]]:
+            idx = np.array(snap(p.mask[layer], *idx))
+        return index_to_bits(idx).astype(np.int64)
 
     def bits_to_action(self, bits: float) -> float:
-        """A distance of ``bits`` bit-widths in action units around a warm start: one bit is
+        """A distance of ``bits`` grid steps (bit-widths) in action units around a warm start: one step is
         ``1 / (2 offset_range + 1)`` (see :meth:`to_bits`)."""
         return bits / (2 * self.problem.offset_range + 1)
 
     def to_action(self, layer: int, bits: np.ndarray) -> np.ndarray:
         """An action that :meth:`to_bits` maps to ``bits`` (inverse, for seeding a replay buffer)."""
-        lo = np.array([self._w_range[layer, 0], self._a_range[layer, 0]])
-        hi = np.array([self._w_range[layer, 1], self._a_range[layer, 1]])
+        return self._actions(np.asarray(bits)[None], np.array([layer]))[0]
+
+    def _actions(self, bits: np.ndarray, layers: np.ndarray) -> np.ndarray:
+        """:meth:`to_action` of the pairs ``bits`` (R, 2) of units ``layers`` (R,), at once: (R, 2) float32."""
         p = self.problem
+        idx = to_index(bits)
         if p.warm_start is None:
-            action = (np.asarray(bits) - lo + 0.5) / (hi - lo + 1)
+            lo, hi = self._lo[layers], self._hi[layers]
+            action = (idx - lo + 0.5) / (hi - lo + 1)
         else:
-            action = 0.5 + (np.asarray(bits) - p.warm_start[layer]) / (2 * (p.offset_range + 0.5))
+            action = 0.5 + (idx - to_index(p.warm_start[layers])) / (2 * (p.offset_range + 0.5))
         return np.clip(action, 0.0, 1.0).astype(np.float32)
 
     # -- gymnasium API -----------------------------------------------------------------------------------
     def _obs(self) -> np.ndarray:
-        p, l = self.problem, self._step
-        budget = []
+        used = {k: np.array([self._used[k]]) for k in BUDGETS}
+        return self._rows(np.array([self._step]), self._prev[None], used)[0]
+
+    def _rows(self, steps: np.ndarray, prev: np.ndarray, used: dict[str, np.ndarray]) -> np.ndarray:
+        """Observations (R, D) float32 at units ``steps`` (R,) with the previous actions ``prev`` (R, 2) and the cost
+        committed before each (budget -> (R,), fixed part included): the one place the features are assembled, for
+        a step and for a whole trajectory alike."""
+        p = self.problem
+        cols = [self._static[steps], prev]
         for k in BUDGETS:
             if k in p.limits:
                 limit = p.limits[k]
-                rest = self._min_cost[k][l:].sum()
-                budget += [min(self._used[k] / limit, 1.0), min(rest / limit, 1.0)]
+                cols += [
+                    np.minimum(used[k] / limit, 1.0)[:, None],
+                    np.minimum(self._rest[k][steps] / limit, 1.0)[:, None],
+                ]
             else:
-                budget += [0.0, 0.0]
-        return np.concatenate([self._static[l], self._prev, np.asarray(budget, dtype=np.float32)]).astype(np.float32)
+                cols.append(np.zeros((len(steps), 2)))
+        if self.condition:
+            cols.append(self._conditioning(steps))
+        return np.concatenate(cols, axis=1).astype(np.float32)
+
+    def fraction(self, key: str, limit: float) -> float:
+        """A budget ``key`` <= ``limit`` as a fraction of the way from the cheapest allowed policy's total to the
+        problem's reference (uniform W8A8 in the simulated space), clipped to [0, 1]; 0 where the two coincide."""
+        low, ref = self._low[key], float(self.problem.reference.get(key, 0.0))
+        return float(np.clip((limit - low) / (ref - low), 0.0, 1.0)) if ref > low else 0.0
+
+    def _conditioning(self, steps: np.ndarray) -> np.ndarray:
+        """The conditioned observation's extra features (R, :data:`CONDITION_FEATURES`) at units ``steps`` (R,)."""
+        p = self.problem
+        target = [self.fraction(k, p.limits[k]) if k in p.limits else 0.0 for k in BUDGETS]
+        scale = []
+        for k in BUDGETS:
+            ref = float(p.reference.get(k, 0.0))
+            scale.append(float(np.clip((np.log10(ref) + 3.0) / 6.0, 0.0, 1.0)) if ref > 0 else 0.0)
+        centre = np.zeros((len(steps), 2)) if p.warm_start is None else to_index(p.warm_start[steps]) / (GRID - 1)
+        return np.column_stack([np.tile(target + scale, (len(steps), 1)), centre])
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
@@ -179,6 +235,7 @@ class HySquantEnv(gym.Env):
             return self._obs(), 0.0, False, False, {}
         info = self.problem.finish(self._bits.copy(), self.final)
         info["proposed_repeat"], self.proposed_repeat, self.final = self.proposed_repeat, False, None
+        info[SCORE], self.score = self.score, None
         self._step = self.problem.num_layers - 1  # the terminal observation repeats the last layer's
         obs = self._obs()
         return obs, float(info["reward"]), True, False, info
@@ -190,15 +247,21 @@ class HySquantEnv(gym.Env):
     def trajectory(self, bits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(observations, next observations, actions) of an episode that chose ``bits`` (L, 2) itself: (L, D),
         (L, D), (L, 2). The replay buffer stores these for the policy an episode evaluated (after the budget
-        projection and any novelty step), so the critic learns the reward of what was evaluated. Leaves this
-        environment reset."""
-        n = self.problem.num_layers
-        obs = np.zeros((n + 1, self.observation_space.shape[0]), dtype=np.float32)
-        actions = np.stack([self.to_action(l, bits[l]) for l in range(n)])
-        obs[0], _ = self.reset()
-        for l in range(n):  # step's bookkeeping without the episode end (no evaluation)
-            self._commit(bits[l], actions[l])
-            self._step = min(self._step, n - 1)  # the terminal observation repeats the last layer's
-            obs[l + 1] = self._obs()
-        self.reset()
-        return obs[:-1], obs[1:], actions
+        projection and any novelty step), so the critic learns the reward of what was evaluated; the critic scores
+        candidates on them. Computed at once, without stepping (the same features as :meth:`step`'s, from
+        :meth:`_rows`); the environment's own episode is left as it is."""
+        p = self.problem
+        n = p.num_layers
+        bits = np.asarray(bits)
+        layers = np.arange(n)
+        actions = self._actions(bits, layers)
+        idx = to_index(bits)
+        # row r = 0..L: the observation before unit r's choice; row L, the terminal one, repeats the last unit's
+        steps = np.minimum(np.arange(n + 1), n - 1)
+        prev = np.concatenate([np.zeros((1, 2), dtype=np.float32), actions])
+        used = {  # the cost committed before each row, added up unit by unit as step() does
+            k: np.cumsum(np.concatenate([[float(p.fixed[k])], p.costs[k][layers, idx[:, 0], idx[:, 1]]]))
+            for k in BUDGETS
+        }
+        rows = self._rows(steps, prev, used)
+        return rows[:-1], rows[1:], actions

@@ -4,7 +4,8 @@
 Every episode is L steps long, so the N episodes end on the same step. Before that step each episode's policy is
 fixed: the policy its actions chose, fitted to the budgets, if the search has not evaluated it yet; else, and
 when a ``scorer`` is set (the agent's critic, once it learns), the best-scored of up to ``candidates`` new policies
-around it (:meth:`SearchProblem.candidates`). The N policies are evaluated at once (:meth:`SearchProblem.prefetch`:
+around it (:meth:`SearchProblem.candidates`), whose score the episode's ``info`` carries as ``critic_score``
+(:mod:`hysquant_rl.search.ranking`). The N policies are evaluated at once (:meth:`SearchProblem.prefetch`:
 on the problem's Ray workers when it has them); then each copy steps as usual and finds its evaluation in the
 problem's cache. The agent sees N episodes per rollout.
 """
@@ -43,10 +44,12 @@ class ParallelEpisodes(DummyVecEnv):
             found, env.proposed_repeat = self.problem.candidates(chosen, self.rng, k, {policy_key(b) for b in finals})
             if not found:  # every draw repeated: the chosen policy again (no evaluation)
                 env.final = self.problem.fitted(chosen)
-            elif len(found) == 1 or self.scorer is None:
+            elif self.scorer is None:
                 env.final = found[0]
-            else:
-                env.final = found[int(np.argmax(self.scorer(found)))]
+            else:  # the critic's pick, and its score: the episode's prediction, before its evaluation
+                scores = self.scorer(found)
+                best = int(np.argmax(scores))
+                env.final, env.score = found[best], float(scores[best])
             finals.append(env.final)
         if finals:
             self.problem.prefetch(finals)

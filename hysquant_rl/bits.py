@@ -3,10 +3,12 @@
 The ground floor of the package: numpy only, no torch, so that pricing a policy, the allocation and the
 baselines never load a deep-learning framework.
 
-A policy gives every quantizable layer a pair ``(w_bits, a_bits)``: integers ``MIN_BITS..MAX_BITS`` (2..8),
-or ``FP32_BITS`` (32: the operand is not quantized). The search works on the integer part only: the *grid*
-is ``GRID_BITS x GRID_BITS`` (7 x 7 over 2..8), and per-layer tables over it are ``(L, GRID, GRID)`` arrays
-indexed by :func:`to_index`.
+A policy gives every quantizable unit a pair ``(w_bits, a_bits)``: integers ``MIN_BITS..MAX_BITS`` (2..8), or
+``FP32_BITS`` (32: the operand is not quantized). FP32 is a choice like any other: the *grid* is ``CHOICES x
+CHOICES`` (8 x 8 over 2..8 and FP32, FP32 last), and per-unit tables over it are ``(L, GRID, GRID)`` arrays indexed
+by :func:`to_index`. A higher index means more bits on that operand (FP32 above 8). Which cells a search may use is
+a mask over the grid: the pruned integer box plus FP32 in the paper's simulation (``search.space=simulated``), or
+the runtime's executable pairs (``search.space=executable``: on onnxruntime's CPU provider FP32 or W8A8 per unit).
 """
 
 from __future__ import annotations
@@ -20,11 +22,15 @@ from hysquant_rl.errors import HySquantError
 
 FP32_BITS = 32
 MIN_BITS, MAX_BITS = 2, 8
-GRID_BITS = np.arange(MIN_BITS, MAX_BITS + 1)  # the integer bit-widths a search may pick per operand
-GRID = len(GRID_BITS)  # 7: each operand's axis of a (L, GRID, GRID) table
-CHOICES: tuple[int, ...] = (*GRID_BITS.tolist(), FP32_BITS)  # every bit-width a policy may use
+INT_BITS = np.arange(MIN_BITS, MAX_BITS + 1)  # the integer bit-widths, 2..8
+CHOICES: tuple[int, ...] = (*INT_BITS.tolist(), FP32_BITS)  # every bit-width a policy may use, in grid order
+GRID_BITS = np.array(CHOICES)  # the grid's axis: index -> bits
+GRID = len(CHOICES)  # 8: each operand's axis of a (L, GRID, GRID) table
+FP32_INDEX = GRID - 1  # FP32 is the last (richest) choice
 RANGE_TEXT = f"{MIN_BITS}..{MAX_BITS} or {FP32_BITS}"
 FP32_LABEL = "FP32"
+_INDEX = np.full(FP32_BITS + 1, -1, dtype=np.intp)  # bits -> grid index, -1 where not a choice
+_INDEX[list(CHOICES)] = np.arange(GRID)
 
 
 def check_bits(bits: Any, what: str = "bit-width") -> int:
@@ -38,29 +44,35 @@ def check_bits(bits: Any, what: str = "bit-width") -> int:
 
 
 def to_index(bits: Any) -> np.ndarray:
-    """Bits 2..8 (any int array, e.g. a policy ``(L, 2)``) -> grid indices 0..6 of the same shape."""
-    return np.asarray(bits, dtype=np.intp) - MIN_BITS
+    """Bits 2..8 or 32 (any int array, e.g. a policy ``(L, 2)``) -> grid indices 0..7 of the same shape."""
+    b = np.asarray(bits, dtype=np.intp)
+    idx = np.take(_INDEX, b, mode="clip")
+    if (idx < 0).any() or ((b < 0) | (b > FP32_BITS)).any():
+        bad = b[(idx < 0) | (b < 0) | (b > FP32_BITS)].ravel()[0]
+        raise HySquantError(f"bit-width {int(bad)} is not a choice: use {RANGE_TEXT}")
+    return idx
 
 
 def to_bits(index: Any) -> np.ndarray:
-    """Grid indices 0..6 -> bits 2..8 (inverse of :func:`to_index`)."""
-    return np.asarray(index, dtype=np.intp) + MIN_BITS
+    """Grid indices 0..7 -> bits 2..8 or 32 (inverse of :func:`to_index`)."""
+    return GRID_BITS[np.asarray(index, dtype=np.intp)]
 
 
 def grid_at(grid: np.ndarray, bits: Any) -> np.ndarray:
-    """Per-layer values ``grid[l, w_l, a_l]`` (L,) of a table ``grid`` (L, GRID, GRID) at a policy ``bits`` (L, 2)."""
+    """Per-unit values ``grid[l, w_l, a_l]`` (L,) of a table ``grid`` (L, GRID, GRID) at a policy ``bits`` (L, 2)."""
     i = to_index(bits)
     return grid[np.arange(len(i)), i[:, 0], i[:, 1]]
 
 
 def grid_sum(grid: np.ndarray, bits: Any) -> float:
-    """Sum over layers of ``grid[l, w_l, a_l]`` for a policy ``bits`` (L, 2)."""
+    """Sum over units of ``grid[l, w_l, a_l]`` for a policy ``bits`` (L, 2)."""
     return float(grid_at(grid, bits).sum())
 
 
 def uniform_slice(grid: np.ndarray, w_bits: int, a_bits: int) -> np.ndarray:
-    """Every layer's value at one pair, e.g. ``uniform_slice(costs, 8, 8)``: (L,)."""
-    return grid[:, w_bits - MIN_BITS, a_bits - MIN_BITS]
+    """Every unit's value at one pair, e.g. ``uniform_slice(costs, 8, 8)``: (L,)."""
+    w, a = to_index([w_bits, a_bits])
+    return grid[:, w, a]
 
 
 def label(w_bits: int, a_bits: int) -> str:

@@ -3,12 +3,17 @@
 calibration sets activation ranges; search-val is what every search optimises; test is reported once, at
 the end of a run. Small splits are held as tensors in memory; an ImageNet test split streams from disk.
 Each loader is registered by name (``data.name``), like timm's model registry.
+
+A file that cannot be read (a corrupt or truncated ``.gz``, an image that does not decode, an image folder with no
+images) is one :class:`HySquantError` naming the file and the cause; a corrupt image is refused, not skipped
+(skipping would change the splits without saying so).
 """
 
 from __future__ import annotations
 
 import gzip
 import logging
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +30,29 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class ImageReadError(HySquantError):
+    """An image that cannot be decoded. Raised in a DataLoader worker it comes back with the worker's traceback in
+    its message: only the last line, this error's own message, is kept."""
+
+    def __init__(self, message: str) -> None:
+        lines = [line for line in str(message).splitlines() if line.strip()]
+        last = lines[-1] if lines else str(message)
+        super().__init__(last.split(f"{ImageReadError.__name__}: ", 1)[-1])
+
+
+def read_image(path: str) -> Any:
+    """An image file as an RGB PIL image (torchvision's loader, whose errors name no file): one that does not decode
+    is an :class:`ImageReadError` naming it."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except Exception as e:  # not an image, truncated, a decompression bomb, unreadable
+        cause = " ".join(str(e).split())[:200] or type(e).__name__
+        raise ImageReadError(f"cannot read image {path} ({cause}): remove or replace it") from None
 
 
 @dataclass
@@ -155,8 +183,15 @@ def digits(settings: DataSettings, seed: int, model: Any = None) -> DataSplits:
 
 def _read_idx(path: Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as e:  # a bad or truncated .gz, an unreadable file
+        cause = (e.strerror if isinstance(e, OSError) else None) or str(e) or type(e).__name__
+        raise HySquantError(
+            f"cannot read {path} ({type(e).__name__}: {cause}): replace the file (delete it and set"
+            " data.download=true, or reinstall dataset-fashion-mnist)"
+        ) from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise HySquantError(f"{path} is not an IDX file of unsigned bytes: check data.root")
     ndim = data[3]
@@ -255,10 +290,22 @@ def imagenet(settings: DataSettings, seed: int, model: torch.nn.Module | None = 
     if model is None:
         raise ValueError("the imagenet loader needs the model to resolve its transforms")
     transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
-    train = ImageFolder(str(root / "train"), transform=transform)
-    val = ImageFolder(str(root / "val"), transform=transform)
+    folders = {}
+    for sub in ("train", "val"):
+        try:
+            folders[sub] = ImageFolder(str(root / sub), transform=transform, loader=read_image)
+        except (FileNotFoundError, OSError) as e:  # no class folder, or a class folder without images
+            cause = " ".join(str(e).split())[:300]
+            raise HySquantError(
+                f"cannot read the images in {root / sub} ({cause}): every class folder needs at least one image"
+            ) from None
+    train, val = folders["train"], folders["val"]
     if train.classes != val.classes:
-        raise HySquantError(f"{root}/train and {root}/val have different class folders: fix the tree")
+        only = sorted(set(train.classes) ^ set(val.classes))
+        shown = ", ".join(f"{c} ({'train' if c in train.classes else 'val'} only)" for c in only[:5])
+        raise HySquantError(
+            f"{root}/train and {root}/val have different class folders ({shown or 'in another order'}): fix the tree"
+        )
     n_calib, n_val = int(settings.calib_size), int(settings.search_val_size)
     if n_calib + n_val > len(train):
         raise HySquantError(

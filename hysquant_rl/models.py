@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from hysquant_rl.errors import HySquantError
+from hysquant_rl.io import load_error
 
 if TYPE_CHECKING:
     from hysquant_rl.settings import DataSettings, ModelSettings
@@ -79,9 +80,10 @@ def read_state_dict(path: str | Path, source: str | None = None) -> dict[str, to
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt or foreign files: say which file and why, not a traceback
+    except Exception as e:  # corrupt or foreign files: say which file and why in one line, not a traceback
         raise HySquantError(
-            f"{source} could not be read ({type(e).__name__}: {e}): pass a torch or safetensors state dict"
+            f"{source} could not be read ({load_error(e)}): pass a torch or safetensors state dict of tensors"
+            " (torch.save(model.state_dict(), path))"
         ) from None
     for key in ("state_dict_ema", "state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):

@@ -1,5 +1,11 @@
 """Steps 1-2 of every run: model, splits, layer inventory, calibrated quantizer and evaluator, and the cost model
-of the device profile, built once from the run settings and shared by every app."""
+of the device profile, built once from the run settings and shared by every app.
+
+In the executable search space (``search.space``, :func:`hysquant_rl.settings.resolve_space`) on a profile with a
+runtime, policies are evaluated as the runtime runs them: the pipeline builds the model's runtime layout
+(:class:`~hysquant_rl.deploy.runtime_graph.RuntimeGraphs`) and its evaluator is a
+:class:`~hysquant_rl.deploy.runtime_eval.RuntimeEvaluator`; in the simulated space, the PyTorch fake quantization
+(:class:`~hysquant_rl.evaluate.Evaluator`) of the paper."""
 
 from __future__ import annotations
 
@@ -7,8 +13,9 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -25,14 +32,18 @@ from hysquant_rl.settings import RunSettings, default_threads
 from hysquant_rl.train import embedded_state
 from hysquant_rl.units import AttentionMatmul, LayerInfo
 
+if TYPE_CHECKING:
+    from hysquant_rl.deploy.runtime_eval import RuntimeEvaluator
+    from hysquant_rl.deploy.runtime_graph import RuntimeGraphs
+
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Pipeline:
     """The model and everything measured on it once: ``layers`` and ``matmuls`` (the inventory), the calibrated
-    ``qmodel``, the ``evaluator`` on the data splits, and ``cost``, the roofline of the device profile (what the
-    search optimises and every report prices with)."""
+    ``qmodel``, the ``evaluator`` on the data splits (the runtime's in the executable space, with ``graphs``), and
+    ``cost``, the device profile's cost model (what the search optimises and every report prices with)."""
 
     spec: ModelSpec
     model: nn.Module
@@ -40,13 +51,28 @@ class Pipeline:
     layers: list[LayerInfo]
     matmuls: list[AttentionMatmul]
     qmodel: QuantModel
-    evaluator: Evaluator
+    evaluator: Evaluator | RuntimeEvaluator
     cost: CostModel
     weights_sha256: str
+    graphs: RuntimeGraphs | None = None  # the runtime layout, in the executable space
+    space: str = "simulated"  # search.space, resolved
 
     @property
     def names(self) -> list[str]:
         return [layer.name for layer in self.layers]
+
+    def uniform(self, pair: tuple[int, int]) -> np.ndarray:
+        """The uniform policy (L, 2) of ``pair`` in this run's search space: in the executable space a unit the runtime
+        cannot run at ``pair`` stays FP32 (:func:`hysquant_rl.search.space.uniform_policy`)."""
+        from hysquant_rl.search.space import choice_mask, uniform_policy
+
+        return uniform_policy(pair, choice_mask(self.layers, self.cost.profile, self.space), self.layers)
+
+    def executes(self, pair: tuple[int, int]) -> bool:
+        """Whether some unit with a weight can take ``pair`` in this run's search space (in the simulated space: every
+        pair), i.e. whether a uniform ``pair`` means anything here."""
+        weighted = np.array([layer.weighted for layer in self.layers])
+        return pair == (32, 32) or bool((self.uniform(pair)[weighted] == np.array(pair)).all(axis=1).any())
 
     def policy(self, bits: Sequence[tuple[int, int]], **meta: Any) -> QuantPolicy:
         """A :class:`QuantPolicy` for this model's weights; ``meta`` as in :meth:`QuantPolicy.from_bits`."""
@@ -124,6 +150,35 @@ def build(run: RunSettings) -> Pipeline:
         len(data.calib),
         time.perf_counter() - start,
     )
-    evaluator = Evaluator(qmodel, data, run.eval.batch_size)
+    evaluator: Evaluator | RuntimeEvaluator = Evaluator(qmodel, data, run.eval.batch_size)
     cost = CostModel(layers, matmuls, run.hardware, other=other)
-    return Pipeline(spec, model, data, layers, matmuls, qmodel, evaluator, cost, sha)
+    graphs = None
+    if run.space == "executable" and run.hardware.runtime == "onnxruntime":
+        from hysquant_rl.deploy import unit_latency
+        from hysquant_rl.deploy.runtime_eval import RuntimeEvaluator
+        from hysquant_rl.deploy.runtime_graph import RuntimeGraphs
+
+        calib = torch.cat([x for x, _ in data.calib.batches(run.eval.batch_size)]).numpy()
+        graphs = RuntimeGraphs(model, layers, data.input_shape, calib, q.calibrator, q.percentile)
+        evaluator = RuntimeEvaluator(graphs, data, run.eval.batch_size, run.threads or default_threads())
+        # the latency a search prices with: each unit's, measured on this runtime (cached per machine)
+        int8 = np.array([any(a == 8 for _, a in run.hardware.executable(layer.kind)) for layer in layers])
+        timing = run.hardware.timing
+        table = unit_latency.cached(graphs, int8, cost.batch_size, timing, run.cache_dir)
+        cost = unit_latency.RuntimeCostModel(layers, matmuls, run.hardware, table, other)
+    elif run.hardware.measured_on is not None:
+        log.warning(
+            "latency on %s is modelled with constants measured on %s (this machine: %s): rerun"
+            " benchmarks/cpu_profile.py here, or search.space=executable to measure each unit on this machine",
+            run.hardware.name,
+            run.hardware.measured_on,
+            _this_machine(),
+        )
+    return Pipeline(spec, model, data, layers, matmuls, qmodel, evaluator, cost, sha, graphs, run.space)
+
+
+def _this_machine() -> str:
+    from hysquant_rl.deploy import ort
+
+    m = ort.machine()
+    return f"{m['cpu']}, {m['logical_cpus']} logical CPUs, {m['runtime']}"

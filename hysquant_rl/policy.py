@@ -46,6 +46,7 @@ READS = (1, 2)  # format versions this code reads
 _LAYER_KEYS = ("name", "kind", "w_bits", "a_bits")
 _MODEL_KEYS = ("name", "weights_sha256", "num_layers")
 _MAX_LISTED = 8  # names listed per problem in a validation message; the rest are counted
+_MAX_DEPTH = 64  # JSON nesting a policy file may have (a policy nests about 5 levels)
 
 
 # -- file helpers --------------------------------------------------------------------------------------
@@ -253,6 +254,10 @@ class QuantPolicy:
             ) from None
         except (OSError, UnicodeDecodeError) as e:
             raise HySquantError(f"cannot read policy file {path} ({e}): pass a readable UTF-8 JSON file") from None
+        too_deep = HySquantError(
+            f"policy file {path} nests JSON more than {_MAX_DEPTH} levels deep, which no policy does: fix the file or"
+            " re-run the search that wrote it"
+        )
         try:
             doc = json.loads(text)
         except json.JSONDecodeError as e:
@@ -260,6 +265,15 @@ class QuantPolicy:
                 f"policy file {path} is not valid JSON (line {e.lineno} column {e.colno}: {e.msg}): "
                 "fix the file or re-run the search that wrote it"
             ) from None
+        except RecursionError:
+            raise too_deep from None
+        stack = [(doc, 1)]  # iteratively: later code that walks the document recursively must not meet a deep one
+        while stack:
+            value, depth = stack.pop()
+            if depth > _MAX_DEPTH:
+                raise too_deep
+            children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+            stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
         return cls.from_dict(doc, source=f"policy file {path}")
 
 

@@ -16,13 +16,13 @@ if TYPE_CHECKING:
 
 def weights_sha256(model: nn.Module) -> str:
     """SHA-256 (64 hex digits) of ``model``'s state dict: for each key in sorted order, the key name, dtype,
-    shape and raw bytes of the tensor. Deterministic across runs and devices; a :class:`QuantModel` hashes
-    like the model it wraps (its layers' class swap changes no key or value)."""
+    shape and raw bytes of the tensor. Deterministic across runs and devices; a
+    :class:`~hysquant_rl.quant.model.QuantModel` (a module with ``units`` wrapping ``model``) hashes like the model it
+    wraps (its layers' class swap changes no key or value). Imports torch only when called: a policy file, which
+    carries the hash, is JSON and needs no tensors."""
     import torch
 
-    from hysquant_rl.quant.model import QuantModel
-
-    if isinstance(model, QuantModel):
+    if hasattr(model, "units") and isinstance(getattr(model, "model", None), torch.nn.Module):
         model = model.model
     h = hashlib.sha256()
     for key, value in sorted(model.state_dict().items()):

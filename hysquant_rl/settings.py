@@ -13,6 +13,7 @@ Torch-free, like everything the search and the cost model read.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,6 +24,7 @@ from hysquant_rl.bits import MAX_BITS, MIN_BITS, label, parse_uniform
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.hardware.profile import DeviceProfile, load_profile
 from hysquant_rl.lut.prune import PruneRules
+from hysquant_rl.search.space import SPACES
 
 PROXIES = ("kl", "top1_drop")
 """LUT columns ``search.proxy`` may name: the additive sensitivity the ILP minimises and the greedy walk and the
@@ -30,11 +32,13 @@ budget projection follow. KL is smooth; top-1 drops on a small search-val split 
 summing them exploits the noise."""
 REWARD_METRICS = ("top1", "kl", "loss")
 BUDGET_MODES = ("project", "penalty")
+BUDGET_REFERENCES = ("auto", "W8A8", "FP32")  # what budget.*_ratio is a ratio of
 GRANULARITIES = ("tensor", "channel")
 CALIBRATORS = ("minmax", "percentile", "mse")  # activation range rules: hysquant_rl/quant/calibrate.py
 SCOPES = ("linear", "hybrid")
 """``quant.scope``: Conv2d/Linear only, or the transformer's activation-only units too (hysquant_rl/layers.py)."""
 SOFTMAX_LEVELS = ("uniform", "log2")  # levels of the softmax probabilities (attention-pv units)
+UNIT_KEYS = {"latency": ("ms", "ratio"), "energy": ("mj", "ratio"), "size": ("mb", "ratio")}  # budget.<kind>_<unit>
 
 
 def default_threads(workers: int = 1) -> int:
@@ -54,12 +58,53 @@ def _integer(value: Any, key: str, minimum: int | None = None) -> int:
     return value
 
 
+GB_PER_WORKER = 1.5  # memory of one Ray worker process holding a calibrated model and its splits [GB]
+
+
+def _workers(value: Any, key: str, c: Mapping[str, Any]) -> int:
+    """``lut.workers`` / ``search.workers``: an integer >= 1 that this machine can run, each of N > 1 workers being a
+    Ray process that holds its own model and data (about :data:`GB_PER_WORKER` GB): at most the CPUs this process
+    may use, and the memory available (``/proc/meminfo`` MemAvailable) over that. Not capped on a cluster
+    (``ray.address``)."""
+    n = _integer(value, key, 1)
+    if n == 1 or (c.get("ray") or {}).get("address"):
+        return n
+    cpus = len(os.sched_getaffinity(0))
+    available_gb = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available_gb = int(line.split()[1]) / 1e6  # kB -> GB
+    except (OSError, ValueError, IndexError):
+        pass
+    limit = cpus if available_gb is None else min(cpus, int(available_gb // GB_PER_WORKER))
+    if n > limit:
+        memory = "" if available_gb is None else f", {available_gb:.1f} GB of memory free at ~{GB_PER_WORKER} GB each"
+        raise HySquantError(
+            f"{key}={n} is more workers than this machine can run: at most {max(1, limit)} ({cpus} CPU(s) this process"
+            f" may use{memory}); lower it, or join a Ray cluster with ray.address=..."
+        )
+    return n
+
+
 def _number(value: Any, key: str, positive: bool = False, optional: bool = False) -> float | None:
+    """A finite number (NaN and infinities are refused: they switch checks off or reach the outputs as bare
+    ``NaN`` / ``Infinity``), > 0 when ``positive``; None when ``optional`` and not given."""
     if value is None and optional:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (positive and not value > 0):
-        raise HySquantError(f"{key}={value!r} must be a {'positive ' if positive else ''}number")
-    return float(value)
+    kind = f"{'positive ' if positive else ''}number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise HySquantError(f"{key}={value!r} must be a {kind}")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        number = math.inf
+    if not math.isfinite(number):
+        raise HySquantError(f"{key}={value!r} must be a finite {kind}, not NaN or infinite")
+    if positive and not number > 0:
+        raise HySquantError(f"{key}={value!r} must be a {kind}")
+    return number
 
 
 def _flag(value: Any, key: str) -> bool:
@@ -173,8 +218,11 @@ class QuantSettings:
     @classmethod
     def from_mapping(cls, q: Mapping[str, Any]) -> QuantSettings:
         percentile = _number(q.get("percentile", 99.99), "quant.percentile")
-        if not 0 < percentile <= 100:
-            raise HySquantError(f"quant.percentile={percentile!r} must be in (0, 100], e.g. 99.99")
+        if not 90 <= percentile <= 100:  # the range [(100-p)-th, p-th percentile] is empty for p <= 50
+            raise HySquantError(
+                f"quant.percentile={percentile!r} must be in (0, 100] and at least 90, e.g. 99.99: the range is the"
+                " [(100-p)-th, p-th] percentiles, empty for p <= 50 and clipping over a fifth of the values below 90"
+            )
         return cls(
             scope=check_choice(q.get("scope", "hybrid"), "quant.scope", SCOPES),
             weight_granularity=check_choice(
@@ -310,10 +358,13 @@ class RunSettings:
     lut: LUTSettings
     ray: RaySettings
     export_onnx: bool = False  # export.onnx: also write model.onnx (a QDQ graph onnxruntime runs)
+    space: str = "simulated"  # search.space resolved: executable (the runtime's choices) | simulated (2..8 and FP32)
 
     @classmethod
     def from_mapping(cls, c: Mapping[str, Any]) -> RunSettings:
         threads = c.get("threads")
+        _workers(c["lut"]["workers"], "lut.workers", c)  # before any work: Ray workers this machine can run
+        hardware = load_profile(c["hardware"])
         return cls(
             seed=_integer(c["seed"], "seed"),
             threads=None if threads is None else _integer(threads, "threads", 1),
@@ -322,11 +373,33 @@ class RunSettings:
             data=DataSettings.from_mapping(c["data"]),
             quant=QuantSettings.from_mapping(c["quant"]),
             eval=EvalSettings.from_mapping(c["eval"]),
-            hardware=load_profile(c["hardware"]),
+            hardware=hardware,
             lut=LUTSettings.from_mapping(c["lut"], c["prune"]),
             ray=RaySettings.from_mapping(c["ray"]),
             export_onnx=_flag(c.get("export", {}).get("onnx", False), "export.onnx"),
+            space=resolve_space(c.get("search", {}).get("space", "auto"), hardware, c["quant"]),
         )
+
+
+def resolve_space(value: Any, profile: DeviceProfile, quant: Mapping[str, Any]) -> str:
+    """``search.space``: ``auto`` is ``executable`` on a profile with a runtime (``cpu``: onnxruntime), ``simulated``
+    elsewhere. The executable space is the runtime's layout: quantizer options it has no kernel for are refused."""
+    space = check_choice(value, "search.space", ("auto", *SPACES))
+    if space == "auto":
+        space = "executable" if profile.runtime is not None else "simulated"
+    if space == "executable" and profile.runtime is not None:
+        for key, simulated in (("softmax", "uniform"), ("act_granularity", "tensor")):
+            if quant.get(key, simulated) != simulated:
+                raise HySquantError(
+                    f"quant.{key}={quant[key]} has no kernel on {profile.runtime}: use quant.{key}={simulated} for"
+                    " search.space=executable, or search.space=simulated"
+                )
+        if quant.get("calibrator", "minmax") == "mse":
+            raise HySquantError(
+                "quant.calibrator=mse has no onnxruntime counterpart: use minmax or percentile for"
+                " search.space=executable, or search.space=simulated"
+            )
+    return space
 
 
 # -- hysquant-search -------------------------------------------------------------------------------------------
@@ -335,8 +408,10 @@ class RunSettings:
 @dataclass(frozen=True)
 class BudgetSpec:
     """``conf/budget/``: latency [ms], energy [mJ] and size [MB] per inference, each absolute and/or as a ratio of
-    uniform W8A8 (both given: the tighter holds; None: no such budget), an accuracy floor on search-val top-1 [%],
-    and what an episode does with a policy over budget (``mode``: project or penalty)."""
+    the ``reference`` policy's cost (both given: the tighter holds; None: no such budget), an accuracy floor on
+    search-val top-1 [%], and what an episode does with a policy over budget (``mode``: project or penalty).
+    ``reference``: ``W8A8`` or ``FP32`` (uniform), or ``auto``: FP32 in the executable space (a runtime's float
+    model is what a deployment is compared with), W8A8 in the simulated one (the paper's)."""
 
     mode: str = "project"
     penalty_weight: float = 10.0
@@ -347,18 +422,26 @@ class BudgetSpec:
     size_mb: float | None = None
     size_ratio: float | None = None
     min_top1: float | None = None
+    reference: str = "auto"
 
     @classmethod
     def from_mapping(cls, b: Mapping[str, Any]) -> BudgetSpec:
         values: dict[str, Any] = {"mode": check_choice(b.get("mode", "project"), "budget.mode", BUDGET_MODES)}
+        values["reference"] = check_choice(b.get("reference", "auto"), "budget.reference", BUDGET_REFERENCES)
         values["penalty_weight"] = _number(b.get("penalty_weight", 10.0), "budget.penalty_weight")
+        if values["penalty_weight"] < 0:
+            raise HySquantError(f"budget.penalty_weight={values['penalty_weight']!r} must be a finite number >= 0")
         for key in ("latency_ms", "latency_ratio", "energy_mj", "energy_ratio", "size_mb", "size_ratio"):
             values[key] = _number(b.get(key), f"budget.{key}", positive=True, optional=True)
         values["min_top1"] = _number(b.get("min_top1"), "budget.min_top1", optional=True)
+        if values["min_top1"] is not None and not 0 <= values["min_top1"] <= 100:
+            raise HySquantError(
+                f"budget.min_top1={values['min_top1']!r} must be in [0, 100]: a search-val top-1 floor in percent"
+            )
         return cls(**values)
 
     def given(self, key: str) -> tuple[float | None, float | None]:
-        """(absolute, ratio of W8A8) of the budget ``key`` (latency_ms, energy_mj, size_mb)."""
+        """(absolute, ratio of the reference) of the budget ``key`` (latency_ms, energy_mj, size_mb)."""
         return getattr(self, key), getattr(self, f"{key.split('_')[0]}_ratio")
 
 
@@ -400,6 +483,72 @@ class AgentSettings:
 
 
 @dataclass(frozen=True)
+class ScreenSettings:
+    """``search.screen``: once the agent's critic is seen to rank, it screens ``candidates`` new policies per episode
+    instead of ``search.candidates`` (0: never). Seen to rank: Kendall's tau between its predicted and realised gains
+    over the incumbent, over the episodes it scored so far (:mod:`hysquant_rl.search.ranking`), is above 0 with a
+    one-sided p below ``p_max`` on at least ``min_pairs`` episodes."""
+
+    candidates: int = 0
+    min_pairs: int = 20
+    p_max: float = 0.05
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[str, Any]) -> ScreenSettings:
+        p_max = _number(m["p_max"], "search.screen.p_max", positive=True)
+        if p_max > 1:
+            raise HySquantError(f"search.screen.p_max={p_max!r} must be a p-value in (0, 1], e.g. 0.05")
+        return cls(
+            candidates=_integer(m["candidates"], "search.screen.candidates", 0),
+            min_pairs=_integer(m["min_pairs"], "search.screen.min_pairs", 3),
+            p_max=p_max,
+        )
+
+
+TRANSFER_METHOD = "rl-cond"  # the search method of the budget-conditioned agent
+
+
+@dataclass(frozen=True)
+class TransferSettings:
+    """``search.transfer``: the budget-conditioned agent (``search.method=rl-cond``, :mod:`agents.conditioned`).
+    ``agent``: the folder of a trained agent to answer with; None: train one first, over the budgets ``train``
+    (ratios of ``budget.reference`` for the one budget the run sets), for ``episodes`` PTQ evaluations in all, and
+    save it as ``agent/`` in the run directory. It answers the run's budget with ``evaluations`` (k) PTQ evaluations:
+    0, its greedy policy fitted to the budget; k > 0, that policy and k - 1 more picked by its critic, learning as it
+    goes (the actor frozen with ``freeze_actor``, the ablation)."""
+
+    agent: str | None = None
+    train: tuple[float, ...] = ()
+    episodes: int = 60
+    evaluations: int = 5
+    freeze_actor: bool = False
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[str, Any]) -> TransferSettings:
+        train = m["train"]
+        if not isinstance(train, (list, tuple)) or not train:
+            raise HySquantError(
+                f"search.transfer.train={train!r} must be a non-empty list of budget ratios, e.g. [0.5,0.6,0.7]"
+            )
+        ratios = tuple(_number(x, "search.transfer.train", positive=True) for x in train)
+        if len(set(ratios)) < len(ratios):
+            raise HySquantError(f"search.transfer.train={list(ratios)} lists a budget twice: give each once")
+        episodes = _integer(m["episodes"], "search.transfer.episodes", 1)
+        if episodes < len(ratios):
+            raise HySquantError(
+                f"search.transfer.episodes={episodes} is fewer than the {len(ratios)} training budgets: each needs"
+                " at least its warm-start episode"
+            )
+        return cls(
+            agent=None if m.get("agent") in (None, "") else str(m["agent"]),
+            train=ratios,
+            episodes=episodes,
+            evaluations=_integer(m["evaluations"], "search.transfer.evaluations", 0),
+            freeze_actor=_flag(m["freeze_actor"], "search.transfer.freeze_actor"),
+        )
+
+
+@dataclass(frozen=True)
 class SearchSettings:
     """``conf/search.yaml``: how a policy is searched. ``episodes`` counts PTQ evaluations per hardware round
     (paper 3.3), for every episodic method."""
@@ -422,6 +571,9 @@ class SearchSettings:
     resume: bool
     budget: BudgetSpec
     agent: AgentSettings
+    swap_moves: bool = False  # the candidates' moves raise one unit and lower another within the budgets
+    screen: ScreenSettings = field(default_factory=ScreenSettings)
+    transfer: TransferSettings = field(default_factory=TransferSettings)
 
     @classmethod
     def from_mapping(cls, c: Mapping[str, Any]) -> SearchSettings:
@@ -440,7 +592,7 @@ class SearchSettings:
             # a run recorded before the setting existed (resume=true) gets the conf/search.yaml default
             refine_groups=_integer(s.get("refine_groups", 16), "search.refine_groups", 1),
             checkpoint_every=_integer(s["checkpoint_every"], "search.checkpoint_every", 1),
-            workers=_integer(s["workers"], "search.workers", 1),
+            workers=_workers(s["workers"], "search.workers", c),
             candidates=_integer(s["candidates"], "search.candidates", 1),
             reference=tuple(str(x) for x in s["reference"]),
             reward_metric=check_choice(r["metric"], "reward.metric", REWARD_METRICS),
@@ -448,4 +600,23 @@ class SearchSettings:
             resume=_flag(c.get("resume", False), "resume"),
             budget=BudgetSpec.from_mapping(c["budget"]),
             agent=AgentSettings.from_mapping(c["agent"]),
+            # a run recorded before these settings existed (resume=true) gets the conf/search.yaml defaults
+            swap_moves=_flag(s.get("swap_moves", False), "search.swap_moves"),
+            screen=ScreenSettings.from_mapping(s.get("screen", asdict(ScreenSettings()))),
+            transfer=_transfer(s, c["budget"]),
         )
+
+
+def _transfer(s: Mapping[str, Any], budget: Mapping[str, Any]) -> TransferSettings:
+    """``search.transfer``, checked; with ``search.method=rl-cond`` the run must set exactly one budget (the agent is
+    conditioned on one budget kind)."""
+    defaults = {**asdict(TransferSettings()), "train": [1.0]}
+    transfer = TransferSettings.from_mapping(s.get("transfer", defaults))
+    if s["method"] == TRANSFER_METHOD:
+        kinds = [k for k, units in UNIT_KEYS.items() if any(budget.get(f"{k}_{u}") is not None for u in units)]
+        if len(kinds) != 1:
+            raise HySquantError(
+                f"search.method={TRANSFER_METHOD} answers one budget kind, the run sets {len(kinds)}"
+                f" ({', '.join(kinds) or 'none'}): use budget=latency, budget=energy or budget=size"
+            )
+    return transfer

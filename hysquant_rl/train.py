@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from hysquant_rl.errors import HySquantError
-from hysquant_rl.io import save_torch
+from hysquant_rl.io import check_writable, save_torch
 from hysquant_rl.models import ModelSpec, build_architecture, embedded_checkpoint, read_state_dict
 
 if TYPE_CHECKING:
@@ -91,8 +91,10 @@ def train_model(model: torch.nn.Module, data: Any, recipe: TrainRecipe, seed: in
 
 def train_embedded(
     model_settings: ModelSettings, data: DataSplits, recipe: TrainRecipe | None, seed: int, path: Path
-) -> dict[str, float]:
-    """Train the embedded model and cache its state dict at ``path`` (atomically)."""
+) -> dict[str, torch.Tensor]:
+    """Train the embedded model, cache its state dict at ``path`` (atomically) and return its weights. A cache that
+    cannot be written now (a disk that filled up during training) costs the cache, not the model: one warning, and
+    the weights are returned from memory."""
     if recipe is None:
         raise HySquantError(
             f"data {data.name} has no training recipe (data.train): use model.checkpoint or model.pretrained"
@@ -108,8 +110,17 @@ def train_embedded(
         metrics["search_val_top1"],
         metrics["test_top1"],
     )
-    save_torch({"state_dict": model.state_dict(), "spec": spec.to_dict(), "metrics": metrics}, path)
-    return metrics
+    try:
+        save_torch({"state_dict": model.state_dict(), "spec": spec.to_dict(), "metrics": metrics}, path)
+    except OSError as e:
+        log.warning(
+            "cannot cache the trained model at %s (%s): using it from memory for this run only; it trains again next"
+            " time unless paths.cache (HYSQUANT_CACHE) can be written",
+            path,
+            e.strerror or e,
+        )
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return read_state_dict(path, f"the cached embedded model {path}")
 
 
 def embedded_state(
@@ -117,7 +128,8 @@ def embedded_state(
 ) -> tuple[dict[str, torch.Tensor], bool]:
     """The embedded model's weights for ``run`` and whether they were trained now: read from the cache, or trained
     on ``data()`` (called only then) and cached atomically when the file is missing, cannot be read (a damaged
-    cache file is ours to repair), or ``force``."""
+    cache file is ours to repair), or ``force``. A cache that cannot be written is a one-line error before the
+    training (minutes), not after it."""
     path = embedded_checkpoint(run.model, run.data, run.seed, run.cache_dir)
     source = f"the cached embedded model {path}"
     if force:
@@ -129,6 +141,11 @@ def embedded_state(
             return read_state_dict(path, source), False
         except HySquantError as e:
             problem = f"unreadable ({e})"
+    check_writable(
+        path.parent,
+        "the model cache",
+        "make it writable, or move it with HYSQUANT_CACHE=... or paths.cache=... (the embedded model trains for"
+        " minutes and is kept there)",
+    )
     log.warning("embedded model %s at %s: %s; training it", run.model.name, path, problem)
-    train_embedded(run.model, data(), run.data.train, run.seed, path)
-    return read_state_dict(path, source), True
+    return train_embedded(run.model, data(), run.data.train, run.seed, path), True

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
 
+from hysquant_rl.bits import FP32_INDEX, INT_BITS, grid_sum, to_bits, to_index
 from hysquant_rl.bits import GRID_BITS as BITS
-from hysquant_rl.bits import grid_sum
+from hysquant_rl.hardware.cost import Boundaries
 from hysquant_rl.lut.prune import box_mask
 from hysquant_rl.search.allocation import lowest_costs, project, proxy_grid, richest, solve_ilp
 
@@ -24,8 +23,8 @@ def synthetic(seed: int, layers: int = 4):
         + rng.uniform(1, 3, (layers, 1, 1)) * BITS[None, None, :]
     )
     size = rng.uniform(1, 5, (layers, 1, 1)) * BITS[None, :, None] + 0 * BITS[None, None, :]
-    ranges_w = [tuple(sorted(rng.choice(BITS, 2, replace=False))) for _ in range(layers)]
-    ranges_a = [tuple(sorted(rng.choice(BITS, 2, replace=False))) for _ in range(layers)]
+    ranges_w = [tuple(sorted(rng.choice(INT_BITS, 2, replace=False))) for _ in range(layers)]
+    ranges_a = [tuple(sorted(rng.choice(INT_BITS, 2, replace=False))) for _ in range(layers)]
     mask = box_mask(ranges_w, ranges_a)
     return objective, mask, {"latency": lat, "size": size}
 
@@ -37,23 +36,29 @@ def lowest(costs, mask):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_ilp_equals_brute_force(seed):
-    objective, mask, costs = synthetic(seed)
+    objective, mask, costs = synthetic(seed, layers=3)
     lo = lowest(costs, mask)
     hi = {k: grid_sum(v, richest(mask)) for k, v in costs.items()}
     limits = {k: lo[k] + 0.4 * (hi[k] - lo[k]) for k in costs}
-    cells = [np.argwhere(m) + 2 for m in mask]
-    best, best_bits = np.inf, None
-    for combo in itertools.product(*cells):
-        bits = np.array(combo)
-        if all(grid_sum(costs[k], bits) <= limits[k] for k in costs):
-            v = grid_sum(objective, bits)
-            if v < best:
-                best, best_bits = v, bits
+    # every policy at once: per unit its allowed cells, summed over units by broadcasting
+    cells = [np.argwhere(m) for m in mask]
+    grids = np.meshgrid(*[np.arange(len(c)) for c in cells], indexing="ij")
+
+    def total(table):
+        picked = [cells[l][grids[l]] for l in range(len(cells))]  # (..., 2) cell of unit l in every policy
+        return sum(table[l][c[..., 0], c[..., 1]] for l, c in enumerate(picked))
+
+    ok = np.all([total(costs[k]) <= limits[k] for k in costs], axis=0)
+    value = np.where(ok, total(objective), np.inf)
+    pick = np.unravel_index(np.argmin(value), value.shape)
+    best = float(value[pick])
+    best_bits = to_bits(np.stack([cells[l][pick[l]] for l in range(len(cells))]))
     bits = solve_ilp(objective, mask, costs, limits)
     assert bits is not None and best_bits is not None
     assert grid_sum(objective, bits) == pytest.approx(best, rel=1e-9)
     assert all(grid_sum(costs[k], bits) <= limits[k] for k in costs)
-    assert mask[np.arange(len(bits)), bits[:, 0] - 2, bits[:, 1] - 2].all()
+    i = to_index(bits)
+    assert mask[np.arange(len(bits)), i[:, 0], i[:, 1]].all()
 
 
 def test_ilp_infeasible_and_tiny_costs():
@@ -75,17 +80,20 @@ def test_project_meets_budget_and_keeps_feasible():
     limits = {"latency": lo["latency"] + 0.3 * (hi["latency"] - lo["latency"])}
     bits = project(top, objective, mask, costs, limits)
     assert grid_sum(costs["latency"], bits) <= limits["latency"]
-    assert (bits <= top).all() and mask[np.arange(12), bits[:, 0] - 2, bits[:, 1] - 2].all()
+    i = to_index(bits)
+    assert (bits <= top).all() and mask[np.arange(12), i[:, 0], i[:, 1]].all()
     assert np.array_equal(project(bits, objective, mask, costs, limits), bits)  # already feasible: unchanged
     assert project(top, objective, mask, costs, {"latency": 0.5 * lo["latency"]}) is None
     # sensitivity-aware: beats lowering blindly from the last layer backwards (HAQ's wall)
     blind = top.copy()
-    floor = np.stack([np.argmax(mask.any(axis=2), axis=1), np.argmax(mask.any(axis=1), axis=1)], axis=1) + BITS[0]
+    floor = np.stack([np.argmax(mask.any(axis=2), axis=1), np.argmax(mask.any(axis=1), axis=1)], axis=1)
     while grid_sum(costs["latency"], blind) > limits["latency"]:
+        i = to_index(blind)
         for l in reversed(range(12)):
-            if blind[l, 0] > floor[l, 0] or blind[l, 1] > floor[l, 1]:
-                axis = 0 if blind[l, 0] > floor[l, 0] else 1
-                blind[l, axis] -= 1
+            if i[l, 0] > floor[l, 0] or i[l, 1] > floor[l, 1]:
+                axis = 0 if i[l, 0] > floor[l, 0] else 1
+                i[l, axis] -= 1
+                blind = to_bits(i)
                 break
     assert grid_sum(objective, bits) < grid_sum(objective, blind)
 
@@ -96,10 +104,41 @@ def test_proxy_grid():
     truth = aw[:, None, None] * 4.0 ** (8 - BITS)[None, :, None] + aa[:, None, None] * 4.0 ** (8 - BITS)[None, None, :]
     values = np.stack([truth[:, w - 2, a - 2] for w, a in configs], axis=1)
     grid = proxy_grid(configs, values)
-    assert np.allclose(grid, truth, rtol=1e-6)  # data that follows the noise model is recovered
+    assert np.allclose(grid, truth, rtol=1e-6, atol=1e-12)  # data that follows the noise model is recovered
+    assert (grid[:, FP32_INDEX, FP32_INDEX] == 0).all()  # FP32 on both operands: no quantization noise
+    assert np.allclose(grid[:, FP32_INDEX, :-1], aa[:, None] * 4.0 ** (8 - INT_BITS)[None, :])  # FP32 weights: a's
     noisy = values * np.array([1.0, 1.3, 0.7, 2.0])
     grid = proxy_grid(configs, noisy)
     measured = np.stack([grid[:, w - 2, a - 2] for w, a in configs], axis=1)
     assert np.allclose(measured[0], noisy[0])  # layer 0's noisy values are still monotone: kept as measured
     assert (measured[1] >= noisy[1] - 1e-12).all() and measured[1, 0] == pytest.approx(noisy[1, 1])  # W4A4 >= W4A8
     assert (np.diff(grid, axis=1) <= 1e-12).all() and (np.diff(grid, axis=2) <= 1e-12).all()  # monotone
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_ilp_with_boundaries_equals_brute_force(seed):
+    """Units that run int8 or FP32 (a runtime's space) with a pairwise cost where neighbours differ (the Q/DQ of an
+    int8/float boundary): the integer program pays a boundary exactly where the policy has one, so its optimum is the
+    brute-force optimum over all 2^n policies."""
+    rng = np.random.default_rng(seed)
+    n, i8, f = 7, to_index(8), FP32_INDEX
+    mask = np.zeros((n, 8, 8), dtype=bool)
+    mask[:, i8, i8] = mask[:, f, f] = True
+    latency, objective = np.zeros((n, 8, 8)), np.zeros((n, 8, 8))
+    latency[:, i8, i8], latency[:, f, f] = rng.uniform(1, 2, n), rng.uniform(1, 2, n)
+    objective[:, i8, i8] = rng.uniform(0.1, 1, n)
+    edges = np.array([[l, l + 1] for l in range(n - 1)] + [[0, 3], [2, 6]])
+    b = Boundaries(edges, rng.uniform(0.2, 0.6, len(edges)), rng.uniform(0.2, 0.6, len(edges)))
+
+    def total(int8):  # int8: (n,) bool
+        bits = np.where(int8[:, None], [8, 8], [32, 32])
+        return grid_sum(latency, bits) + b.total(bits), grid_sum(objective, bits)
+
+    policies = [np.array([c >> l & 1 for l in range(n)], dtype=bool) for c in range(2**n)]
+    lat = np.array([total(p)[0] for p in policies])
+    limit = float(np.quantile(lat, 0.3))
+    best = min(total(p)[1] for p, t in zip(policies, lat) if t <= limit)
+    bits = solve_ilp(objective, mask, {"latency": latency}, {"latency": limit}, boundaries={"latency": b})
+    assert bits is not None
+    assert grid_sum(latency, bits) + b.total(bits) <= limit * (1 + 1e-9)
+    assert grid_sum(objective, bits) == pytest.approx(best, abs=1e-9)

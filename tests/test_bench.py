@@ -11,19 +11,9 @@ import pytest
 
 from hysquant_rl.apps import compose_config, plain
 from hysquant_rl.apps.bench import run_bench
-from hysquant_rl.bench import (
-    Goal,
-    Targets,
-    goal,
-    learning,
-    mcnemar,
-    regime_budgets,
-    room,
-    se_paired,
-    se_top1,
-    tightest,
-    verdict,
-)
+from hysquant_rl.bench.plan import Goal, Targets, regime_budgets
+from hysquant_rl.bench.stats import learning, mcnemar, room, se_paired, se_top1
+from hysquant_rl.bench.verdict import goal, tightest, verdict
 from hysquant_rl.bits import grid_sum
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.lut.build import build_lut
@@ -45,9 +35,16 @@ PLAN = [
     "~bench.methods.local",  # local search and ilp-refine have their own tests; left out to keep this run short
     "~bench.methods.ilp-refine",
     "~bench.seeds_per_method.local",
+    "+bench.methods.random=[search.method=random]",  # out of the default plan (time), in the bench's code
+    "+bench.methods.rl-plain=[search.method=rl,search.warm_start=false]",
     "agent.warmup_episodes=1",
     "agent.gradient_steps=2",
     "bench.throughput.repeats=1",
+    # the transfer experiment, tiny: 2 training budgets, 1 held out, k = 0 and 1
+    "bench.plans.quick.transfer={batch:1,kind:energy,train:[0.3,0.7],held_out:[0.5],seeds:[0],episodes:3,"
+    "evaluations:[0,1]}",
+    "bench.transfer.controls_at=1",
+    "bench.transfer.bootstrap=200",
 ]
 # bench.json keys of the old plan (latency x energy fractions) and goal (best baseline within a std) that the
 # per-regime budgets and the new goal replaced
@@ -209,6 +206,49 @@ def test_bench_search_val_noise(bench, digits_pipeline):
     assert e["seeds"][0]["se"] == pytest.approx(100 * math.sqrt(d / 400))
     assert e["se_mean"] == pytest.approx(np.mean([t["se"] for t in e["seeds"]]))
     assert f"{sv['se_top1']:.2f} points" in (out / "bench.md").read_text()
+
+
+def test_bench_transfer_part(bench, digits_pipeline):
+    """The transfer experiment ran beside the per-budget plan: one agent trained (its artefact in the run), every arm
+    at the held-out budget at k = 0 and 1, each arm's k = 1 answer its k = 0 answer evaluated (the first evaluation of
+    every arm is its k = 0 answer; local's is the ILP's), the paired cases, the decision, the files."""
+    cfg, out, r = bench
+    t = r["transfer"]
+    assert [(x["seed"], x["evaluations"], x["episodes"]) for x in t["training"]] == [(0, 3, 3)]
+    assert (out / "runs" / "transfer" / "seed0" / "agent" / "agent.json").exists()
+    got = {(a["k"], a["arm"]): a for a in t["answers"] if a["budget"] == "energy 0.50"}
+    assert set(got) == {(0, "ilp"), (0, "nearest"), (0, "surrogate"), (0, "rl")} | {
+        (1, arm) for arm in ("local", "nearest", "surrogate", "rl", "rl-frozen")
+    }
+    assert all(a["within_budget"] for a in t["answers"])
+    assert got[(1, "local")]["test_top1"] == got[(0, "ilp")]["test_top1"]
+    for arm, first in (("nearest", "nearest"), ("surrogate", "surrogate"), ("rl", "rl"), ("rl-frozen", "rl")):
+        assert got[(1, arm)]["test_top1"] == got[(0, first)]["test_top1"] and got[(1, arm)]["evaluations"] == 1
+    # the ILP's answer is the integer program's policy over the LUT at that budget, measured on the test split
+    lut = build_lut(RunSettings.from_mapping(plain(cfg)), digits_pipeline)
+    grids, fixed = digits_pipeline.cost.budget_grids()
+    limit = next(b["limit"] for b in t["budgets"] if b["budget"] == "energy 0.50")
+    bits = solve_ilp(
+        proxy_grid(lut.configs, lut.matrix("kl")), lut.mask(), grids, {"energy_mj": limit - fixed["energy_mj"]}
+    )
+    assert got[(0, "ilp")]["test_top1"] == pytest.approx(
+        digits_pipeline.evaluator.evaluate([tuple(b) for b in bits.tolist()], "test").top1
+    )
+    pooled = {(x["k"], x["arm"]): x for x in t["table"] if x["budget"] == "all held-out"}
+    assert pooled[(0, "rl")]["test_top1_mean"] == pytest.approx(got[(0, "rl")]["test_top1"])
+    case = next(
+        c for c in t["cases"] if (c["k"], c["arm"], c["against"], c["budget"]) == (0, "rl", "ilp", "energy 0.50")
+    )
+    n = n_images(cfg, "test")
+    assert case["diff"] == pytest.approx(got[(0, "rl")]["test_top1"] - got[(0, "ilp")]["test_top1"])
+    assert case["tests"][0]["wins"] - case["tests"][0]["losses"] == round(case["diff"] * n / 100)
+    assert t["decision"]["outcome"] in ("rl", "surrogate", "ilp+local") and len(t["decision"]["items"]) == 4
+    assert [e["budget"] for e in t["tau"]] == ["energy 0.50"]
+    md = (out / "bench.md").read_text()
+    order = [md.index(h) for h in ("## Transfer", "### Decision rules", "### Transfer verdict", "### Held-out budgets")]
+    assert order == sorted(order)
+    assert (out / "transfer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "bench.json").read_text())["transfer"]["decision"] == t["decision"]
 
 
 def n_images(cfg, split: str) -> int:

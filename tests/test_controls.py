@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hysquant_rl.bits import GRID, MAX_BITS, MIN_BITS, grid_sum, to_index
+from hysquant_rl.bits import GRID, GRID_BITS, grid_sum, to_bits, to_index
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.lut.prune import box_mask
 from hysquant_rl.search.baselines import BASELINES
@@ -19,7 +19,7 @@ from hysquant_rl.search.problem import SearchProblem
 from hysquant_rl.units import LayerInfo
 from tests.conftest import search_settings
 
-BITS = np.arange(MIN_BITS, MAX_BITS + 1)
+BITS = GRID_BITS  # 2..8 and FP32 (32: no quantization noise); the puzzles below use integer bits only (fp32=False)
 
 
 def q(bits):
@@ -81,7 +81,7 @@ def allowed_policies(problem: SearchProblem) -> np.ndarray:
     """Every allowed policy in canonical form (an activation-only unit's w is its a): (N, L, 2)."""
     cells = []
     for l, m in enumerate(problem.mask):
-        pairs = np.argwhere(m) + MIN_BITS
+        pairs = to_bits(np.argwhere(m))
         if not problem.weighted[l]:
             pairs = np.unique(np.stack([pairs[:, 1], pairs[:, 1]], axis=1), axis=0)
         cells.append(pairs)
@@ -139,7 +139,7 @@ def interacting():
         noise = q(w[..., :4]).sum(-1) + q(a).sum(-1)
         return 1e-3 * (noise + 20.0 * q(w[..., 0]) * q(w[..., 1]))
 
-    mask = box_mask(w_rng, a_rng)
+    mask = box_mask(w_rng, a_rng, fp32=False)
     return synthetic([1e-3] * n, true, mask, cost, 4 * (5 + 4) + 4, weighted=[True] * 4 + [False]), true
 
 
@@ -194,7 +194,7 @@ def test_local_search_is_seeded_and_never_leaves_the_allowed_pairs():
 def test_local_search_repeats_only_when_it_must(seed):
     """One activation-only unit whose a may be 6, 7 or 8, no binding budget: 3 policies. 5 episodes evaluate all
     3 (with no exploration noise: sigma widens on repeats), then repeat, as they must."""
-    mask = box_mask([(2, 8)], [(6, 8)])
+    mask = box_mask([(2, 8)], [(6, 8)], fp32=False)
     p = synthetic([1.0], lambda b: q(b[..., 1]).sum(), mask, np.zeros((1, GRID, GRID)), 1.0, weighted=[False])
     log, best = run(p, "local", episodes=5, seed=seed, warm_start_noise_bits=0.0)
     assert len(log.history) == 5 and len(p.cache) == 3
@@ -208,7 +208,7 @@ def misjudged(proxy_metric="kl"):
     = 4, 1, 1/4, 1/16): the ILP keeps every unit at 5 bits; the optimum gives units 2 and 3 six bits from units 0
     and 1 (10 x 3/4 = 7.5 > 1.1 x 3 = 3.3 > 10 x 3/16 = 1.875: one bit each, no more)."""
     n = 6
-    mask = box_mask([(3, 8)] * n, [(8, 8)] * n)
+    mask = box_mask([(3, 8)] * n, [(8, 8)] * n, fp32=False)
     cost = np.zeros((n, GRID, GRID))
     cost[:] = BITS[:, None]
     lut = np.array([1.0, 1.1, 1.0, 1.0, 1.2, 1.3])
@@ -246,7 +246,7 @@ def test_ilp_refine_stops_when_the_lut_was_right():
     """The truth is the LUT: the measured gains confirm it, the re-solve returns the ILP policy, and the search
     stops after one round; more groups than units leaves one unit per group."""
     n = 6
-    mask = box_mask([(3, 8)] * n, [(8, 8)] * n)
+    mask = box_mask([(3, 8)] * n, [(8, 8)] * n, fp32=False)
     cost = np.zeros((n, GRID, GRID))
     cost[:] = BITS[:, None]
     p = synthetic([1e-3] * n, lambda b: 1e-3 * (q(b[..., 0]) + q(b[..., 1])).sum(-1), mask, cost, 5 * n)

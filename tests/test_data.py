@@ -14,7 +14,7 @@ from sklearn.datasets import load_digits
 
 from hysquant_rl.data import FASHION_FILES, load_data
 from hysquant_rl.errors import HySquantError
-from tests.conftest import run_settings
+from tests.conftest import assert_one_error_line, run_settings
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -128,3 +128,78 @@ def test_imagenet_folder(tmp_path, small_model):
     assert not (_rows(s.calib.x) & _rows(s.search_val.x))
     with pytest.raises(HySquantError, match="no train/ folder"):
         load_data(run_settings(overrides=["data=imagenet", f"data.root={tmp_path / 'x'}"]).data, seed=0, model=model)
+
+
+def _image_tree(root: Path, classes: dict[str, dict[str, int]]) -> None:
+    """``root/<split>/<class>/<i>.png``: ``classes[split][class]`` small RGB images each."""
+    d = load_digits()
+    for split, counts in classes.items():
+        for name, n in counts.items():
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray((d.images[i] * 15).astype(np.uint8)).convert("RGB").save(folder / f"{i}.png")
+
+
+def _imagenet(root: Path, **sizes: int):
+    overrides = [f"data.{k}={v}" for k, v in {"calib_size": 2, "search_val_size": 2, "workers": 0, **sizes}.items()]
+    return run_settings(overrides=["data=imagenet", f"data.root={root}", "data.batch_size=2", *overrides]).data
+
+
+@pytest.mark.parametrize(
+    "case, pattern",
+    [
+        ("a class folder without images", r"cannot read the images in .*/train \(Found no valid file for the class"),
+        ("a class missing from val", r"/train and .*/val have different class folders \(b \(train only\)\)"),
+        ("an image that does not decode", r"cannot read image .*/train/a/0.png \(cannot identify image file"),
+        ("a truncated image", r"cannot read image .*/train/a/0.png \(.*truncated"),
+    ],
+)
+def test_image_folders_that_cannot_be_read_are_one_line(tmp_path, case, pattern):
+    """What is wrong, and which file: never "cannot write", never a traceback. A corrupt image is refused, not skipped
+    (the splits would change without a word)."""
+    import timm
+
+    _image_tree(tmp_path, {"train": {"a": 2, "b": 2}, "val": {"a": 1, "b": 1}})
+    first = tmp_path / "train" / "a" / "0.png"
+    if case == "a class folder without images":
+        for p in (tmp_path / "train" / "b").iterdir():
+            p.unlink()
+    elif case == "a class missing from val":
+        (tmp_path / "val" / "b" / "0.png").unlink()
+        (tmp_path / "val" / "b").rmdir()
+    elif case == "an image that does not decode":
+        first.write_bytes(b"not an image at all")
+    else:
+        first.write_bytes(first.read_bytes()[:60])
+    model = timm.create_model("mobilevit_xxs", num_classes=2)
+    with pytest.raises(HySquantError, match=pattern) as e:
+        load_data(_imagenet(tmp_path, calib_size=2, search_val_size=2), seed=0, model=model)  # every train image
+    assert "\n" not in str(e.value)
+
+
+def test_a_corrupt_image_in_the_streamed_test_split_is_one_line(tmp_path):
+    """The test split streams from val/ through a DataLoader worker process, whose error comes back wrapped in its
+    traceback: the line names the file and the cause only."""
+    import timm
+
+    _image_tree(tmp_path, {"train": {"a": 2, "b": 2}, "val": {"a": 2, "b": 2}})
+    bad = tmp_path / "val" / "b" / "1.png"
+    bad.write_bytes(b"\x89PNG but not really")
+    splits = load_data(_imagenet(tmp_path, workers=1), seed=0, model=timm.create_model("mobilevit_xxs", num_classes=2))
+    with pytest.raises(HySquantError) as e:
+        list(splits.test.batches(2))
+    assert str(e.value).startswith(f"cannot read image {bad} (cannot identify image file") and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not gzip"])
+def test_a_bad_gz_is_a_read_error_through_the_app(tmp_path, fashion_root, run_here, damage):
+    """Reported as what it is, a file that cannot be read, naming it (not "cannot write", not an EOFError traceback)."""
+    from hysquant_rl.apps.apply import main
+
+    path = fashion_root / "train-images-idx3-ubyte.gz"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"\x00" * 64)
+    ran = run_here(main, "policy=W8A8", "data=fashion_mnist", f"data.root={fashion_root}", tmp_path=tmp_path / "run")
+    line = assert_one_error_line(ran, rf"cannot read {path} \((EOFError|BadGzipFile): .*\): replace the file")
+    assert "cannot write" not in line

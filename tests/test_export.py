@@ -8,8 +8,8 @@ import pytest
 import timm
 import torch
 
+from hysquant_rl.deploy.checkpoints import FAKEQUANT_FILE, INT_FILE, export_quantized, load_quantized
 from hysquant_rl.errors import HySquantError
-from hysquant_rl.export import FAKEQUANT_FILE, INT_FILE, export_quantized, load_quantized
 from hysquant_rl.layers import inventory
 from hysquant_rl.policy import QuantPolicy
 from hysquant_rl.provenance import weights_sha256

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from hysquant_rl.bits import CHOICES
+from hysquant_rl.deploy.cuda import MeasuredCostModel
 from hysquant_rl.errors import HySquantError
-from hysquant_rl.hardware import CostModel, known_profiles, load_profile, make_cost_model
-from hysquant_rl.hardware.measured import MeasuredCostModel
+from hysquant_rl.hardware import CostModel, known_profiles, load_profile
 from hysquant_rl.layers import inventory
 
 PROFILES = ("rtx3080", "a100", "h200")
@@ -314,7 +314,7 @@ def test_reports_carry_the_batch_size(xxs):
 def test_measured_kernels_have_the_layers_shapes(xxs_model, xxs):
     """The kernels the measured backend times, built on the CPU: every layer's float kernel (padding inferred
     from the traced shapes) yields its traced output, Linear/Conv2d are told apart, attention keeps its shape."""
-    from hysquant_rl.hardware.measured import attention_kernel, float_kernel, is_linear
+    from hysquant_rl.deploy.cuda import attention_kernel, float_kernel, is_linear
 
     layers, matmuls = xxs
     modules = dict(xxs_model.named_modules())
@@ -333,10 +333,6 @@ def test_measured_kernels_have_the_layers_shapes(xxs_model, xxs):
 def test_measured_backend_without_cuda_says_what_to_do(tiny):
     with pytest.raises(HySquantError, match="needs a CUDA GPU; use hardware.backend=modelled"):
         MeasuredCostModel(*tiny, load_profile("rtx3080"))
-    measured = dataclasses.replace(load_profile("rtx3080"), backend="measured")
-    with pytest.raises(HySquantError, match="CUDA"):
-        make_cost_model(*tiny, measured)
-    assert type(make_cost_model(*tiny, load_profile("rtx3080"))) is CostModel
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the measured backend needs a CUDA GPU")

@@ -93,6 +93,7 @@ def test_ctrl_c_finishes_the_episode_writes_a_checkpoint_and_says_how_to_resume(
     deadline = time.monotonic() + 300
     while not manifest.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
+    assert (run / ".hysquant.lock").read_text() == f"hysquant-search (PID {proc.pid})\n"  # it holds its directory
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err[-2000:]
@@ -122,16 +123,17 @@ def test_directories_that_cannot_be_written_are_one_line(tmp_path, digits_pipeli
 
 
 def test_a_full_disk_is_one_line_and_keeps_what_was_written(tmp_path, digits_pipeline):
-    """Files may not grow past 2 MB (as on a disk that fills up): the LUT, its heatmap and the best policy are
-    written, the first checkpoint (the agent, several MB) cannot be."""
+    """Files may not grow past 1.5 MB (as on a disk that fills up): the LUT, its heatmap and the best policy are
+    written, the first checkpoint (the agent's networks and optimisers, 1.7 MB) cannot be."""
 
     def small_files() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an error from write(), not a killed process
-        resource.setrlimit(resource.RLIMIT_FSIZE, (2_000_000, 2_000_000))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1_500_000, 1_500_000))
 
     run = tmp_path / "run"
     ran = search(run, "search.episodes=4", *FAST, preexec_fn=small_files)
-    assert_one_error_line(ran, r"cannot write the checkpoint in .*checkpoints \(File too large\)")
+    line = assert_one_error_line(ran, r"cannot write the checkpoint in .*checkpoints \(File too large\)")
+    assert line.endswith("no checkpoint was written yet")  # not "the previous checkpoint is still in force"
     assert json.loads((run / "best_policy.json").read_text())["layers"] and (run / "lut.json").exists()
     assert not (run / "checkpoints" / MANIFEST).exists()
 

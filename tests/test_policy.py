@@ -67,8 +67,19 @@ def policy(model, layers) -> QuantPolicy:
 
 # -- weights_sha256 ----------------------------------------------------------------------------------------
 def test_weights_sha256_is_stable_hex_and_wrapper_independent(model):
+    import hashlib
+
     h = weights_sha256(model)
-    assert len(h) == 64 and int(h, 16) >= 0
+    # the documented recipe, by hand: key, dtype and shape, then the raw bytes of each tensor, keys sorted
+    by_hand = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        by_hand.update(f"{key}\0{value.dtype}\0{tuple(value.shape)}\0".encode())
+        by_hand.update(value.detach().contiguous().numpy().tobytes())
+    assert h == by_hand.hexdigest()
+    changed = tiny()
+    with torch.no_grad():
+        changed.fc.bias[0] += 1e-3
+    assert weights_sha256(changed) != h  # one weight differs: another hash
     assert weights_sha256(model) == h
     assert weights_sha256(tiny(0)) == h  # same weights, new object
     reordered = tiny(1, order="reversed")

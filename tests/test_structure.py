@@ -98,3 +98,25 @@ def test_pricing_and_allocating_never_import_torch(module):
     code = f"import sys, {module}; sys.exit('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"importing {module} imports torch {proc.stderr[-500:]}"
+
+
+def test_pricing_never_imports_what_leaves_the_search():
+    """Pricing (``hardware/``) and the policy format (``policy``, ``provenance``) sit below the exports and runtimes
+    (``deploy/``) and the quantizer: a cost model is numbers, a policy file is JSON."""
+    graph = import_graph()
+
+    def reach(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph.get(todo.pop(), ()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    for name in graph:
+        if name.startswith("hysquant_rl.hardware"):
+            assert not {m for m in reach(name) if m.startswith(("hysquant_rl.deploy", "hysquant_rl.quant"))}, name
+    for name in ("hysquant_rl.policy", "hysquant_rl.provenance"):
+        assert not {m for m in reach(name) if m.startswith(("hysquant_rl.quant", "hysquant_rl.deploy"))}, name
+    assert any(m.startswith("hysquant_rl.deploy.") for m in graph)  # the package is there to be kept out

@@ -11,13 +11,20 @@ This is the only layer that sees a Hydra config: each app resolves it once (:fun
 :func:`compose_config` gives scripts and tests the same config outside an app. A :class:`HySquantError` ends a
 run with one ``error: ...`` line on stderr and exit status 2. In a sweep (``-m``) a failing job prints its line and
 the sweep goes on; the sweep's exit status is the number of jobs that failed.
+
+One app per run directory: each job holds an exclusive ``fcntl.flock`` on ``<run dir>/.hysquant.lock`` (the kernel
+releases it when the process ends, however it ends); a second app in the same directory is refused in one line
+naming the holder's PID.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import functools
 import importlib.resources
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -27,9 +34,13 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from hysquant_rl.errors import HySquantError
+from hysquant_rl.io import WriteError
 
 log = logging.getLogger("hysquant_rl")
 CONF_DIR = str(importlib.resources.files("hysquant_rl.conf"))
+LOCK_FILE = ".hysquant.lock"  # in a run directory: the flock its one running app holds, and that app's PID
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}  # whatever the call: a write failed
+_held: dict[Path, int] = {}  # run directories this process holds: resolved path -> the lock file's descriptor
 
 
 def run_dir() -> Path:
@@ -65,28 +76,43 @@ def app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[]
 
         @functools.wraps(fn)
         def task(cfg: DictConfig) -> Any:
+            here, taken = run_dir(), False
             try:
+                taken = lock_run_dir(here, f"hysquant-{config_name}")  # False: main() holds it already
                 return fn(cfg)
             except HySquantError as e:
                 message, code = str(e), getattr(e, "exit_code", 2)
             except KeyboardInterrupt:
                 message, code = "interrupted: what was measured before is kept (the LUT cache, the checkpoints)", 130
-            except OSError as e:  # a directory that cannot be written, a full disk
-                where = f" {e.filename}" if e.filename else ""
-                message = f"cannot write{where} ({e.strerror or e}): make it writable or free disk space"
-                code = 2
+            except OSError as e:  # a directory that cannot be written, a full disk, a file that cannot be read
+                message, code = os_error_message(e), 2
+            finally:
+                if taken:
+                    unlock_run_dir(here)
             report(message)
             if not _in_sweep():
                 sys.exit(code)
-            failed.append(str(run_dir()))  # the sweep goes on with its next job
+            failed.append(str(here))  # the sweep goes on with its next job
 
         run = hydra.main(version_base=None, config_path=CONF_DIR, config_name=config_name)(task)
 
         @functools.wraps(fn)
         def main() -> Any:
             failed.clear()
-            _check_output_dirs(sys.argv[1:])
-            result = run()
+            args = sys.argv[1:]
+            folder = _check_output_dirs(args)
+            taken = False
+            if folder is not None and not {"-m", "--multirun"} & set(args):
+                try:  # before Hydra writes its .hydra/ and log file into a directory another run is using
+                    taken = lock_run_dir(folder, f"hysquant-{config_name}")
+                except HySquantError as e:
+                    report(str(e))
+                    sys.exit(2)
+            try:
+                result = run()
+            finally:
+                if taken:
+                    unlock_run_dir(folder)
             if failed:
                 print(f"{len(failed)} job(s) of the sweep failed: {', '.join(failed)}", file=sys.stderr)
                 sys.exit(min(len(failed), 125))
@@ -97,21 +123,97 @@ def app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[]
     return deco
 
 
-def _check_output_dirs(args: list[str]) -> None:
+def os_error_message(e: OSError) -> str:
+    """One line for an ``OSError`` that reached an app. A write that failed (:class:`WriteError`, a full disk, a
+    file too large, a read-only file system) says so; anything else names the file and the cause without calling it
+    a write (data and weights that cannot be read are reported where they are read, as ``cannot read ...``)."""
+    where = f" {e.filename}" if e.filename else ""
+    cause = e.strerror or str(e) or type(e).__name__
+    if isinstance(e, WriteError) or e.errno in WRITE_ERRNOS:
+        return f"cannot write{where} ({cause}): make it writable or free disk space"
+    return f"cannot access{where} ({cause}): check that it exists and that this user may read (or write) it"
+
+
+def lock_run_dir(folder: Path, app: str) -> bool:
+    """Take the run directory ``folder`` for this process: an exclusive, non-blocking ``fcntl.flock`` on
+    ``folder/.hysquant.lock``, which then holds ``app`` and this PID. The kernel releases it when the process ends
+    (exit, Ctrl-C, kill -9). Returns True when taken now, False when this process holds it already. Raises
+    :class:`HySquantError` naming the holder's PID when another process holds it."""
+    key = folder.resolve()
+    if key in _held:
+        return False
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise HySquantError(
+            f"cannot write the run directory {folder} ({e.strerror or e}): choose a directory that can be written"
+        ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+        finally:
+            os.close(fd)
+        raise HySquantError(
+            f"{holder or 'another process'} is running in {folder}: wait for it to end, or pass another"
+            " hydra.run.dir (two runs in one directory would mix their files)"
+        ) from None
+    except OSError as e:  # a file system without flock (some network mounts): run, unguarded
+        os.close(fd)
+        log.warning("cannot lock %s (%s): a second run in this directory would not be refused", folder, e)
+        return False
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{app} (PID {os.getpid()})\n".encode(), 0)
+    except OSError:  # a full disk: the lock holds all the same, its note is empty
+        pass
+    _held[key] = fd
+    return True
+
+
+def unlock_run_dir(folder: Path) -> None:
+    """Release the run directory ``folder`` if this process holds it (closing the lock file drops the flock)."""
+    fd = _held.pop(folder.resolve(), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def _check_output_dirs(args: list[str]) -> Path | None:
     """Create the run (or sweep) directory given on the command line now, so that one that cannot be written is
-    one line, not the traceback of Hydra creating it."""
+    one line, not the traceback of Hydra creating it; returns the run directory given (None: Hydra's default). A
+    value that still carries quote characters or an unresolved ``${...}`` would make a folder of that literal name:
+    refused in one line, before anything is created."""
+    given = None
     for arg in args:
         key, _, value = arg.partition("=")
         if key in ("hydra.run.dir", "hydra.sweep.dir") and value:
+            problem = ""
+            if any(q in value for q in "'\"`"):
+                problem = "carries quote characters, which would become part of the folder's name: pass it unquoted"
+            elif "${" in value:
+                problem = (
+                    "holds an unresolved interpolation, which would become a folder of that literal name: pass a"
+                    f" literal path (the shell can add the time: {key}=outputs/run_$(date +%Y-%m-%d_%H-%M-%S))"
+                )
+            if problem:
+                report(f"{key}={value} {problem}")
+                sys.exit(2)
             try:
                 Path(value).mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 report(f"cannot create {key}={value} ({e.strerror or e}): choose a directory that can be written")
                 sys.exit(2)
+            if key == "hydra.run.dir":
+                given = Path(value)
+    return given
 
 
 def report(message: str) -> None:
-    """One ``error:`` line on stderr, and the same in the run's log file (not twice on the console)."""
+    """One ``error:`` line on stderr, and the same in the run's log file (not twice on the console). A message
+    that spans lines (a library's text) is joined into one."""
+    message = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
     record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "error: %s", (message,), None)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):

@@ -10,9 +10,8 @@ from omegaconf import DictConfig
 
 from hysquant_rl.apps import app, plain, run_dir
 from hysquant_rl.bits import FP32_BITS, parse_uniform
-from hysquant_rl.export import export_quantized
-from hysquant_rl.export_onnx import export_onnx
-from hysquant_rl.hardware import make_check
+from hysquant_rl.deploy import TimedCheck, make_check
+from hysquant_rl.errors import HySquantError
 from hysquant_rl.pipeline import Pipeline, build
 from hysquant_rl.policy import QuantPolicy, complete, validate
 from hysquant_rl.settings import RunSettings
@@ -24,11 +23,34 @@ def resolve_policy(spec: str, pipe: Pipeline, seed: int) -> QuantPolicy:
     """A policy JSON path, validated against the model (a version-1 file gets the activation-only units at FP32);
     or a uniform spec such as ``W4A8`` or ``FP32`` (activation-only units take its A bits)."""
     uniform = parse_uniform(spec)
-    if uniform is not None:
-        return pipe.policy([uniform] * len(pipe.layers), method="uniform", seed=seed)
+    if uniform is not None:  # in the executable space, units the runtime cannot run at the pair stay FP32
+        return pipe.policy(pipe.uniform(uniform), method="uniform", seed=seed)
     policy = complete(QuantPolicy.load(Path(spec).expanduser()), pipe.layers)
     validate(policy, pipe.layers, pipe.spec.name, pipe.weights_sha256)
     return policy
+
+
+def check_executable(policy: QuantPolicy, pipe: Pipeline) -> None:
+    """A one-line error naming the units whose (w, a) the runtime does not execute (its executable choices:
+    :func:`hysquant_rl.search.space.choice_mask`), with the fix."""
+    from hysquant_rl.bits import label, to_index
+    from hysquant_rl.search.space import choice_mask
+
+    profile = pipe.cost.profile
+    mask = choice_mask(pipe.layers, profile, "executable")
+    bad = [
+        f"{layer.name} {label(*b)}"
+        for layer, b, m in zip(pipe.layers, policy.bits(), mask)
+        if not m[tuple(to_index(b if layer.weighted else (b[1], b[1])))]
+    ]
+    runs = sorted({label(*p) for kind in {layer.kind for layer in pipe.layers} for p in profile.executable(kind)})
+    if bad:
+        shown = ", ".join(bad[:5]) + (f", ... {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise HySquantError(
+            f"the policy has {len(bad)} unit(s) at pairs {profile.runtime} does not execute ({shown}):"
+            f" on hardware={profile.name} a unit runs FP32 or {'/'.join(runs)};"
+            " search the policy with this profile, or apply it with search.space=simulated"
+        )
 
 
 def format_metrics(label: str, metrics: dict[str, Any]) -> str:
@@ -48,23 +70,26 @@ def format_metrics(label: str, metrics: dict[str, Any]) -> str:
 
 
 def apply_policy(run: RunSettings, spec: str, out: Path) -> QuantPolicy:
-    """Evaluate the policy ``spec`` on search-val and test; write ``policy.json`` (with those metrics), the
-    fake-quantized checkpoint and the integer weights into ``out``."""
+    """Evaluate the policy ``spec`` on search-val and test; write ``policy.json`` (with those metrics) and the
+    quantized model (:func:`hysquant_rl.search.summary.export`: the runtime's ``model.onnx`` in the executable
+    space; the fake-quantized checkpoint and the integer weights, and the simulated QDQ graph with ``export.onnx``,
+    in the simulated one) into ``out``."""
+    from hysquant_rl.search.summary import export
+
     parse_uniform(spec)  # a malformed spec fails before minutes of model and data preparation
     pipe = build(run)
     policy = resolve_policy(spec, pipe, run.seed)
+    if pipe.space == "executable":  # before anything is written: a runtime file holds only what it executes
+        check_executable(policy, pipe)
     splits = ("search_val", "test")
     policy.metrics = {**policy.metrics, "apply": pipe.measure(policy.bits(), splits)}
     fp32 = pipe.measure([(FP32_BITS, FP32_BITS)] * len(pipe.layers), splits)
     log.info(format_metrics("FP32", fp32))
     log.info(format_metrics(spec if parse_uniform(spec) else "policy", policy.metrics["apply"]))
     policy.save(out / "policy.json")
-    pipe.qmodel.apply_bits(policy.bits())
-    paths = export_quantized(pipe.qmodel, policy, pipe.spec.to_dict(), out)
-    if run.export_onnx:
-        paths["onnx"] = export_onnx(pipe.qmodel, policy, pipe.data.input_shape, out)
+    paths = export(pipe, policy, out, run.export_onnx)
     check = make_check(pipe)
-    if hasattr(check, "measure"):  # hardware.backend=onnxruntime: is it really faster?
+    if isinstance(check, TimedCheck):  # hardware.backend=onnxruntime: is it really faster?
         fp32 = [(FP32_BITS, FP32_BITS)] * len(pipe.layers)
         fp32_ms, policy_ms = (1e3 * check.measure(b).latency_s for b in (fp32, policy.bits()))
         log.info(

@@ -24,47 +24,26 @@ settings are the bench config with the method's overrides, resolved like ``hysqu
 
 from __future__ import annotations
 
-import logging
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from hysquant_rl.apps import app, plain, run_dir
 from hysquant_rl.apps.search import check_method, make_method
-from hysquant_rl.bench import (
-    BUDGET_KEYS,
-    Goal,
-    Targets,
-    aggregate,
-    budget_label,
-    episode_speed,
-    goal,
-    learning,
-    lut_build_seconds,
-    markdown,
-    mcnemar,
-    pareto_plot,
-    regime_budgets,
-    room,
-    se_paired,
-    se_top1,
-    throughput,
-    verdict,
-)
-from hysquant_rl.bits import FP32_BITS, parse_uniform
-from hysquant_rl.errors import HySquantError, NoPolicyError
-from hysquant_rl.hardware import CostModel
+from hysquant_rl.bench.budgets import CLEAR_BUDGETS, budget_label
+from hysquant_rl.bench.plan import PER_BUDGET, Plan
+from hysquant_rl.bench.plots import pareto_plot, transfer_plot
+from hysquant_rl.bench.report import markdown
+from hysquant_rl.bench.stats import aggregate, episode_speed, room, search_val_noise
+from hysquant_rl.bench.transfer_verdict import break_even, cases, decide, tau_summary
+from hysquant_rl.bench.transfer_verdict import room as transfer_room
+from hysquant_rl.bench.transfer_verdict import table as transfer_table
+from hysquant_rl.bench.verdict import goal, verdict
 from hysquant_rl.io import atomic_write, save_json
-from hysquant_rl.search.budget import UNITS, span, within
-from hysquant_rl.search.problem import policy_key
-from hysquant_rl.settings import RunSettings, SearchSettings
-
-log = logging.getLogger(__name__)
+from hysquant_rl.settings import TRANSFER_METHOD, SearchSettings
 
 
 def with_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
@@ -72,212 +51,91 @@ def with_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     return OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
 
 
-def method_seeds(b: DictConfig, plan: DictConfig, methods: dict[str, list[str]]) -> dict[str, list[int]]:
-    """The seeds each method runs with: the first ``bench.seeds_per_method[method]`` of the plan's, or the first
-    one for a method not listed there (deterministic)."""
-    seeds = [int(s) for s in plan.seeds]
-    per_method = {str(k): v for k, v in b.seeds_per_method.items()}
-    bad = {k: v for k, v in per_method.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1}
-    if not seeds or bad:
-        raise HySquantError(
-            f"bench: give the plan at least one seed and each method of bench.seeds_per_method a count >= 1 (given:"
-            f" seeds {seeds}, {bad or 'counts ok'})"
-        )
-    return {m: seeds[: per_method.get(m, 1)] for m in methods}
-
-
 def run_bench(cfg: DictConfig, out: Path) -> dict[str, Any]:
-    from hysquant_rl.lut.build import build_lut
-    from hysquant_rl.pipeline import build
-    from hysquant_rl.search.loop import search
+    """The plan (checked, with every method's settings, before any work) -> its parts (``bench.parts``): every
+    per-budget search, then statistics, goal and verdict; the transfer experiment, its statistics and decision ->
+    ``bench.json``, ``bench.md``, ``pareto.png`` (and ``transfer.png``) in ``out``. Returns bench.json's record."""
+    from hysquant_rl.bench.run import header, measure_throughput, prepare, run_plan
 
-    b = cfg.bench
-    plan = b.plans.quick if b.quick else b.plans.full
-    regimes = regime_budgets(plan)
-    methods = {str(k): list(v) for k, v in b.methods.items()}
-    g, targets = Goal.from_mapping(b.goal), Targets.from_mapping(b.targets)
-    unknown = [m for m in [*b.seeds_per_method, g.method, g.reference] if m not in methods]
-    if unknown:
-        raise HySquantError(
-            f"bench names unknown methods {unknown}: use names from bench.methods ({', '.join(methods)})"
-        )
-    seeds = method_seeds(b, plan, methods)
-    for overrides in methods.values():  # every run's settings are checked before any work
+    plan = Plan.from_mapping(OmegaConf.to_container(cfg.bench, resolve=True))
+    for overrides in plan.methods.values():  # every run's settings are checked before any work
         check_method(SearchSettings.from_mapping(plain(with_overrides(cfg, overrides))))
-    start = time.perf_counter()
-    run = RunSettings.from_mapping(plain(cfg))
-    base = build(run)
-    n = len(base.layers)
-    labels = {s: base.evaluator.fp32(s)[1].numpy() for s in ("test", "search_val")}
-    evaluated: dict[tuple[bytes, str], tuple[dict[str, float], np.ndarray]] = {}
-    policies: dict[tuple[int, str, str, int], np.ndarray] = {}  # each run's policy
-
-    def hits(bits: np.ndarray, split: str) -> tuple[dict[str, float], np.ndarray]:
-        """Metrics and per-image top-1 hits (N,) of a policy on ``split``, evaluated once per policy."""
-        key = (policy_key(bits), split)
-        if key not in evaluated:
-            m, pred = base.evaluator.evaluate_with_predictions([tuple(x) for x in np.asarray(bits).tolist()], split)
-            evaluated[key] = (m.to_dict(), pred.numpy() == labels[split])
-        return evaluated[key]
-
-    fp32_bits = np.full((n, 2), FP32_BITS)
-    val_size, val_top1 = len(labels["search_val"]), hits(fp32_bits, "search_val")[0]["top1"]
-    result: dict[str, Any] = {
-        "model": base.spec.to_dict(),
-        "data": base.data.name,
-        "device": base.cost.device,
-        "quick": bool(b.quick),
-        "plan": OmegaConf.to_container(plan, resolve=True),
-        "methods": methods,
-        "seeds": seeds,
-        "goal_config": OmegaConf.to_container(b.goal, resolve=True),
-        "targets": OmegaConf.to_container(b.targets, resolve=True),
-        "quant": {"scope": run.quant.scope, "calibrator": run.quant.calibrator, "softmax": run.quant.softmax},
-        "units": n,
-        "fp32": {"test_top1": hits(fp32_bits, "test")[0]["top1"], "search_val_top1": val_top1},
-        "search_val": {"size": val_size, "fp32_top1": val_top1, "se_top1": se_top1(val_top1, val_size)},
-        "runs": [],
-        "uniform": [],
-        "speed": {"lut_build_s": {}},
-    }
-    total = sum(len(s) for s in seeds.values()) * sum(len(budgets) for _, budgets in regimes)
-    done = 0
-    clear = [f"budget.{k}=null" for k in UNITS] + [f"budget.{k.split('_')[0]}_ratio=null" for k in UNITS]
-    for batch, budgets in regimes:
-        rcfg = with_overrides(cfg, [f"hardware.batch_size={batch}"])
-        regime = RunSettings.from_mapping(plain(rcfg))
-        # the same model, calibration and FP32 logits, priced at this batch size
-        pipe = replace(base, cost=CostModel(base.layers, base.matmuls, regime.hardware, other=base.cost.other))
-        lut = build_lut(regime, pipe)  # its rows carry this regime's costs: one cached table per batch size
-        result["speed"]["lut_build_s"][str(batch)] = lut_build_seconds(lut)
-        low, w8a8 = span(pipe.cost, lut.mask())
-        for spec in plan.references:  # the uniform reference points of the plot
-            bits = [parse_uniform(str(spec))] * n
-            result["uniform"].append(
-                {
-                    "regime": batch,
-                    "policy": str(spec),
-                    "test_top1": hits(np.array(bits), "test")[0]["top1"],
-                    **pipe.cost.policy_cost(bits).totals(),
-                }
+    if plan.transfer is not None:
+        key = plan.transfer.key
+        check_method(
+            SearchSettings.from_mapping(
+                plain(with_overrides(cfg, [*CLEAR_BUDGETS, f"budget.{key}=1.0", f"search.method={TRANSFER_METHOD}"]))
             )
-        for kind, f in budgets:
-            key = BUDGET_KEYS[kind]
-            limit = low[key] + f * (w8a8[key] - low[key])
-            budget = budget_label(kind, f)
-            for name, overrides in methods.items():
-                for seed in seeds[name]:
-                    run_cfg = with_overrides(
-                        rcfg,
-                        [
-                            *clear,
-                            f"budget.{key}={limit!r}",
-                            f"search.seed={seed}",
-                            f"search.episodes={int(plan.episodes)}",
-                            *overrides,
-                        ],
-                    )
-                    settings = SearchSettings.from_mapping(plain(run_cfg))
-                    run_out = out / "runs" / f"batch{batch}" / budget.replace(" ", "_") / name / f"seed{seed}"
-                    done += 1
-                    log.info(
-                        "run %d/%d: batch %d, %s budget (%.4g %s), %s, seed %d",
-                        done,
-                        total,
-                        batch,
-                        budget,
-                        limit,
-                        UNITS[key],
-                        name,
-                        seed,
-                    )
-                    row = {
-                        "regime": batch,
-                        "budget": budget,
-                        "limit": limit,
-                        "unit": UNITS[key],
-                        "limit_ratio_of_w8a8": limit / w8a8[key],
-                        "method": name,
-                        "seed": seed,
-                    }
-                    try:
-                        found = search(settings, pipe, lut, run_out, make_method, log_lut=False)
-                    except NoPolicyError as e:  # e.g. no uniform pair fits: a result, not a failure
-                        log.warning("%s", e)
-                        result["runs"].append({**row, "found": False})
-                        save_json(result, out / "bench.json")
-                        continue
-                    p = found.problem
-                    val = p.metrics(found.bits)
-                    totals = p.totals(found.bits)
-                    policies[(batch, budget, name, seed)] = found.bits
-                    record = {
-                        **row,
-                        "found": True,
-                        "test_top1": hits(found.bits, "test")[0]["top1"],
-                        "search_val_top1": val["top1"],
-                        "search_val_kl": val["kl"],
-                        "latency_ms": totals["latency_ms"],
-                        "energy_mj": totals["energy_mj"],
-                        "within_budget": within(totals, {key: limit})[key],
-                        "evaluations": len(p.cache),
-                        "episodes": len(found.recorder.history),
-                        "wall_s": found.wall_s,
-                        "eval_s": p.eval_time_s,
-                        "mean_w_bits": float(found.bits[p.weighted, 0].mean()),
-                        "mean_a_bits": float(found.bits[:, 1].mean()),
-                    }
-                    if settings.method == "rl":  # the agent: does it explore and learn?
-                        record["learning"] = learning(found.recorder.history, settings.agent.warmup_episodes)
-                    result["runs"].append(record)
-                    save_json(result, out / "bench.json")
-    fp32 = [(FP32_BITS, FP32_BITS)] * n
-    quant = [parse_uniform(str(b.throughput.policy))] * n
-    base.evaluator.evaluate(quant, str(b.throughput.split))  # warm the caches, as a search would have
-    fp = throughput(base, fp32, str(b.throughput.split), int(b.throughput.repeats))
-    q = throughput(base, quant, str(b.throughput.split), int(b.throughput.repeats))
-    result["speed"].update(
-        {
-            "split": str(b.throughput.split),
-            "fp32_images_per_s": fp,
-            "quantized_images_per_s": q,
-            "quantized_policy": str(b.throughput.policy),
-            "throughput_ratio": q / fp,
-        }
-    )
-    runs = pd.DataFrame(result["runs"])
-    result["table"] = aggregate(runs)
-    result["speed"]["episodes"] = episode_speed(runs)
-    # each seed of the goal's method against the reference's policy (of the same seed when it has one): McNemar on
-    # test, the paired standard error on search-val
-    paired: dict[tuple[int, str], list[dict[str, Any]]] = {}
-    noise: dict[tuple[int, str], list[dict[str, Any]]] = {}
-    for (batch, budget, name, seed), bits in policies.items():
-        ref = policies.get(
-            (batch, budget, g.reference, seed), policies.get((batch, budget, g.reference, seeds[g.reference][0]))
         )
-        if name != g.method or ref is None:
-            continue
-        paired.setdefault((batch, budget), []).append(
-            {"seed": seed, **mcnemar(hits(bits, "test")[1], hits(ref, "test")[1])}
-        )
-        noise.setdefault((batch, budget), []).append(
-            {"seed": seed, **se_paired(hits(bits, "search_val")[1], hits(ref, "search_val")[1])}
-        )
-    result["search_val"]["paired"] = [
-        {"regime": batch, "budget": budget, "seeds": tests, "se_mean": float(np.mean([t["se"] for t in tests]))}
-        for (batch, budget), tests in noise.items()
-    ]
-    result["room"] = room(result["table"], result["fp32"]["test_top1"], g.reference, targets.min_room)
-    result["goal"] = goal(result["table"], g, paired)
+    start = time.perf_counter()
+
+    def configure(overrides: list[str]) -> dict[str, Any]:
+        return plain(with_overrides(cfg, overrides))
+
+    run, base, hits = prepare(configure)
+    result = header(plan, run, base, hits)
+    if PER_BUDGET in plan.parts:
+        paired, noise = run_plan(plan, configure, make_method, out, base, hits, result)
+        runs = pd.DataFrame(result["runs"])
+        result["table"] = aggregate(runs)
+        result["speed"]["episodes"] = episode_speed(runs)
+        result["search_val"]["paired"] = search_val_noise(noise)
+        result["room"] = room(result["table"], result["fp32"]["test_top1"], plan.goal.reference, plan.targets.min_room)
+        result["goal"] = goal(result["table"], plan.goal, paired)
+    if plan.transfer is not None:
+        result["transfer"] = transfer(plan, configure, out, base, hits, result)
+    result["speed"].update(measure_throughput(base, plan.throughput))
     result["wall_s"] = time.perf_counter() - start
-    result["verdict"] = verdict(result, g, targets)
+    if PER_BUDGET in plan.parts:
+        result["verdict"] = verdict(result, plan.goal, plan.targets)
     save_json(result, out / "bench.json")
     text = markdown(result)
     atomic_write(out / "bench.md", lambda fh: fh.write(text.encode()))
-    pareto_plot(result, out / "pareto.png")
+    if PER_BUDGET in plan.parts:
+        pareto_plot(result, out / "pareto.png")
+    if plan.transfer is not None:
+        transfer_plot(result["transfer"], out / "transfer.png")
     print(text)
     return result
+
+
+def transfer(plan: Plan, configure: Any, out: Path, base: Any, hits: Any, result: dict[str, Any]) -> dict[str, Any]:
+    """The transfer experiment (:mod:`hysquant_rl.bench.transfer_run`) with the agent of ``agents/``, and its
+    statistics and decision (:mod:`hysquant_rl.bench.transfer_verdict`): ``bench.json``'s ``transfer``."""
+    from hysquant_rl.bench.transfer_run import run_transfer
+
+    tp = plan.transfer
+    assert tp is not None
+    start = time.perf_counter()
+    t = run_transfer(tp, configure, learner(), out, base, hits, result)
+    held = [budget_label(tp.kind, f) for f in tp.held_out]
+    t["plan"] = {
+        "batch": tp.batch,
+        "kind": tp.kind,
+        "train": list(tp.train),
+        "held_out": list(tp.held_out),
+        "seeds": list(tp.seeds),
+        "episodes": tp.episodes,
+        "evaluations": list(tp.evaluations),
+    }
+    t["table"] = transfer_table(t["answers"], held)
+    t["cases"] = cases(t.pop("hits_of"), list(tp.seeds), held, list(tp.evaluations), tp.rules)
+    t["decision"] = decide(t["cases"], tp.rules)
+    t["break_even"] = break_even(t["table"], t["training"], list(tp.evaluations))
+    t["room"] = transfer_room(t["budgets"], result["fp32"]["test_top1"], plan.targets.min_room)
+    t["tau_summary"] = tau_summary(t["tau"])
+    t["wall_s"] = time.perf_counter() - start
+    return t
+
+
+def learner() -> Any:
+    """The budget-conditioned agent of ``agents/`` as the bench's :class:`~hysquant_rl.bench.transfer_run.Learner`."""
+    from types import SimpleNamespace
+
+    from agents.artefact import load_agent, save_agent
+    from agents.conditioned import train_agent
+
+    return SimpleNamespace(train=train_agent, save=save_agent, load=load_agent)
 
 
 main = app("bench")(lambda cfg: run_bench(cfg, run_dir()))

@@ -19,28 +19,45 @@ from hysquant_rl.apps import app, plain, run_dir
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.io import save_json
 from hysquant_rl.search.baselines import BASELINES
-from hysquant_rl.settings import RunSettings, SearchSettings
+from hysquant_rl.settings import TRANSFER_METHOD, RunSettings, SearchSettings
 
-METHOD_NAMES = ("rl", *BASELINES)
+METHOD_NAMES = ("rl", *BASELINES, TRANSFER_METHOD)
 
 
 def make_method(search: SearchSettings, *args: Any) -> Any:
-    """The ``search.method`` registry: the RL agent (``agents/``) or a baseline, built on the run's problem."""
+    """The ``search.method`` registry: the RL agent or the budget-conditioned one (``agents/``), or a baseline,
+    built on the run's problem."""
     if search.method == "rl":
         from agents.rl import RLSearch
 
         return RLSearch(search, *args)
+    if search.method == TRANSFER_METHOD:
+        from agents.conditioned import ConditionedSearch
+
+        return ConditionedSearch(search, *args)
     return BASELINES[search.method](search, *args)
 
 
 def check_method(search: SearchSettings) -> None:
-    """The method (and for ``rl`` the agent) exist: checked before any work."""
+    """The method (and for an agent the agent, and a trained agent's folder and budget) exist: checked before any
+    work."""
     if search.method not in METHOD_NAMES:
         raise HySquantError(f"unknown search.method={search.method!r}: use one of {', '.join(METHOD_NAMES)}")
-    if search.method == "rl":
+    if search.method in ("rl", TRANSFER_METHOD):
         from agents.factory import check_agent
 
         check_agent(search.agent.name)
+    if search.method == TRANSFER_METHOD and search.transfer.agent is not None:
+        from agents.artefact import read_manifest
+
+        folder = Path(search.transfer.agent)
+        key = read_manifest(folder).get("identity", {}).get("budget key")
+        (ours,) = [k for k in ("latency_ms", "energy_mj", "size_mb") if any(search.budget.given(k))]
+        if key != ours:
+            raise HySquantError(
+                f"the agent in {folder} answers {key} budgets, this run sets {ours}: set that budget instead"
+                f" (budget={str(key).split('_')[0]}), or train an agent for this one (search.transfer.agent=null)"
+            )
 
 
 def run_search(run: RunSettings, search: SearchSettings, out: Path, pipe: Any = None) -> dict[str, Any]:
@@ -67,7 +84,12 @@ def run_search(run: RunSettings, search: SearchSettings, out: Path, pipe: Any = 
     finally:
         if executor is not None:
             executor.close()
-    return finish(search, pipe, result, out, start, export_onnx=run.export_onnx)
+    summary = finish(search, pipe, result, out, start, export_onnx=run.export_onnx)
+    if result.unchecked is not None:  # everything is written; the exit status says the check is missing
+        raise type(result.unchecked)(
+            f"{result.unchecked} -- the search's results are written to {out} without the hardware check"
+        )
+    return summary
 
 
 RECORD = "run_settings.json"  # the resolved settings of a run, in its directory: what resume=true restores
@@ -75,7 +97,8 @@ RECORD = "run_settings.json"  # the resolved settings of a run, in its directory
 
 def record_or_restore(settings: dict[str, Any], out: Path, given: list[str]) -> dict[str, Any]:
     """A new run records its resolved ``settings`` in ``out``; ``resume=true`` returns the recorded ones instead,
-    refusing a value ``given`` again on the command line (``key=value`` overrides) that differs from the record."""
+    refusing a value ``given`` again on the command line (``key=value`` overrides) that differs from the record. A
+    record that cannot be read, is not JSON, or no longer makes valid settings is one line naming it."""
     path = out / RECORD
     if not settings.get("resume"):
         save_json(settings, path)
@@ -85,7 +108,21 @@ def record_or_restore(settings: dict[str, Any], out: Path, given: list[str]) -> 
             f"resume=true but {out} holds no interrupted run ({RECORD} is missing): pass"
             " hydra.run.dir=<the interrupted run's directory>"
         )
-    recorded = json.loads(path.read_text())
+    damaged = f"the run's settings file {path}, which resume=true restores, is damaged"
+    new_run = "start a new run directory (another hydra.run.dir, without resume=true)"
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(recorded, dict):
+            raise ValueError(f"expected a JSON object, got {type(recorded).__name__}")
+        RunSettings.from_mapping(recorded)
+        SearchSettings.from_mapping(recorded)
+    except RecursionError:
+        raise HySquantError(f"{damaged} (JSON nested too deeply): {new_run}") from None
+    except HySquantError as e:
+        raise HySquantError(f"{damaged}: it holds a value that is refused now ({e}); {new_run}") from None
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
+        cause = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+        raise HySquantError(f"{damaged} ({cause}): {new_run}") from None
     for override in given:
         key = override.lstrip("+~").split("=", 1)[0]
         if key == "resume" or key.startswith("hydra"):
@@ -117,6 +154,11 @@ def _main(cfg: DictConfig) -> dict[str, Any]:
     RunSettings.from_mapping(settings)  # every value is checked before anything is written or loaded
     check_method(SearchSettings.from_mapping(settings))
     settings = record_or_restore(settings, out, list(HydraConfig.get().overrides.task))
+    if settings.get("resume") and settings["search"]["method"] == "rl":
+        from agents.checkpoint import check_resumable
+        from agents.rl import CHECKPOINT_DIR
+
+        check_resumable(out / CHECKPOINT_DIR)  # missing, damaged or foreign: one line before the model and LUT
     return run_search(RunSettings.from_mapping(settings), SearchSettings.from_mapping(settings), out)
 
 

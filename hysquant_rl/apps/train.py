@@ -22,9 +22,11 @@ def run_train(cfg: DictConfig) -> None:
             f"model={run.model.name} is not the embedded model: hysquant-train trains model=embedded only"
         )
     _, trained = embedded_state(run, lambda: load_data(run.data, seed=run.seed), bool(settings["train"]["force"]))
+    path = embedded_checkpoint(run.model, run.data, run.seed, run.cache_dir)
     if not trained:
-        path = embedded_checkpoint(run.model, run.data, run.seed, run.cache_dir)
         log.info("embedded model already cached at %s (train.force=true retrains it)", path)
+    elif not path.is_file():  # the cache filled up during training (the warning above says why)
+        raise HySquantError(f"the model trained but could not be cached at {path}: free disk space and run again")
 
 
 main = app("train")(run_train)

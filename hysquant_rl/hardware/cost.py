@@ -157,6 +157,24 @@ class PolicyCost:
         return d
 
 
+@dataclass(frozen=True)
+class Boundaries:
+    """Pairwise costs of one budget that a sum over units cannot express: where unit ``edges[e, 0]`` (the producer)
+    runs integer and ``edges[e, 1]`` (its consumer) float, the total grows by ``to_float[e]``; the other way round by
+    ``to_int[e]`` (on a runtime, the DequantizeLinear or QuantizeLinear of the tensor between them). A unit runs
+    integer at a cell whose activations are quantized (a-index below FP32's)."""
+
+    edges: np.ndarray  # (E, 2) int
+    to_float: np.ndarray  # (E,)
+    to_int: np.ndarray  # (E,)
+
+    def total(self, bits: np.ndarray) -> float:
+        """The boundaries' part of a policy (L, 2)'s total."""
+        integer = np.asarray(bits)[:, 1] != FP32_BITS
+        u, v = integer[self.edges[:, 0]], integer[self.edges[:, 1]]
+        return float((self.to_float * (u & ~v)).sum() + (self.to_int * (~u & v)).sum())
+
+
 class CostModel:
     """Modelled costs of ``layers`` (forward order, as :func:`hysquant_rl.layers.inventory` returns them) and
     ``matmuls`` on ``profile`` at ``batch_size`` images per inference (default: the profile's).
@@ -405,19 +423,26 @@ class CostModel:
         )
 
     def quantized_grid(self, metric: str) -> np.ndarray:
-        """Per-layer cost (n, GRID, GRID) of every integer pair (w, a) in 2..8 x 2..8, ``metric`` one of
-        ``latency_s``, ``energy_j``, ``size_bytes``, ``bitops``. Inside a fully quantized policy every
-        consumer quantizes its input, so a policy's total is exactly the sum of these over its layers plus
-        the fixed part (``fixed_latency_s`` / ``fixed_energy_j``; size and BitOps have none)."""
+        """Per-unit cost (n, GRID, GRID) of every pair (w, a) of the grid (2..8 and FP32 per operand), ``metric`` one
+        of ``latency_s``, ``energy_j``, ``size_bytes``, ``bitops``: a policy's total is the sum over its units plus the
+        fixed part (``fixed_latency_s`` / ``fixed_energy_j``; size and BitOps have none). A unit's output is written at
+        what its consumer reads (:meth:`policy_cost`); here each unit is priced as if its consumer quantizes its input,
+        and a unit whose activations are FP32 also carries what its producer's output costs more when written in float.
+        So the sum is exact for energy and size, and for latency exact inside a policy whose activations are all
+        quantized, else an upper bound (the extra bytes of a float output priced at the bandwidth, where the producer's
+        roofline may hide them under its compute)."""
         q = _INDEX[GRID_BITS]
         consumer = np.ones(self.num_layers, dtype=np.intp)
         consumer[-1] = 0  # the logits are written as fp16
         rows = self._rows[:, None, None]
         w, a = q[None, :, None], q[None, None, :]
-        if metric == "latency_s":
-            return self._latency[rows, w, a, consumer[:, None, None]]
-        if metric == "energy_j":
-            return self._energy[rows, w, a, consumer[:, None, None]]
+        if metric in ("latency_s", "energy_j"):
+            table = self._latency if metric == "latency_s" else self._energy
+            grid = table[rows, w, a, consumer[:, None, None]].copy()
+            # the producer's float output, paid by its FP32 consumer (the most it adds over the producer's cells)
+            extra = (table[..., 0] - table[..., 1]).reshape(self.num_layers, -1).max(axis=1)  # (n,)
+            grid[1:, :, -1] += np.maximum(extra[:-1], 0.0)[:, None]
+            return grid
         if metric == "size_bytes":
             return np.broadcast_to(self._size[rows, w], (self.num_layers, GRID, GRID)).copy()
         if metric == "bitops":
@@ -437,6 +462,11 @@ class CostModel:
         _, pair = self._indices(bits)
         units = int(self.kernels.reshape(self.num_layers, -1)[self._rows, pair].sum())
         return units + ATTENTION_KERNELS * len(self.matmuls) + self.other.kernels
+
+    def boundaries(self) -> dict[str, Boundaries]:
+        """Pairwise terms of each budget (budget units) that :meth:`budget_grids` cannot express: none for the
+        roofline (a runtime's measured model has its int8/float boundaries)."""
+        return {}
 
     def uniform_cost(self, w_bits: int, a_bits: int) -> PolicyCost:
         """:meth:`policy_cost` of every layer at (w_bits, a_bits)."""

@@ -31,6 +31,13 @@ A profile holds the numbers the cost model needs, each cited in its YAML file:
 * ``integer_ops``: the unit ops (``conv2d``, ``linear``, ``matmul``) that have integer kernels; a unit of another
   op computes in ``float_precision`` whatever its bits, is simulation-only unless FP32, and (when the runtime runs
   Q/DQ nodes) dequantizes its weight at run time.
+* ``measured_on``: where a measured profile's constants come from (``cpu``: the machine
+  ``benchmarks/cpu_profile.py`` ran on); every run that models latency with them says so.
+* ``runtime``: the runtime that executes a deployed model on this device (``onnxruntime`` on ``cpu``), or null
+  where none is built in (the GPU profiles): with a runtime, ``search.space=auto`` searches its executable
+  choices, and ``backend=onnxruntime`` is allowed.
+* ``executable``: the (w, a) pairs each unit kind runs as integer kernels, ``{default: [W8A8], layernorm-in: []}``
+  (FP32 is always a choice besides); without it, derived from the deployable bit-widths and ``integer_ops``.
 * ``batch_size`` (images per inference; 1 is the edge case) and ``backend``: ``modelled`` (this roofline),
   ``measured`` (isolated kernels on the local CUDA GPU) or ``onnxruntime`` (the exported ONNX graph timed by
   onnxruntime's CPU provider, with the ``timing`` settings).
@@ -50,7 +57,10 @@ from hysquant_rl.bits import FP32_BITS, MAX_BITS, MIN_BITS
 from hysquant_rl.errors import HySquantError
 
 BACKENDS = ("modelled", "measured", "onnxruntime")
+RUNTIMES = ("onnxruntime",)  # runtimes that execute a deployed model here (deploy/)
 UNIT_OPS = ("conv2d", "linear", "matmul")
+_KIND_OPS = {"conv": "conv2d", "depthwise": "conv2d", "pointwise": "conv2d", "attention-qk": "matmul"}
+_KIND_OPS |= {"attention-pv": "matmul", "layernorm-in": "layernorm"}  # every other kind is a Linear
 _PRECISION = re.compile(r"^(fp32|fp16|bf16|int(\d+))$")
 _FLOAT_BITS = {"fp32": 32, "fp16": 16, "bf16": 16}
 
@@ -58,13 +68,16 @@ _FLOAT_BITS = {"fp32": 32, "fp16": 16, "bf16": 16}
 @dataclass(frozen=True)
 class Timing:
     """How ``backend=onnxruntime`` times a policy's graph: ``threads`` intra-op threads, ``warmup`` untimed runs,
-    the median of ``repeats`` timed runs; a timing whose coefficient of variation (stdev / mean) exceeds
-    ``max_cv`` is an error (another process is using the CPU)."""
+    the median of ``repeats`` timed runs; a timing whose coefficient of variation (stdev / mean) exceeds ``max_cv``
+    (another process is using the CPU) is timed again, up to ``attempts`` times in all, after pauses of ``pause_s``
+    seconds doubling each time (:mod:`hysquant_rl.deploy.timing`)."""
 
     threads: int = 1
     warmup: int = 10
     repeats: int = 30
     max_cv: float = 0.25
+    attempts: int = 4
+    pause_s: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -89,6 +102,9 @@ class DeviceProfile:
     qdq_kernels: int = 0  # kernels each quantized activation's Q/DQ boundary runs on its own
     integer_ops: tuple[str, ...] = UNIT_OPS  # unit ops with integer kernels
     timing: Timing = Timing()  # backend=onnxruntime only
+    runtime: str | None = None  # what executes a deployed model (RUNTIMES), None: no runtime built in
+    measured_on: str | None = None  # where the constants were measured (a CPU profile), None: cited sources
+    executable_pairs: dict[str, tuple[tuple[int, int], ...]] | None = None  # kind (or "default") -> integer pairs
     # Integer precisions the chip executes, as (bits, name), narrowest first; derived from peak_ops.
     integer_precisions: tuple[tuple[int, str], ...] = field(init=False, repr=False, compare=False)
 
@@ -134,9 +150,27 @@ class DeviceProfile:
             return True
         return w_bits in self.deployable_weight_bits and a_bits in self.deployable_activation_bits
 
+    def executable(self, kind: str) -> tuple[tuple[int, int], ...]:
+        """The integer (w, a) pairs a unit of ``kind`` runs as real kernels on this device (FP32, always a choice, is
+        not listed): the profile's ``executable`` entry for the kind (or its ``default``), else every deployable pair
+        of an op in ``integer_ops``; an activation-only unit's pairs are (a, a)."""
+        if self.executable_pairs is not None:
+            return self.executable_pairs.get(kind, self.executable_pairs.get("default", ()))
+        op = _KIND_OPS.get(kind, "linear")
+        activations = [a for a in self.deployable_activation_bits if a != FP32_BITS]
+        if op == "layernorm":  # moves a-bit activations wherever the device does
+            return tuple((a, a) for a in activations)
+        if op not in self.integer_ops:
+            return ()
+        if op == "matmul":  # activation x activation
+            return tuple((a, a) for a in activations)
+        return tuple((w, a) for w in self.deployable_weight_bits for a in self.deployable_activation_bits)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("integer_precisions")
+        if self.executable_pairs is not None:
+            d["executable_pairs"] = {k: [list(p) for p in v] for k, v in self.executable_pairs.items()}
         d["deployable_weight_bits"] = list(self.deployable_weight_bits)
         d["deployable_activation_bits"] = list(self.deployable_activation_bits)
         d["integer_ops"] = list(self.integer_ops)
@@ -252,7 +286,7 @@ def load_profile(settings: Mapping[str, Any] | str) -> DeviceProfile:
         data = {**_read_profile(name), **data}
 
     where = f"hardware profile {data.get('name')!r}"
-    allowed = {f.name for f in fields(DeviceProfile) if f.init}
+    allowed = {f.name for f in fields(DeviceProfile) if f.init} | {"executable"}
     unknown = sorted(k for k in data if k not in allowed and not str(k).startswith("_"))
     if unknown:
         raise HySquantError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
@@ -306,6 +340,15 @@ def load_profile(settings: Mapping[str, Any] | str) -> DeviceProfile:
     ops = data.get("integer_ops", list(UNIT_OPS))
     if not isinstance(ops, (list, tuple)) or any(o not in UNIT_OPS for o in ops):
         raise HySquantError(f"{where}: integer_ops {ops!r} must list some of {', '.join(UNIT_OPS)}")
+    runtime = data.get("runtime")
+    if runtime is not None and runtime not in RUNTIMES:
+        raise HySquantError(f"{where}: runtime {runtime!r} is not one of {', '.join(RUNTIMES)} (or null)")
+    if backend == "onnxruntime" and runtime != "onnxruntime":
+        raise HySquantError(
+            f"{where}: backend onnxruntime times this machine's CPU, but the profile describes"
+            f" {'no runtime' if runtime is None else runtime}: use hardware=cpu hardware.backend=onnxruntime, or"
+            " hardware.backend=modelled"
+        )
 
     return DeviceProfile(
         name=str(data["name"]),
@@ -326,7 +369,35 @@ def load_profile(settings: Mapping[str, Any] | str) -> DeviceProfile:
         qdq_elements_per_s=None if rate is None else float(rate),
         integer_ops=tuple(ops),
         timing=_timing(data.get("timing"), where),
+        runtime=runtime,
+        measured_on=None if data.get("measured_on") is None else str(data["measured_on"]),
+        executable_pairs=_executable(data.get("executable", data.get("executable_pairs")), where),
     )
+
+
+def _executable(raw: Any, where: str) -> dict[str, tuple[tuple[int, int], ...]] | None:
+    """``executable``: {kind or ``default``: [pairs as ``W8A8`` or [8, 8]]} -> kind -> integer (w, a) pairs."""
+    from hysquant_rl.bits import parse_uniform
+    from hysquant_rl.units import KINDS
+
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise HySquantError(f"{where}: executable must map unit kinds (or default) to lists of pairs such as [W8A8]")
+    out = {}
+    for kind, pairs in raw.items():
+        if kind != "default" and kind not in KINDS:
+            raise HySquantError(
+                f"{where}: executable names unknown unit kind {kind!r}: use default or {', '.join(KINDS)}"
+            )
+        parsed = []
+        for pair in pairs or []:
+            wa = parse_uniform(pair) if isinstance(pair, str) else tuple(pair) if isinstance(pair, list) else None
+            if wa is None or len(wa) != 2 or FP32_BITS in wa or not all(MIN_BITS <= int(b) <= MAX_BITS for b in wa):
+                raise HySquantError(f"{where}: executable.{kind} holds {pair!r}; list integer pairs such as W8A8")
+            parsed.append((int(wa[0]), int(wa[1])))
+        out[str(kind)] = tuple(parsed)
+    return out
 
 
 def _timing(raw: Any, where: str) -> Timing:
@@ -338,12 +409,15 @@ def _timing(raw: Any, where: str) -> Timing:
     if unknown:
         raise HySquantError(f"{where}: unknown timing field(s) {', '.join(unknown)}")
     t = Timing(**raw)
-    counts = {"threads": t.threads, "warmup": t.warmup, "repeats": t.repeats}
+    counts = {"threads": t.threads, "warmup": t.warmup, "repeats": t.repeats, "attempts": t.attempts}
     for key, value in counts.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "warmup" else 1):
             raise HySquantError(f"{where}: timing.{key} must be a positive integer, got {value!r}")
     if t.repeats < 30:
         raise HySquantError(f"{where}: timing.repeats is {t.repeats}; a median needs at least 30 runs")
-    if isinstance(t.max_cv, bool) or not isinstance(t.max_cv, (int, float)) or t.max_cv <= 0:
-        raise HySquantError(f"{where}: timing.max_cv must be a positive number, got {t.max_cv!r}")
+    # NaN compares false with everything: "cv > max_cv" would never trip, switching the steadiness check off
+    if isinstance(t.max_cv, bool) or not isinstance(t.max_cv, (int, float)) or not 0 < t.max_cv < float("inf"):
+        raise HySquantError(f"{where}: timing.max_cv must be a positive number, not NaN or infinite, got {t.max_cv!r}")
+    if isinstance(t.pause_s, bool) or not isinstance(t.pause_s, (int, float)) or not 0 <= t.pause_s < 3600:
+        raise HySquantError(f"{where}: timing.pause_s must be a number of seconds in [0, 3600), got {t.pause_s!r}")
     return t

@@ -23,9 +23,10 @@ import pandas as pd
 from hysquant_rl.bits import FP32_BITS, label
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.hardware.cost import in_budget_units
-from hysquant_rl.io import save_json
+from hysquant_rl.io import check_writable, save_json
 from hysquant_rl.lut.executor import Executor, Job, Result, make_executor
 from hysquant_rl.lut.table import COLUMNS, LUT, METRICS, SPLIT, VERSION, document, read_document
+from hysquant_rl.search.space import choice_mask
 
 if TYPE_CHECKING:
     from hysquant_rl.pipeline import Pipeline
@@ -48,6 +49,19 @@ def _jobs(layers: list[LayerInfo], configs: list[tuple[int, int]]) -> list[tuple
     """Every (layer, w, a) the LUT measures, in forward order: each configuration, once per activation width for
     an activation-only unit."""
     return list(dict.fromkeys((i, *_measured_pair(l, w, a)) for i, l in enumerate(layers) for w, a in configs))
+
+
+def lut_configs(run: RunSettings, pipe: Pipeline) -> list[tuple[int, int]]:
+    """The configurations each unit is measured at: ``lut.configs`` in the simulated space; in the executable space
+    the integer pairs the runtime executes for the model's unit kinds (on onnxruntime's CPU provider: W8A8)."""
+    if run.space != "executable":
+        return list(run.lut.configs)
+    pairs = {
+        pair for kind in dict.fromkeys(layer.kind for layer in pipe.layers) for pair in run.hardware.executable(kind)
+    }
+    if not pairs:
+        raise HySquantError(f"hardware profile {run.hardware.name} executes no integer pair: every unit would be FP32")
+    return sorted(pairs)
 
 
 def cache_key(run: RunSettings, pipe: Pipeline, configs: list[tuple[int, int]]) -> dict[str, Any]:
@@ -76,6 +90,9 @@ def cache_key(run: RunSettings, pipe: Pipeline, configs: list[tuple[int, int]]) 
             "backend": pipe.cost.backend,
         },
         "eval": run.eval.key(),
+        "space": run.space,  # executable: measured on the runtime layout by the runtime itself
+        "evaluator": pipe.evaluator.__class__.__name__,
+        "runtime_layout": None if pipe.graphs is None else pipe.graphs.sha256,
     }
 
 
@@ -148,6 +165,7 @@ class _Cache:
     def __init__(self, path: Path, key: dict[str, Any], pipe: Pipeline, configs: list[tuple[int, int]]) -> None:
         self.path, self.key, self.pipe, self.configs = path, key, pipe, configs
         self.problem = ""  # why an existing file was not used ("corrupt ...", "stale ...")
+        self.unwritable = ""  # why the file could not be written: the build goes on in memory, writing no more
 
     def read(self) -> tuple[dict[str, float] | None, Measured]:
         """FP32 metrics and measured metrics by (layer, w, a) from the file; nothing if absent or unusable."""
@@ -186,7 +204,20 @@ class _Cache:
         return None, {}
 
     def write(self, doc: dict[str, Any]) -> None:
-        save_json(doc, self.path)
+        """Save ``doc`` atomically. A cache that cannot be written (a disk that filled up during the build, a NaN
+        metric that JSON cannot hold) costs the cache, not the LUT: one warning, and the build goes on in memory."""
+        if self.unwritable:
+            return
+        try:
+            save_json(doc, self.path)
+        except (OSError, HySquantError) as e:
+            self.unwritable = str(e.strerror or e) if isinstance(e, OSError) else str(e)
+            log.warning(
+                "cannot write the LUT cache %s (%s): the LUT is kept in memory for this run (and written into the run"
+                " directory); the next run measures it again unless lut.cache_dir can be written",
+                self.path,
+                self.unwritable,
+            )
 
     def write_partial(self, fp32: dict[str, float], measured: Measured, meta: dict[str, Any]) -> None:
         rows = _rows(self.pipe, self.configs, fp32, measured, complete=False)
@@ -210,11 +241,15 @@ def build_lut(
     from tqdm import tqdm
 
     s = run.lut
-    configs = list(s.configs)
+    configs = lut_configs(run, pipe)
     key = cache_key(run, pipe, configs)
     cache = _Cache(cache_path(run, pipe, key), key, pipe, configs)
     fp32, measured = cache.read() if s.cache else (None, {})
     jobs = [job for job in _jobs(pipe.layers, configs) if job not in measured]
+    if jobs or not s.cache:  # the build will write the cache: one that cannot be written fails now, not after it
+        check_writable(
+            cache.path.parent, "the LUT cache", "make it writable, or move it with lut.cache_dir=... or paths.cache=..."
+        )
     reused = len(measured)
     if not s.cache:
         status = "off"
@@ -274,6 +309,8 @@ def build_lut(
         "workers": executor.workers if executor is not None else s.workers,
     }
     lut = assemble(pipe, configs, fp32, measured, meta).prune(s.rules)
+    if run.space == "executable":
+        lut.space = choice_mask(pipe.layers, run.hardware, run.space)
     if jobs or not s.cache:
         cache.write(lut.to_dict())
     lut.meta["cache"] = {

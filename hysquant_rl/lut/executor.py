@@ -96,7 +96,8 @@ class Worker:
         before = evaluator.evaluations
         first = next((i for i, b in enumerate(job.bits) if b != (FP32_BITS, FP32_BITS)), None)
         # Set up the replay only for a job that could use it: search policies quantize layer 0.
-        k = self._replay(job.split).start(job.bits) if first and self.prefix_cache_mb > 0 else 0
+        replay = first and self.prefix_cache_mb > 0 and getattr(evaluator, "replayable", True)
+        k = self._replay(job.split).start(job.bits) if replay else 0
         if k > 0:
             metrics = self._replays[job.split].evaluate(job.bits, k)
         else:

@@ -13,13 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from hysquant_rl.bits import GRID, MAX_BITS, MIN_BITS, label, to_index
+from hysquant_rl.bits import FP32_INDEX, GRID, MAX_BITS, MIN_BITS, label, to_index
 from hysquant_rl.errors import HySquantError
 
 SPACE_CONVENTION = (
-    "policies counted over integer bit-widths only: per layer (w_max - w_min + 1) x (a_max - a_min + 1) "
-    f"pairs, {GRID} x {GRID} = {GRID**2} before pruning (bits {MIN_BITS}..{MAX_BITS}, FP32 not counted); "
-    f"per activation-only unit (a_max - a_min + 1), {GRID} before pruning; log10 of the product over units"
+    "policies counted over the search space's cells: per unit its allowed (w, a) pairs, FP32 on either operand"
+    f" counted as a choice ({GRID} x {GRID} = {GRID**2} cells before pruning in the simulated space, bits"
+    f" {MIN_BITS}..{MAX_BITS} and FP32); per activation-only unit its allowed a-widths ({GRID} before pruning);"
+    " log10 of the product over units"
 )
 
 
@@ -120,9 +121,24 @@ def _lowest(
     )
 
 
-def box_mask(w_range: Sequence[tuple[int, int]], a_range: Sequence[tuple[int, int]]) -> np.ndarray:
-    """(L, GRID, GRID) mask of the pairs inside each layer's allowed [w_min, w_max] x [a_min, a_max]."""
+def box_mask(
+    w_range: Sequence[tuple[int, int]],
+    a_range: Sequence[tuple[int, int]],
+    weighted: Sequence[bool] | None = None,
+    fp32: bool = True,
+) -> np.ndarray:
+    """(L, GRID, GRID) mask of the pairs inside each unit's allowed integer [w_min, w_max] x [a_min, a_max], with FP32
+    on either operand allowed besides (``fp32``; FP32 is always a choice of a search: the pruning rules test integer
+    bit-widths only); an activation-only unit (``weighted[l]`` False) keeps its diagonal only (its w is its a)."""
     mask = np.zeros((len(w_range), GRID, GRID), dtype=bool)
+    w_ok = np.zeros(GRID, dtype=bool)
+    a_ok = np.zeros(GRID, dtype=bool)
     for l, ((w0, w1), (a0, a1)) in enumerate(zip(w_range, a_range)):
-        mask[l, to_index(w0) : to_index(w1) + 1, to_index(a0) : to_index(a1) + 1] = True
+        w_ok[:] = a_ok[:] = False
+        w_ok[to_index(w0) : to_index(w1) + 1] = True
+        a_ok[to_index(a0) : to_index(a1) + 1] = True
+        w_ok[FP32_INDEX] = a_ok[FP32_INDEX] = fp32
+        mask[l] = w_ok[:, None] & a_ok[None, :]
+        if weighted is not None and not weighted[l]:
+            mask[l] &= np.eye(GRID, dtype=bool)
     return mask

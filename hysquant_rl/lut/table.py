@@ -18,7 +18,6 @@ same document (``complete`` false for a partial one). ``lut.csv`` holds the rows
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hysquant_rl.bits import FP32_LABEL, GRID, label
+from hysquant_rl.bits import FP32_LABEL, MAX_BITS, MIN_BITS, label
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.io import atomic_write, records, save_json
 from hysquant_rl.lut.prune import SPACE_CONVENTION, Allowed, PruneRules, box_mask, prune
@@ -112,6 +111,7 @@ class LUT:
     meta: dict[str, Any] = field(default_factory=dict)
     allowed: list[Allowed] | None = None
     rules: PruneRules | None = None
+    space: np.ndarray | None = None  # (L, GRID, GRID) cells of the search space it was built for; None: simulated
 
     def __post_init__(self) -> None:
         self.configs = [(int(w), int(a)) for w, a in self.configs]
@@ -187,16 +187,21 @@ class LUT:
         return np.array([a.w for a in allowed]), np.array([a.a for a in allowed])
 
     def mask(self) -> np.ndarray:
-        """(L, GRID, GRID) bool over w in 2..8 x a in 2..8: the pairs inside each layer's allowed ranges."""
+        """(L, GRID, GRID) bool over the grid (bits 2..8 and FP32 per operand): the cells of each unit's allowed integer
+        ranges, FP32 on either operand, inside the search space :attr:`space` when set (an executable space)."""
         w, a = self.ranges()
-        return box_mask(w.tolist(), a.tolist())
+        mask = box_mask(w.tolist(), a.tolist(), [x.weighted for x in self._require_allowed()])
+        return mask if self.space is None else mask & self.space
 
     def search_space(self) -> tuple[float, float]:
         """log10 of the number of policies before and after pruning (:data:`SPACE_CONVENTION`)."""
         allowed = self._require_allowed()
-        before = sum(math.log10(GRID**2 if a.weighted else GRID) for a in allowed)
-        after = sum(math.log10(a.pairs) for a in self._require_allowed())
-        return before, after
+        whole = [(MIN_BITS, MAX_BITS)] * len(allowed)  # every integer bit-width, FP32 added by box_mask
+        before = box_mask(whole, whole, [x.weighted for x in allowed])
+        if self.space is not None:
+            before &= self.space
+        counts = (before.sum(axis=(1, 2)), self.mask().sum(axis=(1, 2)))
+        return tuple(float(np.log10(np.maximum(c, 1)).sum()) for c in counts)
 
     # -- the document ----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -22,6 +22,7 @@ percentile and MSE rules read a histogram recorded in a second calibration pass.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -386,3 +387,14 @@ class QuantModel(nn.Module):
     @property
     def calibrated(self) -> bool:
         return all(t.calibrated for t in self.quantizers())
+
+
+def float_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` (the model a :class:`QuantModel` wraps) with every wrapped module back in its own
+    class: the FP32 model as it was before wrapping (same state dict, timm's own forward passes), e.g. to export it."""
+    base = {quant: cls for cls, quant in _QUANT_CLASSES.items()}
+    out = copy.deepcopy(model)
+    for m in out.modules():
+        if type(m) in base:
+            m.__class__ = base[type(m)]
+    return out

@@ -30,8 +30,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from hysquant_rl.bits import MAX_BITS, MIN_BITS, grid_sum, to_bits, to_index
-from hysquant_rl.search.allocation import richest, solve_ilp, uniform_frontier
+from hysquant_rl.bits import FP32_BITS, GRID, to_bits, to_index
+from hysquant_rl.search.allocation import richest, uniform_frontier
+from hysquant_rl.search.budget import within
 from hysquant_rl.search.problem import SearchProblem, policy_key
 from hysquant_rl.search.recorder import Recorder
 from hysquant_rl.settings import SearchSettings
@@ -40,18 +41,22 @@ log = logging.getLogger(__name__)
 
 
 def uniform_candidates(problem: SearchProblem, limits: dict[str, float]) -> list[np.ndarray]:
-    """The uniform policies (L, 2) that can be the best one within ``limits``: pairs every layer allows (the
-    pruned space) that meet every budget, with no such pair above them on either operand (more bits never hurt
-    accuracy). The one rule for "best uniform within budget"."""
-    n = problem.num_layers
-    layer_limits = problem.layer_limits(limits)
+    """The uniform policies (L, 2) that can be the best one within ``limits``: pairs every unit allows (the pruned
+    space; a unit whose space is FP32 alone, such as a LayerNorm input on a runtime, stays FP32) that meet every
+    budget, with no such pair above them on either operand (more bits never hurt accuracy). The one rule for "best
+    uniform within budget"."""
+    float_only = problem.mask.sum(axis=(1, 2)) == 1  # the FP32 cell alone
+
+    def uniform(w: int, a: int) -> np.ndarray:
+        return problem.canonical(np.where(float_only[:, None], FP32_BITS, np.array([w, a])))
 
     def fits(w: int, a: int) -> bool:
-        bits = np.full((n, 2), (w, a))
-        inside = problem.mask[:, to_index(w), to_index(a)].all()
-        return bool(inside) and all(grid_sum(problem.costs[k], bits) <= v for k, v in layer_limits.items())
+        bits = uniform(w, a)
+        i = to_index(bits)
+        inside = problem.mask[np.arange(len(bits)), i[:, 0], i[:, 1]].all()
+        return bool(inside) and all(within(problem.totals(bits), limits).values())
 
-    return [np.full((n, 2), pair) for pair in uniform_frontier(fits)]
+    return [uniform(*pair) for pair in uniform_frontier(fits)]
 
 
 class Baseline:
@@ -83,7 +88,7 @@ class GreedySearch(Baseline):
 class ILPSearch(Baseline):
     def candidates(self) -> list[np.ndarray]:
         p = self.problem
-        bits = solve_ilp(p.proxy, p.mask, p.costs, p.layer_limits())
+        bits = p.ilp()
         return [] if bits is None else [bits]
 
 
@@ -95,29 +100,41 @@ class RandomSearch(Baseline):
 
 
 class LocalSearch(Baseline):
-    """A hill climber from the ILP policy with the RL agent's exploration and no learning: each episode mutates
-    the incumbent (the best feasible episode so far) by round(N(0, sigma)) bits per operand, sigma
-    ``search.warm_start_noise_bits`` decayed by ``agent.noise_decay`` per episode as the agent's. A mutant already
-    evaluated is drawn again (up to :attr:`TRIES` times, sigma widening) so episodes are new evaluations."""
+    """A hill climber from the ILP policy (or a given ``start``) with the RL agent's exploration and no learning:
+    each episode mutates the incumbent (the best feasible episode so far) by round(N(0, sigma)) bits per operand,
+    sigma ``search.warm_start_noise_bits`` decayed by ``agent.noise_decay`` per episode as the agent's. A mutant
+    already evaluated is drawn again (up to :attr:`TRIES` times, sigma widening) so episodes are new evaluations."""
 
     TRIES = 50
     WIDEN = 1.1  # sigma grows by this factor per repeated draw ...
     MIN_SIGMA, MAX_SIGMA = 0.25, 2.0  # ... from at least MIN_SIGMA up to MAX_SIGMA bits
 
-    def __init__(self, search: SearchSettings, problem: SearchProblem, recorder: Recorder, out: Path) -> None:
+    def __init__(
+        self,
+        search: SearchSettings,
+        problem: SearchProblem,
+        recorder: Recorder,
+        out: Path,
+        start: np.ndarray | None = None,
+    ) -> None:
         super().__init__(search, problem, recorder, out)
         self.rng = np.random.default_rng(search.seed)
         self.episode = 0  # across hardware rounds, as the agent's noise decay
+        self.start = start  # (L, 2): the policy the climb starts from; None: the ILP's
+
+    def initial(self) -> np.ndarray | None:
+        """The climb's first policy: ``start`` fitted to the budgets when given, else the ILP's (None: none fits)."""
+        return self.problem.ilp() if self.start is None else self.problem.fitted(self.start)
 
     def mutate(self, bits: np.ndarray, sigma: float) -> np.ndarray:
-        """``bits`` (L, 2) with every w and a moved by round(N(0, sigma)); a unit whose moved pair is not allowed
-        keeps its pair."""
+        """``bits`` (L, 2) with every w and a moved by round(N(0, sigma)) grid steps (FP32 is the step above 8 bits;
+        a tied unit moves by its a's draw); a unit whose moved pair is not allowed keeps its pair."""
         p = self.problem
-        new = p.canonical(bits + np.rint(self.rng.normal(0.0, sigma, size=bits.shape)).astype(np.int64))
-        ok = ((new >= MIN_BITS) & (new <= MAX_BITS)).all(axis=1)
-        i = to_index(new[ok])
-        ok[ok] = p.mask[np.flatnonzero(ok), i[:, 0], i[:, 1]]
-        return np.where(ok[:, None], new, bits)
+        idx = to_index(bits) + np.rint(self.rng.normal(0.0, sigma, size=bits.shape)).astype(np.int64)
+        idx[p.tied, 0] = idx[p.tied, 1]
+        ok = ((idx >= 0) & (idx < GRID)).all(axis=1)
+        ok[ok] = p.mask[np.flatnonzero(ok), idx[ok, 0], idx[ok, 1]]
+        return p.canonical(np.where(ok[:, None], to_bits(np.clip(idx, 0, GRID - 1)), bits))
 
     def propose(self, incumbent: np.ndarray) -> np.ndarray:
         sigma = self.search.warm_start_noise_bits * self.search.agent.noise_decay**self.episode
@@ -131,7 +148,7 @@ class LocalSearch(Baseline):
     def run(self, limits: dict[str, float], round_index: int = 0) -> np.ndarray | None:
         p = self.problem
         p.limits = dict(limits)
-        start = solve_ilp(p.proxy, p.mask, p.costs, p.layer_limits())
+        start = self.initial()
         if start is None:
             return self.recorder.best_within(limits)
         incumbent, best = p.canonical(start), -np.inf
@@ -163,9 +180,8 @@ class ILPRefineSearch(Baseline):
     def run(self, limits: dict[str, float], round_index: int = 0) -> np.ndarray | None:
         p = self.problem
         p.limits = dict(limits)
-        layer_limits = p.layer_limits()
         proxy = p.proxy.copy()  # scaled round by round; the episode end keeps the LUT's
-        bits = solve_ilp(proxy, p.mask, p.costs, layer_limits)
+        bits = p.ilp(proxy)
         if bits is None:
             return self.recorder.best_within(limits)
         n, budget, first = p.num_layers, self.search.episodes, len(p.cache)
@@ -207,7 +223,7 @@ class ILPRefineSearch(Baseline):
                 if used() + 1 > budget:
                     break
                 trial = proxy * (scales**step)[:, None, None]
-                new = solve_ilp(trial, p.mask, p.costs, layer_limits)
+                new = p.ilp(trial)
                 if new is None or policy_key(p.fitted(new)) in tried:  # a damped step that changes nothing
                     continue
                 tried.add(policy_key(p.fitted(new)))

@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hysquant_rl.bits import parse_uniform
+from hysquant_rl.deploy import Check, TimedCheck, make_check
+from hysquant_rl.deploy.timing import UnsteadyTiming
 from hysquant_rl.errors import NoPolicyError
-from hysquant_rl.hardware import make_check
-from hysquant_rl.search.budget import Budgets, resolve
+from hysquant_rl.search.budget import Budgets, UnreachableBudget, reference_name, resolve
 from hysquant_rl.search.problem import SearchProblem, build_problem
 from hysquant_rl.search.recorder import Recorder
 
@@ -45,7 +47,33 @@ class SearchResult:
     recorder: Recorder
     rounds: list[dict[str, Any]]
     wall_s: float
-    check: Any  # what the rounds were checked on: a CostModel, or an OnnxRuntimeCheck (its measurements cached)
+    check: Check  # what the rounds were checked on: a cost model, or a runtime's timing (its measurements cached)
+    unchecked: UnsteadyTiming | None = None  # why the last round's check could not be made (a busy machine)
+
+
+def resolve_measured(search: SearchSettings, pipe: Pipeline, mask: np.ndarray, check: Check) -> Budgets:
+    """:func:`~hysquant_rl.search.budget.resolve` of the run's budgets; on a timed runtime a latency budget below the
+    cheapest policy is refused with the fastest policy measured too: of the model's cheapest, FP32 and uniform W8A8
+    (in the space), the one whose whole graph runs fastest, against the reference."""
+    try:
+        return resolve(search.budget, pipe.cost, mask, pipe.space)
+    except UnreachableBudget as e:
+        if e.key != "latency_ms" or not isinstance(check, TimedCheck):
+            raise
+        name = reference_name(search.budget, pipe.space)
+        ref_s = check.measure(pipe.uniform(parse_uniform(name))).latency_s
+        tried = {"the model's cheapest": e.policy, "FP32": pipe.uniform((32, 32)), "W8A8": pipe.uniform((8, 8))}
+        times = {k: check.measure(bits).latency_s for k, bits in tried.items()}
+        best = min(times, key=times.__getitem__)
+        raise UnreachableBudget(
+            f"{e}; measured on {check.device} at batch {check.batch_size}, the fastest of {', '.join(tried)} is"
+            f" {best}: {1e3 * times[best]:.4g} ms against {name}'s {1e3 * ref_s:.4g} ms, {times[best] / ref_s:.3f}x"
+            f" {name}",
+            e.key,
+            e.limit,
+            e.minimum,
+            tried[best],
+        ) from None
 
 
 def search(
@@ -66,20 +94,20 @@ def search(
     from hysquant_rl.lut.report import log_to_tensorboard
 
     start = time.perf_counter()
-    budgets = resolve(search.budget, pipe.cost, lut.mask())
+    # The search prices with the cost model; the check runs on the profile's backend (the same model when that is
+    # the roofline). The internal budgets start at the user's and tighten by the checked-over-modelled ratio.
+    check = make_check(pipe)
+    budgets = resolve_measured(search, pipe, lut.mask(), check)
     log.info("budgets on %s at batch %d: %s", pipe.cost.device, pipe.cost.batch_size, budgets.describe())
     recorder = Recorder(pipe, out, search.method, search.seed, budgets, writer=SummaryWriter(str(out / "tb")))
     if log_lut:
         log_to_tensorboard(lut, recorder.writer)
 
-    # The search prices with the roofline; the check runs on the profile's backend (the same model when that is
-    # the roofline). The internal budgets start at the user's and tighten by the checked-over-modelled ratio.
-    check = make_check(pipe)
     internal = dict(budgets.limits)
     rounds: list[dict[str, Any]] = []
     problem = build_problem(search, pipe, lut, budgets, executor)
     method = make_method(search, problem, recorder, out)
-    best_bits = None
+    best_bits, unchecked = None, None
     try:
         for r in range(search.max_rounds):
             try:
@@ -103,7 +131,15 @@ def search(
                     f"search.method={search.method} found no policy within {budgets.describe()}: relax the budgets"
                 )
             modelled = {k: v for k, v in problem.totals(bits).items() if k in budgets.limits}
-            checked = check.policy_cost(bits).totals()
+            try:
+                checked = check.policy_cost(bits).totals()
+            except UnsteadyTiming as e:  # the search's own results are still written; the exit status says so
+                log.warning("round %d: the hardware check could not be made: %s", r, e)
+                rounds.append(
+                    {"round": r, "internal_limits": dict(internal), "modelled": modelled, "unchecked": str(e)}
+                )
+                best_bits, unchecked = bits, e
+                break
             holds = budgets.holds(checked, problem.metrics(bits)["top1"])
             rounds.append(
                 {
@@ -116,7 +152,7 @@ def search(
                     "holds": holds,
                 }
             )
-            if hasattr(check, "measure"):  # a timed runtime: its median, CV and run count
+            if isinstance(check, TimedCheck):  # a timed runtime: its median, CV and run count
                 rounds[-1]["timing"] = asdict(check.measure(bits))
             log.info(
                 "round %d: checked on %s (%s): %s",
@@ -133,4 +169,5 @@ def search(
                     internal[k] = internal[k] * limit / checked[k]
     finally:
         recorder.writer.close()
-    return SearchResult(np.asarray(best_bits), budgets, problem, recorder, rounds, time.perf_counter() - start, check)
+    wall = time.perf_counter() - start
+    return SearchResult(np.asarray(best_bits), budgets, problem, recorder, rounds, wall, check, unchecked)

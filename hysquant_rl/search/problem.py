@@ -21,9 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hysquant_rl.bits import FP32_BITS, MAX_BITS, MIN_BITS, grid_sum, to_index
-from hysquant_rl.search.allocation import project, proxy_grid
+from hysquant_rl.bits import FP32_BITS, grid_sum, to_bits, to_index
+from hysquant_rl.hardware.cost import Boundaries
+from hysquant_rl.search.allocation import project, proxy_grid, solve_ilp
 from hysquant_rl.search.budget import UNITS, Budgets, within
+from hysquant_rl.search.space import DIRECTIONS, neighbours, tied
 from hysquant_rl.units import LayerInfo
 
 if TYPE_CHECKING:
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from hysquant_rl.settings import SearchSettings
 
 BUDGETS = tuple(UNITS)  # latency_ms, energy_mj, size_mb
+DOWN_W, UP_W, DOWN_A, UP_A = range(len(DIRECTIONS))  # the moves' directions (hysquant_rl.search.space.DIRECTIONS)
 
 
 def policy_key(bits: Any) -> bytes:
@@ -44,9 +47,11 @@ def policy_key(bits: Any) -> bytes:
 class SearchProblem:
     """Everything an episode needs, computed once per search.
 
-    Cost arrays are (L, GRID, GRID) over w, a in 2..8, additive over layers; ``fixed`` is each budget's
+    Cost arrays are (L, GRID, GRID) over w, a in 2..8 and FP32, additive over units; ``fixed`` is each budget's
     policy-independent part (attention matmuls that are not units), so a policy's total is ``sum + fixed``.
-    An activation-only unit's rows do not depend on w; its policies are kept in :meth:`canonical` form.
+    A tied unit (an activation-only one, or one whose allowed cells all lie on the diagonal, such as FP32 or W8A8 on
+    a runtime: :func:`hysquant_rl.search.space.tied`) moves w and a together; its policies are kept in
+    :meth:`canonical` form (w = a).
     """
 
     layers: list[LayerInfo]
@@ -72,6 +77,12 @@ class SearchProblem:
     eval_time_s: float = 0.0  # spent in ``evaluate`` (PTQ forward passes), to price the search's own overhead
     # several policies at once (parallel episodes: search.workers Ray actors); None: ``evaluate`` one by one
     evaluate_many: Callable[[list[np.ndarray]], list[dict[str, float]]] | None = None
+    # the cost model's exact totals of a policy (L, 2) by budget key; None: the grids' sums
+    exact_totals: Callable[[np.ndarray], dict[str, float]] | None = None
+    # pairwise terms of a budget the grids cannot express (a runtime's int8/float boundaries), for the ILP
+    boundaries: dict[str, Boundaries] = field(default_factory=dict)
+    swap_moves: bool = False  # a candidate's moves raise one unit and lower another within the budgets
+    profile: dict[str, Any] = field(default_factory=dict)  # the cost model's device, batch size and backend
     _fresh: set[bytes] = field(default_factory=set)  # evaluated by ``prefetch``, not yet ended by ``finish``
 
     def __post_init__(self) -> None:
@@ -82,20 +93,27 @@ class SearchProblem:
             steps = np.arange(self.proxy.shape[1])
             self.proxy = self.proxy.copy()
             self.proxy[weightless] = self.proxy[weightless][:, steps, steps][:, None, :]
+        self.tied = tied(self.mask) | weightless  # (L,) w moves with a
+        self.moves = neighbours(self.mask)  # (L, GRID, GRID, 4, 2): the projection's and the candidates' steps
 
     @property
     def num_layers(self) -> int:
         return len(self.layers)
 
     def canonical(self, bits: np.ndarray) -> np.ndarray:
-        """``bits`` (L, 2) with every activation-only unit's w set to its a: its w changes neither accuracy nor
-        cost, so policies that differ only there are one policy (one evaluation, one cache entry)."""
+        """``bits`` (L, 2) with every tied unit's w set to its a: an activation-only unit's w changes neither accuracy
+        nor cost, and a tied unit's cells have w = a, so policies that differ only there are one policy (one
+        evaluation, one cache entry)."""
         bits = np.array(bits, dtype=np.int64)
-        bits[~self.weighted, 0] = bits[~self.weighted, 1]
+        bits[self.tied, 0] = bits[self.tied, 1]
         return bits
 
     def totals(self, bits: np.ndarray) -> dict[str, float]:
-        """Every budget's total (fixed part included) of a fully quantized policy ``bits`` (L, 2)."""
+        """Every budget's total (fixed part included) of a policy ``bits`` (L, 2): the cost model's exact totals when
+        the problem has them (``exact_totals``: a unit before an FP32 one writes its output in float), else the sum of
+        the per-unit grids (exact for a policy whose activations are all quantized)."""
+        if self.exact_totals is not None:
+            return dict(self.exact_totals(bits))
         return {k: grid_sum(self.costs[k], bits) + self.fixed[k] for k in BUDGETS}
 
     def metrics(self, bits: np.ndarray) -> dict[str, float]:
@@ -130,40 +148,107 @@ class SearchProblem:
         """The policy an episode that chose ``chosen`` (L, 2) evaluates: canonical, and in ``project`` mode lowered
         where the LUT says it hurts least until every budget holds."""
         bits = self.canonical(chosen)
-        if self.budget_mode == "project" and self.limits:
-            projected = project(bits, self.proxy, self.mask, self.costs, self.layer_limits())
-            if projected is not None:
-                bits = self.canonical(projected)
+        if self.budget_mode != "project" or not self.limits:
+            return bits
+        limits = self.layer_limits()
+        for _ in range(4):  # the grids are additive; where the exact totals exceed a budget, project against less
+            projected = project(bits, self.proxy, self.mask, self.costs, limits, self.moves)
+            if projected is None:
+                return bits
+            bits = self.canonical(projected)
+            over = {k: self.totals(bits)[k] / v for k, v in self.limits.items()}
+            if all(within({k: r}, {k: 1.0})[k] for k, r in over.items()):
+                return bits
+            limits = {k: v / over[k] if over[k] > 1 else v for k, v in limits.items()}
         return bits
+
+    def fits(self, bits: np.ndarray) -> bool:
+        """``bits`` (L, 2) meets every budget in force, by its exact totals; in ``penalty`` mode any policy may be
+        evaluated (its excess is penalised)."""
+        return self.budget_mode != "project" or all(within(self.totals(bits), self.limits).values())
+
+    def ilp(self, proxy: np.ndarray | None = None, limits: dict[str, float] | None = None) -> np.ndarray | None:
+        """The integer program's policy (L, 2) over the LUT's ``proxy`` (default: the problem's) within ``limits``
+        (default: the budgets in force), boundaries included; None when no policy fits."""
+        proxy = self.proxy if proxy is None else proxy
+        layer_limits = self.layer_limits(limits)
+        bits = solve_ilp(proxy, self.mask, self.costs, layer_limits, boundaries=self.boundaries)
+        return None if bits is None else self.canonical(bits)
 
     def candidates(
         self, chosen: np.ndarray, rng: np.random.Generator, k: int = 1, taken: set[bytes] = frozenset()
     ) -> tuple[list[np.ndarray], bool]:
         """(policies, repeat): up to ``k`` policies new to the search (not evaluated, not in ``taken``), fitted to
         the budgets: :meth:`fitted` of ``chosen`` first when it is new (else ``repeat`` is True), then neighbours of it
-        found by moving random units one allowed step (w or a, up or down) and fitting again: 1 unit, one more
-        every 10 draws, 50 draws at most. An episode does not spend its evaluation on a policy the search knows;
-        with ``k`` > 1 a learned critic picks among them (``envs/parallel.py``). Empty when every draw repeats."""
+        found by moving random units (:meth:`neighbour`) and fitting again (kept where the fit meets the budgets,
+        :meth:`fits`): 1 unit, one more every ``10 ceil(k / 8)`` draws, ``max(50, 4 k)`` draws at most. An episode
+        does not spend its evaluation on a policy the search knows; with ``k`` > 1 a learned critic picks among them
+        (``envs/parallel.py``). Empty when every draw repeats."""
         bits = self.fitted(chosen)
         out: dict[bytes, np.ndarray] = {}
         repeat = policy_key(bits) in self.cache or policy_key(bits) in taken
         if not repeat:
             out[policy_key(bits)] = bits
-        for attempt in range(50):
+        per_unit = 10 * -(-k // 8)
+        for attempt in range(max(50, 4 * k)):
             if len(out) >= k:
                 break
-            trial = bits.copy()
-            for l in rng.choice(self.num_layers, size=1 + attempt // 10, replace=False):
-                step = trial[l].copy()
-                # a unit with a weight moves w or a; an activation-only unit moves its a (and w with it: canonical)
-                step[int(rng.integers(2)) if self.weighted[l] else slice(None)] += rng.choice((-1, 1))
-                if ((MIN_BITS <= step) & (step <= MAX_BITS)).all() and self.mask[(l, *to_index(step))]:
-                    trial[l] = step
-            trial = self.fitted(trial)
+            trial = self.fitted(self.neighbour(bits, rng, 1 + attempt // per_unit))
             key = policy_key(trial)
-            if key not in self.cache and key not in taken:
+            if key not in self.cache and key not in taken and self.fits(trial):
                 out.setdefault(key, trial)
         return list(out.values()), repeat
+
+    def neighbour(self, bits: np.ndarray, rng: np.random.Generator, units: int) -> np.ndarray:
+        """``bits`` (L, 2) moved on ``units`` random units: each a step to its neighbouring allowed cell
+        (:meth:`step`), or with ``swap_moves`` a cost-neutral swap (:meth:`swap`) each."""
+        trial = bits.copy()
+        if self.swap_moves:
+            for _ in range(units):
+                trial = self.swap(trial, rng)
+            return trial
+        for l in rng.choice(self.num_layers, size=min(units, self.num_layers), replace=False):
+            trial[l] = self.step(l, trial[l], rng)
+        return trial
+
+    def swap(self, bits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """A swap move on ``bits`` (L, 2): one random unit raised to its next allowed cell up (w or a; a tied unit's a),
+        and where that breaks a budget (by the grids' sums) one other unit lowered to its next cell down, drawn among
+        those whose saving alone brings every budget back: the candidate stays within the budgets without the
+        projection. Where no single unit can pay for the raise, the raised policy is returned (:meth:`fitted` then
+        projects it); a unit already at its top stays."""
+        l = int(rng.integers(self.num_layers))
+        up = UP_A if self.tied[l] else int(rng.choice((UP_W, UP_A)))
+        idx = to_index(bits)
+        nxt = self.moves[l, idx[l, 0], idx[l, 1], up]
+        if nxt[0] < 0:
+            return bits
+        trial = bits.copy()
+        trial[l] = to_bits(nxt)
+        over = {k: e for k, v in self.layer_limits().items() if (e := grid_sum(self.costs[k], trial) - v) > 0}
+        if not over:
+            return trial
+        rows, cur = np.arange(self.num_layers), to_index(trial)
+        options: list[tuple[int, int]] = []
+        for down in (DOWN_W, DOWN_A):
+            new = self.moves[rows, cur[:, 0], cur[:, 1], down]  # (L, 2), -1 where there is none
+            r = rows[(new[:, 0] >= 0) & (rows != l) & (~self.tied | (down == DOWN_A))]
+            for k, excess in over.items():
+                saved = self.costs[k][r, cur[r, 0], cur[r, 1]] - self.costs[k][r, new[r, 0], new[r, 1]]
+                r = r[saved >= excess]
+            options += [(int(j), down) for j in r]
+        if options:
+            j, down = options[int(rng.integers(len(options)))]
+            trial[j] = to_bits(self.moves[j, cur[j, 0], cur[j, 1], down])
+        return trial
+
+    def step(self, l: int, pair: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Unit ``l``'s pair ``(w, a)`` moved to its neighbouring allowed cell in a random direction (w or a, down or
+        up; a tied unit moves its a, and w with it), or kept when there is none that way."""
+        d = int(rng.integers(2, 4)) if self.tied[l] else int(rng.integers(len(DIRECTIONS)))
+        w, a = to_index(pair)
+        nxt = self.moves[l, w, a, d]
+        return pair if nxt[0] < 0 else to_bits(nxt)
 
     def prefetch(self, policies: list[np.ndarray]) -> None:
         """Evaluate ``policies`` (each (L, 2), as :meth:`fitted` returns them) at once (parallel episodes), on
@@ -249,6 +334,10 @@ def build_problem(
         limits=dict(budgets.limits),
         evaluate=lambda bits: pipe.evaluator.evaluate(bits, "search_val").to_dict(),
         evaluate_many=None if executor is None else evaluate_on(executor),
+        exact_totals=lambda bits: pipe.cost.policy_cost(bits).totals(),
+        boundaries=pipe.cost.boundaries(),
+        swap_moves=search.swap_moves,
+        profile={"device": pipe.cost.device, "batch_size": pipe.cost.batch_size, "backend": pipe.cost.backend},
         fp32=pipe.evaluator.evaluate([(FP32_BITS, FP32_BITS)] * n, "search_val").to_dict(),
         offset_range=search.offset_range,
         reward_metric=search.reward_metric,

@@ -11,8 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hysquant_rl.bits import FP32_BITS
 from hysquant_rl.policy import QuantPolicy
 from hysquant_rl.search.budget import Budgets, within
+from hysquant_rl.search.ranking import SCORE
 from hysquant_rl.units import ACTIVATION_KINDS
 
 if TYPE_CHECKING:
@@ -20,7 +22,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 BEST_POLICY = "best_policy.json"
-SCALARS = ("reward", "top1", "top5", "kl", "latency_ms", "energy_mj", "size_mb", "bitops", "mean_w_bits", "mean_a_bits")
+SCALARS = (
+    *("reward", "top1", "top5", "kl", "latency_ms", "energy_mj", "size_mb", "bitops"),
+    *("mean_w_bits", "mean_a_bits", "fp32_fraction"),
+)
+
+
+def _mean(x: np.ndarray) -> float | None:
+    return float(x.mean()) if x.size else None  # None: no unit quantized
 
 
 def save_best_policy(
@@ -98,14 +107,18 @@ class Recorder:
             "cached": bool(info.get("cached", False)),  # evaluated before in this run (SearchProblem.finish)
             # the agent's proposal had been evaluated before and the novelty step chose another (envs/parallel.py)
             "proposed_repeat": bool(info.get("proposed_repeat", False)),
+            # the critic's predicted gain over the incumbent, made before the evaluation (None: not scored)
+            SCORE: info.get(SCORE),
             "top1": m["top1"],
             "top5": m["top5"],
             "kl": m["kl"],
             "loss": m["loss"],
             **t,
             "bitops": int(self.pipe.cost.policy_cost(bits).bitops),
-            "mean_w_bits": float(bits[self.weighted, 0].mean()),  # over units with a weight
-            "mean_a_bits": float(bits[:, 1].mean()),
+            # mean bits over the quantized units (with a weight, for w); FP32 units are counted apart
+            "mean_w_bits": _mean(bits[self.weighted & (bits[:, 0] != FP32_BITS), 0]),
+            "mean_a_bits": _mean(bits[bits[:, 1] != FP32_BITS, 1]),
+            "fp32_fraction": float((bits[:, 1] == FP32_BITS).mean()),  # units whose activations stay float
             "bits": bits.tolist(),
         }
         self.history.append(entry)
@@ -123,14 +136,21 @@ class Recorder:
     def _log(self, entry: dict[str, Any], bits: np.ndarray, improved: bool) -> None:
         w, episode = self.writer, entry["episode"]
         for key in SCALARS:
-            w.add_scalar(f"episode/{key}", entry[key], episode)
+            if entry[key] is not None:
+                w.add_scalar(f"episode/{key}", entry[key], episode)
         if self.best is not None:
             w.add_scalar("best/reward", self.best["reward"], episode)
             w.add_scalar("best/top1", self.best["top1"], episode)
-        w.add_histogram("policy/w_bits", bits[self.weighted, 0], episode)
-        w.add_histogram("policy/a_bits", bits[:, 1], episode)
+        quantized = bits != FP32_BITS  # histograms of the quantized operands' bits (FP32: episode/fp32_fraction)
+        for name, values in (
+            ("w_bits", bits[self.weighted & quantized[:, 0], 0]),
+            ("a_bits", bits[quantized[:, 1], 1]),
+        ):
+            if values.size:
+                w.add_histogram(f"policy/{name}", values, episode)
         for kind, where in self.kinds.items():  # the transformer's activation-only units, one histogram per kind
-            w.add_histogram(f"policy/a_bits/{kind}", bits[where, 1], episode)
+            if (where & quantized[:, 1]).any():
+                w.add_histogram(f"policy/a_bits/{kind}", bits[where & quantized[:, 1], 1], episode)
         if improved:
             rows = "\n".join(
                 f"| {layer.name} | {b[0] if layer.weighted else '-'} | {b[1]} |"

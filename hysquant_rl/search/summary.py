@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hysquant_rl.bits import FP32_BITS, label, parse_uniform
-from hysquant_rl.export import export_quantized
-from hysquant_rl.export_onnx import export_onnx as write_onnx
+from hysquant_rl.deploy import TimedCheck
+from hysquant_rl.deploy.timing import UnsteadyTiming
 from hysquant_rl.io import atomic_write, save_json
 from hysquant_rl.search.baselines import uniform_candidates
 from hysquant_rl.search.loop import SearchResult
@@ -23,6 +24,7 @@ from hysquant_rl.search.recorder import save_best_policy
 
 if TYPE_CHECKING:
     from hysquant_rl.pipeline import Pipeline
+    from hysquant_rl.policy import QuantPolicy
     from hysquant_rl.settings import SearchSettings
 
 log = logging.getLogger(__name__)
@@ -30,17 +32,17 @@ SPLITS = ("search_val", "test")
 FP32_NAME = label(FP32_BITS, FP32_BITS)
 
 
-def best_uniform(problem: SearchProblem, limits: dict[str, float]) -> tuple[str, tuple[int, int]] | None:
-    """The uniform pair of :func:`uniform_candidates` with the best search-val score (the reward's metric), as
-    (``W4A8``, (4, 8)); None when no uniform policy fits."""
+def best_uniform(problem: SearchProblem, limits: dict[str, float]) -> tuple[str, np.ndarray] | None:
+    """The policy of :func:`uniform_candidates` with the best search-val score (the reward's metric), as (``W4A8``,
+    its bits (L, 2): units whose space is FP32 alone stay FP32); None when no uniform policy fits."""
     scored = [
-        (problem.score(problem.metrics(bits)), tuple(int(b) for b in bits[0]))
-        for bits in uniform_candidates(problem, limits)
+        (problem.score(problem.metrics(bits)), i, bits) for i, bits in enumerate(uniform_candidates(problem, limits))
     ]
     if not scored:
         return None
-    _, pair = max(scored)
-    return label(*pair), pair
+    _, _, bits = max(scored, key=lambda s: s[:2])
+    pairs = Counter(map(tuple, bits.tolist()))  # its pair: the one most units take
+    return label(*max(pairs, key=pairs.__getitem__)), bits
 
 
 def finish(
@@ -48,25 +50,29 @@ def finish(
 ) -> dict[str, Any]:
     """Test split once; best_policy.json, quantized model (and ``model.onnx`` with ``export_onnx``), summary.json /
     summary.md."""
-    n = len(pipe.layers)
     budgets = result.budgets
-    rows: dict[str, Any] = {spec: [parse_uniform(spec)] * n for spec in [FP32_NAME, *search.reference]}
+    specs = [FP32_NAME, *(s for s in search.reference if pipe.executes(parse_uniform(s)))]
+    rows: dict[str, Any] = {spec: pipe.uniform(parse_uniform(spec)) for spec in specs}
     uniform = best_uniform(result.problem, budgets.limits)
     if uniform is not None:
-        rows[f"best uniform in budget ({uniform[0]})"] = [uniform[1]] * n
+        rows[f"best uniform in budget ({uniform[0]})"] = uniform[1]
     rows["best policy"] = result.bits
     table = {}
     for name, b in rows.items():
         m = pipe.measure(b, SPLITS)
         table[name] = {**m, "holds": budgets.holds(m["cost"], m["search_val"]["top1"])}
-        if name in search.reference:  # the uniform reference policies, as policy JSON too
+        if name in specs[1:]:  # the uniform reference policies, as policy JSON too
             pipe.policy(b, method="uniform", seed=search.seed, metrics=m).save(
                 out / "policies" / f"uniform_{name}.json"
             )
     measured = {}
-    if hasattr(result.check, "measure"):  # latency timed on a runtime: FP32, the references and the found policy
+    if isinstance(result.check, TimedCheck) and result.unchecked is None:  # FP32, the references and the found policy
         for name in table:
-            m = result.check.measure(np.asarray(rows[name]))
+            try:
+                m = result.check.measure(np.asarray(rows[name]))
+            except UnsteadyTiming as e:  # a busy machine: the rest of the summary is still written
+                result.unchecked = e
+                break
             table[name]["measured"] = asdict(m)
             measured[name] = m.latency_s
     episodes = len(result.recorder.history)
@@ -82,19 +88,18 @@ def finish(
         budgets=budgets,
         rounds=result.rounds,
     )
-    pipe.qmodel.apply_bits(policy.bits())
-    export_quantized(pipe.qmodel, policy, pipe.spec.to_dict(), out)
-    if export_onnx:
-        write_onnx(pipe.qmodel, policy, pipe.data.input_shape, out)
+    export(pipe, policy, out, export_onnx)
     best = np.asarray(result.bits)
     by_kind = {}
     for kind in dict.fromkeys(layer.kind for layer in pipe.layers):
         where = np.array([layer.kind == kind for layer in pipe.layers])
         weighted = pipe.layers[int(np.argmax(where))].weighted
+        quantized = where & (best[:, 1] != FP32_BITS)  # mean bits over the kind's quantized units
         by_kind[kind] = {
             "units": int(where.sum()),
-            "mean_w_bits": float(best[where, 0].mean()) if weighted else None,
-            "mean_a_bits": float(best[where, 1].mean()),
+            "fp32_units": int((where & ~quantized).sum()),
+            "mean_w_bits": float(best[quantized, 0].mean()) if weighted and quantized.any() else None,
+            "mean_a_bits": float(best[quantized, 1].mean()) if quantized.any() else None,
         }
     summary = {
         "model": pipe.spec.to_dict(),
@@ -104,8 +109,10 @@ def finish(
         "cost_backend": pipe.cost.backend,
         "check": {"backend": result.check.backend, "device": result.check.device},
         "measured_speedup_over_fp32": (
-            measured[FP32_NAME] / measured["best policy"] if FP32_NAME in measured else None
+            measured[FP32_NAME] / measured["best policy"] if {FP32_NAME, "best policy"} <= set(measured) else None
         ),
+        "unchecked": None if result.unchecked is None else str(result.unchecked),
+        "space": pipe.space,
         "best_policy_by_kind": by_kind,
         "budgets": budgets.to_dict(),
         "rounds": result.rounds,
@@ -118,6 +125,22 @@ def finish(
     atomic_write(out / "summary.md", lambda f: f.write(text.encode()))
     log.info("\n%s", text)
     return summary
+
+
+def export(pipe: Pipeline, policy: QuantPolicy, out: Path, onnx: bool = False) -> dict[str, Path]:
+    """Write the quantized model a user takes away into ``out``: in the executable space ``model.onnx``, the runtime
+    layout (:mod:`hysquant_rl.deploy.runtime_graph`), always; in the simulated space the PyTorch files of the paper's
+    simulation (:mod:`hysquant_rl.deploy.checkpoints`) and, with ``onnx``, its QDQ graph. Returns the paths by kind."""
+    if pipe.graphs is not None:
+        return {"onnx": pipe.graphs.save(policy.bits(), policy, out)}
+    from hysquant_rl.deploy.checkpoints import export_quantized
+    from hysquant_rl.deploy.simulated_onnx import export_simulated
+
+    pipe.qmodel.apply_bits(policy.bits())
+    paths = export_quantized(pipe.qmodel, policy, pipe.spec.to_dict(), out)
+    if onnx:
+        paths["onnx"] = export_simulated(pipe.qmodel, policy, pipe.data.input_shape, out)
+    return paths
 
 
 def summary_markdown(s: dict[str, Any]) -> str:
@@ -138,11 +161,14 @@ def summary_markdown(s: dict[str, Any]) -> str:
             f" {c['latency_ms']:.4g} | {c['energy_mj']:.4g} | {c['size_mb']:.4g} | {c['bitops']:.4g} | {holds} |"
         )
     if "best_policy_by_kind" in s:
-        lines += ["", "Best policy by unit kind (mean bits; activation-only units have no weight):", ""]
-        lines += ["| kind | units | w bits | a bits |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "Best policy by unit kind (mean bits of its quantized units; activation-only units have no weight):",
+        ]
+        lines += ["", "| kind | units | at FP32 | w bits | a bits |", "|---|---|---|---|---|"]
         for kind, k in s["best_policy_by_kind"].items():
-            w = "-" if k["mean_w_bits"] is None else f"{k['mean_w_bits']:.2f}"
-            lines.append(f"| {kind} | {k['units']} | {w} | {k['mean_a_bits']:.2f} |")
+            w, a = ("-" if k[b] is None else f"{k[b]:.2f}" for b in ("mean_w_bits", "mean_a_bits"))
+            lines.append(f"| {kind} | {k['units']} | {k.get('fp32_units', 0)} | {w} | {a} |")
     backend = s.get("cost_backend", "modelled")
     timed = {name: m["measured"] for name, m in s["policies"].items() if "measured" in m}
     if timed:
@@ -161,6 +187,8 @@ def summary_markdown(s: dict[str, Any]) -> str:
             )
         if s.get("measured_speedup_over_fp32") is not None:
             lines += ["", f"Measured speed-up of the best policy over FP32: {s['measured_speedup_over_fp32']:.3f}x."]
+    if s.get("unchecked"):
+        lines += ["", f"NOT MEASURED: the hardware check could not be made ({s['unchecked']})."]
     lines += [
         "",
         f"Latency and energy in the first table (and its budgets column): {backend} on {s['device']} at batch"

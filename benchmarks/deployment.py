@@ -1,0 +1,421 @@
+"""Benchmark: what runs fast on this machine's CPU, side by side in one run, against onnxruntime's own quantizer.
+
+    .venv/bin/python benchmarks/deployment.py            # the full benchmark (about 25 min on 2 cores)
+    .venv/bin/python benchmarks/deployment.py --quick    # fewer episodes, batch 64 only, no 256 px part
+
+Part 1, the embedded Fashion-MNIST model (``data=fashion_mnist``) on ``hardware=cpu hardware.backend=onnxruntime``
+at batch 64, the executable space (FP32 or W8A8 per unit; accuracy measured by onnxruntime on each policy's file):
+searches ILP-KL, ``local`` and ``rl`` under a latency budget (``--ratio`` of FP32), then times side by side
+(interleaved rounds of ``timing.repeats`` runs, medians, 1 thread, batch 1 and 64): FP32; onnxruntime's
+``quantize_static`` of the same FP32 graph as a user runs it (QDQ, per-channel int8 weights, uint8 activations, every
+op, its own MinMax calibration on the same images); our uniform W8A8; the three found policies; and random mixes, on
+which the per-unit latency model (``hysquant_rl/deploy/unit_latency.py``) is scored (Spearman, MAPE). Test top-1 of
+each on the 10k test images (onnxruntime). The found RL policy's file is run three ways (onnxruntime's integer kernels,
+onnxruntime with graph optimisations off: the Q/DQ nodes as float ops, and onnx's reference evaluator on a sample).
+
+Part 2, timm ``mobilevit_xxs`` at 256 px with random weights (latency only) through the whole pipeline, on a
+synthetic image folder: FP32, ``quantize_static`` int8, our W8A8 and the fastest policy the latency model finds
+(the integer program over per-unit latency and boundaries), timed side by side at batch 1 and 8.
+
+Part 3: a latency budget below every executable policy is refused before any search, with the fastest policy measured.
+
+Writes ``benchmarks/results/deployment.md`` and ``deployment.json``; every figure is measured on this machine, which the
+report names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from hysquant_rl.apps import compose_config, plain
+from hysquant_rl.apps.search import run_search
+from hysquant_rl.bits import FP32_BITS
+from hysquant_rl.deploy import ort
+from hysquant_rl.deploy.timing import run_times
+from hysquant_rl.errors import HySquantError
+from hysquant_rl.io import atomic_write, save_json
+from hysquant_rl.lut.build import build_lut
+from hysquant_rl.pipeline import Pipeline, build
+from hysquant_rl.policy import QuantPolicy
+from hysquant_rl.settings import RunSettings, SearchSettings
+
+RESULTS = Path(__file__).parent / "results"
+METHODS = (("ilp-kl", ["search.method=ilp"]), ("local", ["search.method=local"]), ("rl", []))
+log = logging.getLogger("deployment")
+
+
+# -- what is timed -------------------------------------------------------------------------------------------------
+def quantize_static_anchor(pipe: Pipeline, out: Path) -> bytes:
+    """onnxruntime's ``quantize_static`` of the pipeline's FP32 graph, as its documentation has a user run it on this
+    CPU (QDQ, per-channel, QInt8 weights, QUInt8 activations, ``reduce_range`` on a CPU without VNNI, every op type,
+    MinMax on the calibration images)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    images = np.concatenate([x.numpy() for x, _ in pipe.data.calib.batches(64)]).astype(np.float32)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter([{ort.INPUT: images[i : i + 64]} for i in range(0, len(images), 64)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.it, None)
+
+    path = out / "quantize_static.onnx"
+    logging.getLogger().disabled = True
+    try:
+        quantize_static(
+            str(pipe.graphs.float_path),
+            str(path),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            reduce_range=not ort.has_vnni(),
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+    finally:
+        logging.getLogger().disabled = False
+    return path.read_bytes()
+
+
+def side_by_side(models: dict[str, bytes], shape: tuple[int, ...], batch: int, rounds: int, runs: int) -> dict:
+    """Median seconds per run of each model at ``batch`` images on 1 thread: ``rounds`` interleaved rounds of ``runs``
+    runs each (the median of the round medians), so that a slow spell of the machine falls on every model alike."""
+    feed = {ort.INPUT: np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)}
+    sessions = {k: ort.session(v, 1) for k, v in models.items()}
+    medians: dict[str, list[float]] = {k: [] for k in models}
+    for r in range(rounds):
+        for k, sess in sessions.items():
+            medians[k].append(statistics.median(run_times(sess, feed, 10 if r == 0 else 2, runs)))
+    return {k: {"latency_s": statistics.median(v), "rounds": v} for k, v in medians.items()}
+
+
+def test_top1(pipe: Pipeline, model: bytes) -> float:
+    """Top-1 [%] of a graph on the test split, run by onnxruntime."""
+    sess = ort.session(model, ort_threads())
+    x, y = pipe.data.test.x.numpy(), pipe.data.test.y.numpy()
+    return float(100.0 * (ort.logits(sess, x).argmax(1) == y).mean())
+
+
+def ort_threads() -> int:
+    import os
+
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+# -- part 1 --------------------------------------------------------------------------------------------------------
+def settings(overrides: list[str]) -> tuple[RunSettings, SearchSettings]:
+    cfg = plain(compose_config("search", overrides))
+    return RunSettings.from_mapping(cfg), SearchSettings.from_mapping(cfg)
+
+
+def part1(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    base = ["data=fashion_mnist", "hardware=cpu", "hardware.backend=onnxruntime", "hardware.batch_size=64"]
+    base += ["budget=latency", "search.max_rounds=2"]
+    run, _ = settings(base)
+    start = time.perf_counter()
+    pipe = build(run)
+    lut = build_lut(run, pipe)
+    n = len(pipe.layers)
+    # the budgets: the latency the model gives uniform W8A8 (x FP32's), and --tighter times that
+    int8_ratio = pipe.cost.policy_cost(pipe.uniform((8, 8))).latency_s / pipe.cost.uniform_cost(32, 32).latency_s
+    ratios = {"int8": round(int8_ratio, 4), "tighter": round(args.tighter * int8_ratio, 4)}
+    found: dict[str, np.ndarray] = {}
+    searches = {}
+    for (budget, ratio), (method, extra) in itertools.product(ratios.items(), METHODS):
+        t0 = time.perf_counter()
+        episodes = [f"search.episodes={args.episodes}"] if method != "ilp-kl" else []
+        _, search = settings([*base, f"budget.latency_ratio={ratio}", *extra, *episodes])
+        name, out = f"{method}, {budget} budget", work / f"{method}-{budget}"
+        try:
+            summary = run_search(run, search, out, pipe)
+        except HySquantError as e:
+            searches[name] = {"ratio": ratio, "error": str(e)}
+            continue
+        found[name] = np.array(QuantPolicy.load(out / "best_policy.json").bits())
+        searches[name] = {
+            "ratio": ratio,
+            "episodes": summary["episodes"],
+            "wall_s": time.perf_counter() - t0,
+            "budget_ms": summary["budgets"].get("latency_ms"),
+            "rounds": len(summary["rounds"]),
+            "measured_speedup": summary.get("measured_speedup_over_fp32"),
+            "unchecked": summary.get("unchecked"),
+        }
+        log.warning("%s: %s", name, searches[name])
+    policies = {"FP32": np.full((n, 2), FP32_BITS), "W8A8 (ours)": pipe.uniform((8, 8)), **found}
+    rng = np.random.default_rng(0)
+    for f in (0.1, 0.3, 0.5, 0.7, 0.9):
+        mix = pipe.uniform((8, 8))
+        mix[rng.random(n) < f] = FP32_BITS
+        policies[f"random {int(100 * f)} % FP32"] = mix
+    models = {k: pipe.graphs.graph(b).SerializeToString() for k, b in policies.items()}
+    models["quantize_static int8"] = quantize_static_anchor(pipe, work)
+    accuracy = {k: test_top1(pipe, m) for k, m in models.items() if not k.startswith("random")}
+    timing, prediction = {}, {}
+    for batch in (1, 64) if not args.quick else (64,):
+        timing[batch] = side_by_side(models, pipe.data.input_shape, batch, args.rounds, 200 if batch == 1 else 20)
+        table = pipe.cost.table if batch == pipe.cost.batch_size else unit_table(run, pipe, batch)
+        prediction[batch] = predict(table, policies, timing[batch])
+    rl = next((b for k, b in found.items() if k.startswith("rl")), policies["W8A8 (ours)"])
+    roundtrip = {"RL policy": round_trip(pipe, rl), "W8A8 (ours)": round_trip(pipe, policies["W8A8 (ours)"])}
+    return {
+        "machine": ort.machine(),
+        "model": pipe.spec.to_dict(),
+        "ratios": ratios,
+        "searches": searches,
+        "policies": {
+            k: {"fp32_units": int((b[:, 1] == FP32_BITS).sum()), "bits": b.tolist()} for k, b in policies.items()
+        },
+        "test_top1": accuracy,
+        "timing": timing,
+        "prediction": prediction,
+        "roundtrip": roundtrip,
+        "wall_s": time.perf_counter() - start,
+        "lut_s": lut.meta.get("build", {}).get("wall_s"),
+    }
+
+
+def unit_table(run: RunSettings, pipe: Pipeline, batch: int):
+    from hysquant_rl.deploy.unit_latency import cached
+
+    int8 = np.array([any(a == 8 for _, a in run.hardware.executable(layer.kind)) for layer in pipe.layers])
+    return cached(pipe.graphs, int8, batch, run.hardware.timing, run.cache_dir)
+
+
+def predict(table, policies: dict[str, np.ndarray], timing: dict) -> dict[str, Any]:
+    """The latency model's figure of each policy against its measurement: per policy, Spearman and MAPE over all."""
+    rows = {k: (table.latency(b), timing[k]["latency_s"]) for k, b in policies.items()}
+    modelled, measured = (np.array(v) for v in zip(*rows.values()))
+    return {
+        "rows": {k: {"modelled_s": m, "measured_s": t} for k, (m, t) in rows.items()},
+        "spearman": float(spearmanr(modelled, measured).statistic),
+        "mape": float(np.mean(np.abs(modelled / measured - 1))),
+        "n": len(rows),
+    }
+
+
+def round_trip(pipe: Pipeline, bits: np.ndarray) -> dict[str, Any]:
+    """The policy's file three ways on the test split: integer kernels, Q/DQ as float ops, the reference evaluator."""
+    from onnx import version_converter
+    from onnx.reference import ReferenceEvaluator
+
+    proto = pipe.graphs.graph(bits)
+    x, y = pipe.data.test.x.numpy(), pipe.data.test.y.numpy()
+    fused = ort.logits(ort.session(proto.SerializeToString(), ort_threads()), x)
+    plain_ = ort.logits(ort.session(proto.SerializeToString(), ort_threads(), optimize=False), x)
+    sample = x[:64]
+    reference = ReferenceEvaluator(version_converter.convert_version(proto, 21)).run(None, {ort.INPUT: sample})[0]
+    return {
+        "images": len(x),
+        "integer_top1": float(100 * (fused.argmax(1) == y).mean()),
+        "float_ops_top1": float(100 * (plain_.argmax(1) == y).mean()),
+        "argmax_agreement": float(100 * (fused.argmax(1) == plain_.argmax(1)).mean()),
+        "max_logit_diff": float(np.abs(fused - plain_).max()),
+        "reference_sample": len(sample),
+        "reference_max_diff": float(np.abs(plain_[:64] - reference).max()),
+        "reference_agreement": float(100 * (fused[:64].argmax(1) == reference.argmax(1)).mean()),
+    }
+
+
+# -- part 2 --------------------------------------------------------------------------------------------------------
+def synthetic_folder(root: Path, classes: int = 2, per_class: int = 24, size: int = 256) -> Path:
+    """An ImageFolder tree of random images (train/ and val/), so that the pipeline runs at ``size`` px."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in range(classes):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+def random_weights(path: Path, classes: int = 2) -> Path:
+    """timm mobilevit_xxs with random (seeded) weights as a local checkpoint: the 256 px part times, not scores."""
+    import timm
+    import torch
+
+    torch.manual_seed(0)
+    torch.save(timm.create_model("mobilevit_xxs", num_classes=classes).state_dict(), path)
+    return path
+
+
+def part2(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    root = synthetic_folder(work / "images")
+    weights = random_weights(work / "mobilevit_xxs_random.pt")
+    out = {}
+    for batch in (1, 8):
+        overrides = [
+            "model=mobilevit_xxs",
+            "model.pretrained=false",
+            f"model.checkpoint={weights}",
+            "model.num_classes=2",
+            "data=imagenet",
+            f"data.root={root}",
+            "data.num_classes=2",
+            "data.calib_size=16",
+            "data.search_val_size=16",
+            "data.test_size=16",
+            "data.workers=0",
+            "hardware=cpu",
+            f"hardware.batch_size={batch}",
+        ]
+        run, _ = settings(overrides)
+        pipe = build(run)
+        n = len(pipe.layers)
+        from hysquant_rl.search.budget import cheapest
+
+        fastest = cheapest(pipe.cost, pipe_mask(pipe), "latency_ms")
+        policies = {"FP32": np.full((n, 2), FP32_BITS), "W8A8 (ours)": pipe.uniform((8, 8)), "fastest found": fastest}
+        models = {k: pipe.graphs.graph(b).SerializeToString() for k, b in policies.items()}
+        models["quantize_static int8"] = quantize_static_anchor(pipe, work)
+        timing = side_by_side(models, pipe.data.input_shape, batch, args.rounds, 20 if batch == 1 else 5)
+        out[batch] = {
+            "timing": timing,
+            "fastest_fp32_units": int((fastest[:, 1] == FP32_BITS).sum()),
+            "units": n,
+            "modelled_s": {k: pipe.cost.table.latency(b) for k, b in policies.items()},
+        }
+    return out
+
+
+def pipe_mask(pipe: Pipeline) -> np.ndarray:
+    from hysquant_rl.search.space import choice_mask
+
+    return choice_mask(pipe.layers, pipe.cost.profile, pipe.space)
+
+
+# -- part 3 --------------------------------------------------------------------------------------------------------
+def part3(work: Path) -> str:
+    base = ["data=fashion_mnist", "hardware=cpu", "hardware.backend=onnxruntime", "hardware.batch_size=64"]
+    run, search = settings([*base, "budget=latency", "budget.latency_ratio=0.3", "search.method=ilp"])
+    try:
+        run_search(run, search, work / "refused")
+    except HySquantError as e:
+        return str(e)
+    return "not refused"
+
+
+# -- the report ----------------------------------------------------------------------------------------------------
+def ms(x: float) -> str:
+    return f"{1e3 * x:.3f}"
+
+
+def markdown(r: dict[str, Any], command: str) -> str:
+    p1 = r["part1"]
+    m = p1["machine"]
+    lines = [
+        "# Deployment on this CPU: what the search returns, side by side with onnxruntime's own quantizer",
+        "",
+        f"Measured on {m['cpu']} ({m['logical_cpus']} logical CPUs), {m['runtime']}, 1 intra-op thread, interleaved"
+        f" rounds, medians; `.venv/bin/python {command}` ({r['wall_s'] / 60:.1f} min).",
+        "",
+        "## Embedded Fashion-MNIST model (32 px), searches at batch 64",
+        "",
+        f"Budgets (x FP32, the latency model's): {json.dumps(p1['ratios'])}: uniform W8A8's latency, and tighter.",
+        "",
+    ]
+    batches = sorted(p1["timing"], key=int)
+    fp32 = {b: p1["timing"][b]["FP32"]["latency_s"] for b in batches}
+    qs = {b: p1["timing"][b]["quantize_static int8"]["latency_s"] for b in batches}
+    head = " | ".join(f"batch {b}: ms (CV of rounds) | x FP32 | x quantize_static" for b in batches)
+    lines += [f"| policy | FP32 units | test top-1 | {head} |", "|---|---|---|" + "---|---|---|" * len(batches)]
+    for name in p1["timing"][batches[0]]:
+        if name.startswith("random"):
+            continue
+        units = p1["policies"].get(name, {}).get("fp32_units", "-")
+        cells = []
+        for b in batches:
+            t, rounds = p1["timing"][b][name]["latency_s"], p1["timing"][b][name]["rounds"]
+            spread = statistics.stdev(rounds) / statistics.fmean(rounds)
+            cells.append(f"{ms(t)} ({spread:.2f}) | {fp32[b] / t:.3f} | {qs[b] / t:.3f}")
+        lines.append(f"| {name} | {units} | {p1['test_top1'][name]:.2f} | {' | '.join(cells)} |")
+    lines += ["", "The searches (the speed-up is the feedback loop's own timing of the found policy against FP32):", ""]
+    lines += ["| search | budget (x FP32) | episodes | wall (s) | rounds | measured speed-up |"]
+    lines += ["|---|---|---|---|---|---|"]
+    for name, s in p1["searches"].items():
+        if "error" in s:
+            lines.append(f"| {name} | {s['ratio']} | - | - | - | {s['error']} |")
+            continue
+        speedup = "-" if s["measured_speedup"] is None else f"{s['measured_speedup']:.3f}"
+        speedup += f" (unchecked: {s['unchecked']})" if s.get("unchecked") else ""
+        lines.append(f"| {name} | {s['ratio']} | {s['episodes']} | {s['wall_s']:.0f} | {s['rounds']} | {speedup} |")
+    lines.append("")
+    lines += ["Latency model (per-unit latency measured on this runtime, plus int8/float boundaries) against measured:"]
+    lines += ["", "| batch | policies | Spearman | MAPE |", "|---|---|---|---|"]
+    for b in batches:
+        pr = p1["prediction"][b]
+        lines.append(f"| {b} | {pr['n']} | {pr['spearman']:.3f} | {100 * pr['mape']:.1f} % |")
+    lines += ["", "Round trip on the test split: each file's integer kernels against the same graph with its Q/DQ"]
+    lines += [
+        "run as float ops (onnxruntime without graph optimisation), and onnx's reference evaluator on the first images:"
+    ]
+    lines += ["", "| file | images | integer top-1 | float-ops top-1 | argmax agreement | largest logit difference |"]
+    lines[-1] += " reference: largest difference to float ops | reference: agreement with integer |"
+    lines += ["|---|---|---|---|---|---|---|---|"]
+    for name, rt in p1["roundtrip"].items():
+        lines.append(
+            f"| {name} | {rt['images']} | {rt['integer_top1']:.2f} | {rt['float_ops_top1']:.2f} |"
+            f" {rt['argmax_agreement']:.2f} % | {rt['max_logit_diff']:.3g} | {rt['reference_max_diff']:.3g}"
+            f" ({rt['reference_sample']} images) | {rt['reference_agreement']:.1f} % |"
+        )
+    if "part2" in r:
+        lines += ["", "## timm mobilevit_xxs at 256 px (random weights, latency only)", ""]
+        lines += ["| batch | policy | measured (ms) | x FP32 | modelled (ms) |", "|---|---|---|---|---|"]
+        for b, part in r["part2"].items():
+            f32 = part["timing"]["FP32"]["latency_s"]
+            for name, t in part["timing"].items():
+                model = part["modelled_s"].get(name)
+                lines.append(
+                    f"| {b} | {name} | {ms(t['latency_s'])} | {f32 / t['latency_s']:.3f} |"
+                    f" {'-' if model is None else ms(model)} |"
+                )
+            lines.append(
+                f"| {b} | (fastest found keeps {part['fastest_fp32_units']} of {part['units']} units FP32) | | | |"
+            )
+    lines += ["", f"A latency budget of 0.3x FP32 at batch 64: `{r['part3']}`"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer episodes, batch 64 only, no 256 px part")
+    parser.add_argument("--tighter", type=float, default=0.95, help="the second budget, x the first (uniform W8A8's)")
+    parser.add_argument("--episodes", type=int, default=None, help="episodes of local and rl (default 60, quick 12)")
+    parser.add_argument("--rounds", type=int, default=9, help="interleaved timing rounds")
+    parser.add_argument("--out", type=Path, default=RESULTS / "deployment.md")
+    args = parser.parse_args()
+    args.episodes = args.episodes or (12 if args.quick else 60)
+    logging.basicConfig(level=logging.WARNING)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        result: dict[str, Any] = {"part1": part1(args, work)}
+        save_json(result, args.out.with_suffix(".json"))  # what is measured so far survives a failure below
+        if not args.quick:
+            result["part2"] = part2(args, work)
+        result["part3"] = part3(work)
+    result["wall_s"] = time.perf_counter() - start
+    command = " ".join(["benchmarks/deployment.py", *(["--quick"] if args.quick else [])])
+    save_json(result, args.out.with_suffix(".json"))
+    text = markdown(result, command)
+    atomic_write(args.out, lambda f: f.write(text.encode()))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

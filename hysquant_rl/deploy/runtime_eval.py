@@ -1,0 +1,66 @@
+"""Accuracy of a policy as the runtime computes it: its runtime-layout graph (:mod:`hysquant_rl.deploy.runtime_graph`)
+run by onnxruntime over a split, compared with the FP32 graph's logits on the same runtime.
+
+In the executable search space this replaces the PyTorch fake quantization (:class:`hysquant_rl.evaluate.Evaluator`,
+the paper's simulation, whose quantization points are not the runtime's): the accuracy a search optimises is the
+accuracy of the file it writes, integer kernels and their rounding included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from hysquant_rl.bits import FP32_BITS
+from hysquant_rl.data import DataSplits
+from hysquant_rl.deploy import ort
+from hysquant_rl.deploy.runtime_graph import RuntimeGraphs
+from hysquant_rl.evaluate import Metrics, metrics_from_logits
+
+
+class RuntimeEvaluator:
+    """Evaluates policies (L, 2) on the splits of one data set with onnxruntime on ``threads`` intra-op threads, the
+    interface of :class:`hysquant_rl.evaluate.Evaluator`. FP32 logits of each split are computed once."""
+
+    replayable = False  # the LUT build's FP32-prefix replay is a PyTorch shortcut: not for the runtime
+
+    def __init__(self, graphs: RuntimeGraphs, data: DataSplits, batch_size: int = 256, threads: int = 1) -> None:
+        self.graphs, self.data, self.batch_size, self.threads = graphs, data, batch_size, threads
+        self._fp32: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.evaluations = 0  # quantized graphs run over a split
+
+    def _run(self, proto_bytes: bytes, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        part = self.data.split(split)
+        sess = ort.session(proto_bytes, self.threads)
+        outs, labels = [], []
+        for x, y in part.batches(self.batch_size):
+            outs.append(ort.logits(sess, x.numpy(), self.batch_size))
+            labels.append(y)
+        return torch.from_numpy(np.concatenate(outs)), torch.cat(labels)
+
+    def fp32(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """FP32 logits (N, K) and labels (N,) of a split from the runtime's FP32 graph, computed once."""
+        if split not in self._fp32:
+            self._fp32[split] = self._run(self.graphs.float.SerializeToString(), split)
+        return self._fp32[split]
+
+    def logits(self, bits: Sequence[tuple[int, int]] | np.ndarray, split: str) -> torch.Tensor:
+        """Logits (N, K) of the policy ``bits`` on ``split`` from its runtime graph."""
+        if all(a == FP32_BITS for _, a in np.asarray(bits).tolist()):
+            return self.fp32(split)[0]
+        self.evaluations += 1
+        return self._run(self.graphs.graph(bits).SerializeToString(), split)[0]
+
+    def evaluate(self, bits: Sequence[tuple[int, int]] | np.ndarray, split: str = "search_val") -> Metrics:
+        """Top-1, top-5, KL to FP32 and loss of ``bits`` on ``split``, as onnxruntime computes them."""
+        return self.evaluate_with_predictions(bits, split)[0]
+
+    def evaluate_with_predictions(
+        self, bits: Sequence[tuple[int, int]] | np.ndarray, split: str = "search_val"
+    ) -> tuple[Metrics, torch.Tensor]:
+        """:meth:`evaluate`, plus the top-1 class of every image (N,), for paired tests between policies."""
+        ref, labels = self.fp32(split)
+        out = self.logits(bits, split)
+        return metrics_from_logits(out, labels, ref), out.argmax(dim=1)

@@ -1,0 +1,482 @@
+"""The *runtime* layout: a policy's ONNX graph in the form onnxruntime's CPU provider executes as integer kernels.
+
+What a runtime runs fast is its own quantizer's layout, so this layout is onnxruntime's: int8 symmetric per-channel
+weights (zero point 0; 7-bit on a CPU without VNNI, as onnxruntime's quantization guide prescribes, else its u8 x s8
+kernels saturate), BatchNorm folded into its convolution, biases in int32 at scale ``s_x * s_w``, uint8
+activations whose range contains 0, a QuantizeLinear on every quantized op's output, and the SiLU, residual Add,
+Concat and pooling between quantized tensors in their QDQ forms, which onnxruntime fuses into ``QLinearConv``,
+``QLinearMatMul``, ``QGemm``, ``QLinearSigmoid``, ``QLinearMul``, ``QLinearAdd``, ``QLinearConcat``,
+``QLinearSoftmax`` and ``QLinearGlobalAveragePool``. An FP32 unit is a plain float op on float weights, with
+Quantize/DequantizeLinear only where an int8 segment begins or ends; LayerNorm always runs in float (onnxruntime
+has no integer LayerNorm on the CPU).
+
+How it is built, once per model (:class:`RuntimeGraphs`):
+
+1. the FP32 graph: the model (timm's own forward passes) with every attention's scale folded into the rows of its
+   ``qkv`` weight that make q (one float multiply fewer per attention, exact up to float rounding), traced
+   (:mod:`hysquant_rl.deploy.onnx_trace`) and pre-processed by onnxruntime's ``quant_pre_process`` (shape inference,
+   Conv+BatchNorm folding);
+2. the *template*: onnxruntime's own ``quantize_static`` of that graph (QDQ format, per-channel int8 weights, uint8
+   activations, every op but LayerNorm; the logits stay float), calibrated on the calibration split with
+   ``quant.calibrator`` (min-max, or the percentile rule); its activation ranges are cached for the oracle below.
+
+A policy's graph (:meth:`RuntimeGraphs.graph`) is then derived from the template in milliseconds: the set of nodes
+a policy quantizes (:meth:`RuntimeGraphs.quantized_nodes`: the nodes of its int8 units, and every other op whose
+float inputs are all quantized, in forward order) keeps the template's Q/DQ; every other node reads its float
+inputs back, and the Q/DQ nodes nothing reads any more are dropped. That is exactly what ``quantize_static`` with
+``nodes_to_quantize`` set to those nodes writes (the tests compare the two on random policies), at a fraction of
+its cost (about 2 s per call on this model, which a search of hundreds of policies cannot afford).
+
+Units map to graph nodes by the module scopes the exporter writes into node names (``/stages/stages.0/...``):
+a Conv2d or Linear unit is the Conv (MatMul and its bias Add; Gemm) of its module, an ``attention-qk`` unit the
+MatMul of q and k, an ``attention-pv`` unit the Softmax and the MatMul of the probabilities and v, a
+``layernorm-in`` unit its LayerNormalization (float on this runtime).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from timm.layers.attention import Attention
+from torch import nn
+
+from hysquant_rl.bits import FP32_BITS
+from hysquant_rl.deploy.onnx_trace import check, onnx_module, trace
+from hysquant_rl.deploy.ort import INPUT, has_vnni
+from hysquant_rl.errors import HySquantError
+from hysquant_rl.io import atomic_write
+
+if TYPE_CHECKING:
+    from hysquant_rl.policy import QuantPolicy
+    from hysquant_rl.units import LayerInfo
+
+log = logging.getLogger(__name__)
+
+ONNX_FILE = "model.onnx"
+LAYOUT_VERSION = 2  # bump when the rules that derive a policy's graph change: caches keyed by the layout go stale
+FLOAT_ONLY_OPS = ("LayerNormalization",)  # no integer kernel on onnxruntime's CPU provider: always float
+_Q, _DQ = "QuantizeLinear", "DequantizeLinear"
+_CALIBRATORS = {"minmax": "MinMax", "percentile": "Percentile"}  # quant.calibrator -> onnxruntime's method
+
+
+# -- the FP32 model as the runtime takes it ---------------------------------------------------------------------
+class FoldedAttention(Attention):
+    """timm's ``Attention`` with its scale folded into q's rows of ``qkv`` (:func:`fold_attention`): softmax(q k^T) v
+    written out, with no scale multiply; q/k norms, masks, gates and dropout are not supported (MobileViT has none)."""
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        B, N, _ = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        x = (q @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+        return self.proj(x.transpose(1, 2).reshape(B, N, self.attn_dim))
+
+
+def fold_attention(model: nn.Module) -> nn.Module:
+    """``model`` (modified in place) with every timm ``Attention`` a :class:`FoldedAttention`: q's rows of the qkv
+    weight and bias multiplied by the attention's scale. Raises a one-line error for an attention it cannot fold."""
+    for name, m in model.named_modules():
+        if type(m) is not Attention:
+            continue
+        plain = all(isinstance(getattr(m, a, None), nn.Identity) for a in ("q_norm", "k_norm", "norm"))
+        if not plain or getattr(m, "gate", None) is not None:
+            raise HySquantError(f"attention {name} has q/k norms or a gate: the runtime layout cannot fold its scale")
+        with torch.no_grad():
+            rows = m.attn_dim  # q's rows come first in qkv
+            m.qkv.weight[:rows] *= m.scale
+            if m.qkv.bias is not None:
+                m.qkv.bias[:rows] *= m.scale
+        m.__class__ = FoldedAttention
+    return model
+
+
+def float_graph(model: nn.Module, input_shape: Sequence[int]) -> Any:
+    """The FP32 ``ModelProto`` the runtime layout starts from: ``model`` (float, eval; copied, not changed) with its
+    attention scales folded, traced, then onnxruntime's ``quant_pre_process`` (shape inference, BatchNorm folding)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    onnx = onnx_module()
+    folded = fold_attention(copy.deepcopy(model).eval())
+    proto = trace(folded, input_shape)
+    with tempfile.TemporaryDirectory() as tmp:
+        raw, pre = Path(tmp) / "raw.onnx", Path(tmp) / "pre.onnx"
+        onnx.save(proto, str(raw))
+        quant_pre_process(str(raw), str(pre))
+        return onnx.load(str(pre))
+
+
+# -- names: graph nodes -> module paths -> units -----------------------------------------------------------------
+def module_path(node_name: str) -> str:
+    """The module a node (or tensor) name's scopes point at: ``/stages/stages.2/stages.2.1/conv_1x1/Conv`` ->
+    ``stages.2.1.conv_1x1`` (a scope that extends the one before it with ``.<child>`` names that child)."""
+    parts, prev = [], None
+    for scope in node_name.strip("/").split("/")[:-1]:
+        parts.append(scope[len(prev) + 1 :] if prev and scope.startswith(prev + ".") else scope)
+        prev = scope
+    return ".".join(parts)
+
+
+class Graph:
+    """Producer and consumer indices of one ONNX graph (names of nodes and tensors)."""
+
+    def __init__(self, graph: Any) -> None:
+        self.nodes = {n.name: n for n in graph.node}
+        self.producer = {out: n.name for n in graph.node for out in n.output}
+        self.consumers: dict[str, list[str]] = {}
+        for n in graph.node:
+            for x in n.input:
+                self.consumers.setdefault(x, []).append(n.name)
+        self.initializers = {t.name for t in graph.initializer}
+        floats = {t.name for t in graph.initializer if t.data_type == 1}
+        for v in (*graph.input, *graph.value_info, *graph.output):
+            if v.type.tensor_type.elem_type == 1:  # FLOAT
+                floats.add(v.name)
+        self.floats = floats
+
+
+def unit_nodes(proto: Any, layers: Sequence[LayerInfo]) -> list[list[str]]:
+    """For each unit (forward order), the names of the graph nodes that are that unit (see the module docstring).
+    Raises a one-line error naming a unit the graph does not show."""
+    g = Graph(proto.graph)
+    by_module: dict[str, list[Any]] = {}
+    for n in proto.graph.node:
+        by_module.setdefault(module_path(n.name), []).append(n)
+    out = []
+    for layer in layers:
+        found: list[str] = []
+        if layer.op in ("conv2d", "linear"):
+            found = [n.name for n in by_module.get(layer.name, []) if n.op_type in ("Conv", "MatMul", "Gemm", "Add")]
+        elif layer.op == "layernorm":
+            found = [n.name for n in by_module.get(layer.name, []) if n.op_type == "LayerNormalization"]
+        elif layer.op == "matmul":
+            attention, _, which = layer.name.rpartition(".")
+            nodes = by_module.get(attention, [])
+            softmax = [n for n in nodes if n.op_type == "Softmax"]
+            reads_softmax = {c for s in softmax for c in g.consumers.get(s.output[0], [])}
+            feeds_softmax = {g.producer.get(x) for s in softmax for x in s.input}
+            matmuls = [n.name for n in nodes if n.op_type == "MatMul"]
+            if which == "qk":
+                found = [m for m in matmuls if m in feeds_softmax]
+            else:
+                found = [s.name for s in softmax] + [m for m in matmuls if m in reads_softmax]
+        if not found:
+            raise HySquantError(
+                f"unit {layer.name} ({layer.kind}) has no node in the exported graph: the runtime layout knows timm's"
+                " Conv2d, Linear, Attention and LayerNorm modules; use search.space=simulated for this model"
+            )
+        out.append(found)
+    return out
+
+
+# -- calibration and the template --------------------------------------------------------------------------------
+def quantize(
+    float_path: Path,
+    out: Path,
+    ranges: Path,
+    *,
+    images: np.ndarray | None = None,
+    calibrator: str = "minmax",
+    percentile: float = 99.99,
+    nodes: Sequence[str] | None = None,
+    exclude: Sequence[str] = (),
+) -> None:
+    """onnxruntime's ``quantize_static`` of the FP32 graph at ``float_path`` into ``out``, in the runtime layout's
+    settings (QDQ, per-channel int8 weights, uint8 activations, float logits; on a CPU without VNNI, 7-bit weights:
+    :func:`hysquant_rl.deploy.ort.has_vnni`). ``images`` (N, C, H, W) calibrate the activation ranges, which are cached
+    in ``ranges`` (a later call without images reuses them); ``nodes`` limits the quantized nodes (None: every node but
+    ``exclude``)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self, x: np.ndarray) -> None:
+            self.batches = iter([{INPUT: x[i : i + 64]} for i in range(0, len(x), 64)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    if calibrator not in _CALIBRATORS:
+        raise HySquantError(
+            f"quant.calibrator={calibrator} has no onnxruntime counterpart: use minmax or percentile for"
+            " search.space=executable, or search.space=simulated"
+        )
+    options: dict[str, Any] = {"OpTypesToExcludeOutputQuantization": ["Gemm"]}  # the logits stay float
+    if calibrator == "percentile":
+        options["CalibPercentile"] = percentile
+    logging.getLogger().disabled, quiet = True, logging.getLogger().disabled  # its notes on every call
+    try:
+        quantize_static(
+            str(float_path),
+            str(out),
+            None if images is None else Reader(np.asarray(images, dtype=np.float32)),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            reduce_range=not has_vnni(),
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_quantize=list(nodes) if nodes is not None else None,
+            nodes_to_exclude=list(exclude),
+            calibrate_method=getattr(CalibrationMethod, _CALIBRATORS[calibrator]),
+            calibration_cache_path=str(ranges),
+            extra_options=options,
+        )
+    finally:
+        logging.getLogger().disabled = quiet
+
+
+class RuntimeGraphs:
+    """The runtime layout of one model (see the module docstring): its FP32 graph, the template, and any policy's
+    graph derived from them.
+
+    Args:
+        model: the FP32 model (a :class:`~hysquant_rl.quant.model.QuantModel`'s ``model`` is unwrapped first).
+        layers: its units, forward order.
+        input_shape: one image's (C, H, W).
+        calib_images: (N, C, H, W) calibration images (the calibration split).
+        calibrator, percentile: ``quant.calibrator`` and ``quant.percentile``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Sequence[LayerInfo],
+        input_shape: Sequence[int],
+        calib_images: np.ndarray,
+        calibrator: str = "minmax",
+        percentile: float = 99.99,
+    ) -> None:
+        from hysquant_rl.quant.model import float_copy
+
+        onnx = onnx_module()
+        start = time.perf_counter()
+        self.layers = list(layers)
+        self.input_shape = tuple(input_shape)
+        self.float = float_graph(float_copy(model), input_shape)
+        self.units = unit_nodes(self.float, self.layers)
+        self._tmp = tempfile.TemporaryDirectory(prefix="hysquant-runtime-")
+        tmp = Path(self._tmp.name)
+        self.float_path, self.ranges = tmp / "float.onnx", tmp / "ranges.json"
+        onnx.save(self.float, str(self.float_path))
+        self.float_only = [n.name for n in self.float.graph.node if n.op_type in FLOAT_ONLY_OPS]
+        template = tmp / "template.onnx"
+        quantize(
+            self.float_path,
+            template,
+            self.ranges,
+            images=calib_images,
+            calibrator=calibrator,
+            percentile=percentile,
+            exclude=self.float_only,
+        )
+        self.template = onnx.load(str(template))
+        self.sha256 = hashlib.sha256(f"{LAYOUT_VERSION}".encode() + self.template.SerializeToString()).hexdigest()
+        self._index()
+        # A reshape, transpose, split... quantizes its output with its input's parameters (onnxruntime shares them so
+        # that the op runs on uint8). Where a policy leaves such an op in float, the tensor it outputs is quantized by
+        # its consumer with parameters of its own: onnxruntime's, read from a second template without those ops.
+        shared = {t: q for t, q in self._q_of.items() if self._g.nodes[q].input[1] != f"{t}_scale"}
+        self._own_params: dict[str, list[Any]] = {}
+        if shared:
+            unshared = tmp / "unshared.onnx"
+            producers = sorted({self._g.producer[t] for t in shared})
+            quantize(self.float_path, unshared, self.ranges, exclude=[*self.float_only, *producers])
+            own = {t.name: t for t in onnx.load(str(unshared)).graph.initializer}
+            for t in shared:
+                names = (f"{t}_scale", f"{t}_zero_point")
+                if all(n in own for n in names):
+                    self._own_params[t] = [own[n] for n in names]
+        log.info(
+            "runtime layout: %d nodes, template of %d quantized ops, built in %.1f s",
+            len(self.float.graph.node),
+            len(self._quantizable),
+            time.perf_counter() - start,
+        )
+
+    def _index(self) -> None:
+        """What the derivation reads of the template and the FP32 graph."""
+        self._g = Graph(self.template.graph)
+        self._f = Graph(self.float.graph)
+        g = self._g
+        self._order = [n.name for n in self.float.graph.node]  # forward (topological) order
+        unit_of = {name: u for u, names in enumerate(self.units) for name in names}
+        self._unit_of = unit_of
+        # nodes the template quantizes: some input is read through a DequantizeLinear
+        self._quantizable = {
+            n for n in self._order if n in g.nodes and any(self._dequantized(x) for x in g.nodes[n].input)
+        }
+        # template tensors that are quantized activations: original tensor -> its Q node
+        self._q_of = {g.nodes[q].input[0]: q for q in g.nodes if g.nodes[q].op_type == _Q}
+        # outputs the template writes as quantized: producer's output tensor has a Q (graph outputs renamed by it)
+        self._quantized_out = set(self._q_of)
+        # a DequantizeLinear's output -> the activation tensor it dequantizes (through its QuantizeLinear)
+        self._dq_of_tensor = {
+            dq.output[0]: g.nodes[g.producer[dq.input[0]]].input[0]
+            for dq in g.nodes.values()
+            if dq.op_type == _DQ and dq.input[0] in g.producer and g.nodes[g.producer[dq.input[0]]].op_type == _Q
+        }
+
+    def _dequantized(self, tensor: str) -> bool:
+        """Whether a template tensor is the output of a DequantizeLinear."""
+        producer = self._g.producer.get(tensor)
+        return producer is not None and self._g.nodes[producer].op_type == _DQ
+
+    # -- which nodes a policy quantizes --------------------------------------------------------------------------
+    def quantized_nodes(self, bits: Sequence[tuple[int, int]] | np.ndarray) -> set[str]:
+        """The nodes of the FP32 graph a policy quantizes: the nodes of each unit at 8 bits (not FP32), and every other
+        node *between* int8 units: one the template quantizes whose float activation inputs all come out of quantized
+        nodes (forward order), and from which an int8 unit is reached through such nodes (backward order): a SiLU,
+        residual Add, Concat, pooling or reshape. An op after the last int8 unit of a segment stays float (onnxruntime
+        fuses it there, e.g. SiLU into QuickGelu and a residual Add into the LayerNorm after it)."""
+        bits = np.asarray(bits)
+        if len(bits) != len(self.units):
+            raise HySquantError(f"a policy of {len(bits)} units for a graph of {len(self.units)}")
+        int8 = {name for u, names in enumerate(self.units) if bits[u, 1] != FP32_BITS for name in names}
+        chosen: set[str] = set()
+        quantized_tensors: set[str] = set()
+        f = self._f
+        for name in self._order:
+            if name not in self._quantizable:
+                continue
+            node = f.nodes[name]
+            if name in self._unit_of:
+                take = name in int8
+            else:
+                acts = [x for x in node.input if x and x not in f.initializers and x in f.floats]
+                take = bool(acts) and all(x in quantized_tensors for x in acts)
+            if take:
+                chosen.add(name)
+                quantized_tensors.update(o for o in node.output if o in self._quantized_out)
+        leads = set(int8)  # nodes from which an int8 unit is reached through chosen non-unit nodes
+        for name in reversed(self._order):
+            if name in chosen and name not in int8:
+                readers = (c for o in f.nodes[name].output for c in f.consumers.get(o, ()))
+                if any(c in leads for c in readers):
+                    leads.add(name)
+        return chosen & leads
+
+    # -- a policy's graph ----------------------------------------------------------------------------------------
+    def graph(self, bits: Sequence[tuple[int, int]] | np.ndarray) -> Any:
+        """The ``ModelProto`` of a policy (L, 2) in the runtime layout (see the module docstring)."""
+        return self.derive(self.quantized_nodes(bits))
+
+    def derive(self, chosen: set[str]) -> Any:
+        """The template with only ``chosen`` nodes quantized (what ``quantize_static(nodes_to_quantize=chosen)``
+        writes): other nodes read their float inputs back, and Q/DQ nodes nothing reads are removed."""
+        if not chosen:
+            return copy.deepcopy(self.float)
+        g, f = self._g, self._f
+        proto = copy.deepcopy(self.template)
+        graph = proto.graph
+        dq_of_tensor = self._dq_of_tensor
+
+        def kept(tensor: str) -> bool:  # a quantized activation whose producer or some consumer is chosen
+            producer = g.producer.get(tensor)
+            if producer in chosen:
+                return True
+            dqs = g.consumers.get(g.nodes[self._q_of[tensor]].output[0], [])
+            return any(c in chosen for dq in dqs for c in g.consumers.get(g.nodes[dq].output[0], []))
+
+        produced = {out for n in graph.node if n.op_type not in (_Q, _DQ) for out in n.output}
+        initializers = {t.name: t for t in graph.initializer}
+        float_inits = {t.name: t for t in self.float.graph.initializer}
+        for node in graph.node:
+            if node.op_type in (_Q, _DQ) or node.name in chosen:
+                continue
+            original = f.nodes[node.name]
+            for i, x in enumerate(node.input):
+                if not self._dequantized(x) or (x in dq_of_tensor and kept(dq_of_tensor[x])):
+                    continue
+                restored = original.input[i]
+                if restored in float_inits and (restored in produced or restored in g.producer):
+                    alias = f"{restored}_float"  # the template reuses the name for a DequantizeLinear's output
+                    if alias not in initializers:
+                        t = graph.initializer.add()
+                        t.CopyFrom(float_inits[restored])
+                        t.name = alias
+                        initializers[alias] = t
+                    restored = alias
+                elif restored in float_inits and restored not in initializers:
+                    t = graph.initializer.add()
+                    t.CopyFrom(float_inits[restored])
+                    initializers[restored] = t
+                node.input[i] = restored
+        self._unshare(graph, chosen, kept)
+        _prune(proto)
+        _unalias(graph)
+        return proto
+
+    def _unshare(self, graph: Any, chosen: set[str], kept: Any) -> None:
+        """Give a kept quantized tensor whose producer stays float (a reshape left in float) its own parameters, as
+        onnxruntime's quantizer does (see ``_own_params``)."""
+        initializers = {t.name for t in graph.initializer}
+        for tensor, (scale, zero) in self._own_params.items():
+            if self._g.producer.get(tensor) in chosen or not kept(tensor):
+                continue
+            for t in (scale, zero):
+                if t.name not in initializers:
+                    graph.initializer.add().CopyFrom(t)
+                    initializers.add(t.name)
+            q = self._q_of[tensor]
+            for node in graph.node:
+                if node.name == q or (node.op_type == _DQ and self._dq_of_tensor.get(node.output[0]) == tensor):
+                    node.input[1], node.input[2] = scale.name, zero.name
+
+    def save(
+        self, bits: Sequence[tuple[int, int]] | np.ndarray, policy: QuantPolicy, out_dir: str | os.PathLike
+    ) -> Path:
+        """Write ``out_dir/model.onnx``: the policy's runtime graph with the policy JSON in its metadata
+        (``hysquant_policy``), checked by ``onnx.checker``; atomic."""
+        proto = self.graph(bits)
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = "hysquant_policy", json.dumps(policy.to_dict())
+        check(proto)
+        return atomic_write(Path(out_dir) / ONNX_FILE, lambda f: f.write(proto.SerializeToString()))
+
+
+def _unalias(graph: Any) -> None:
+    """A float initializer restored under ``<name>_float`` (the template's DequantizeLinear took ``<name>``) takes its
+    own name back once that DequantizeLinear is gone, as onnxruntime's quantizer leaves it."""
+    taken = {o for n in graph.node for o in n.output} | {t.name for t in graph.initializer}
+    for t in graph.initializer:
+        if t.name.endswith("_float") and t.name[: -len("_float")] not in taken:
+            alias, t.name = t.name, t.name[: -len("_float")]
+            for node in graph.node:
+                for i, x in enumerate(node.input):
+                    if x == alias:
+                        node.input[i] = t.name
+
+
+def _prune(proto: Any) -> None:
+    """Remove nodes whose outputs nothing reads (Q/DQ left behind), repeatedly, then unused initializers and
+    value_info of tensors that no longer exist."""
+    graph = proto.graph
+    outputs = {o.name for o in graph.output}
+    while True:
+        read = {x for n in graph.node for x in n.input} | outputs
+        dead = [n for n in graph.node if n.op_type in (_Q, _DQ) and not any(o in read for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            graph.node.remove(n)
+    read = {x for n in graph.node for x in n.input} | outputs
+    for t in [t for t in graph.initializer if t.name not in read]:
+        graph.initializer.remove(t)
+    alive = read | {o for n in graph.node for o in n.output}
+    for v in [v for v in graph.value_info if v.name not in alive]:
+        graph.value_info.remove(v)
