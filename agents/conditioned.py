@@ -17,8 +17,8 @@ choice (:meth:`hysquant_rl.search.problem.SearchProblem.candidates`) and ``agent
 Answering a new budget with k evaluations (:meth:`ConditionedAgent.answer`): its baseline is interpolated from the
 training budgets' (by fraction), its centre is its integer program's policy; k = 0 returns the actor's greedy policy
 fitted to the budget; k > 0 evaluates that policy and k - 1 critic picks, learning from each (the actor frozen in the
-ablation). :class:`ConditionedSearch` is ``search.method=rl-cond``; :mod:`agents.artefact` saves and loads a trained
-agent as data (tensors, arrays, JSON).
+ablation). ``search.method=rl-cond`` is :mod:`agents.conditioned_search`; :mod:`agents.artefact` saves and loads a
+trained agent as data (tensors, arrays, JSON).
 """
 
 from __future__ import annotations
@@ -26,12 +26,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from stable_baselines3.common.logger import Logger
 from tqdm import tqdm
 
 from agents.callbacks import EpisodeStore
@@ -41,11 +39,9 @@ from envs import HySquantEnv
 from hysquant_rl.errors import HySquantError, NoPolicyError
 from hysquant_rl.search.problem import SearchProblem
 from hysquant_rl.search.ranking import SCORE
-from hysquant_rl.search.recorder import Recorder
 from hysquant_rl.settings import AgentSettings, SearchSettings
 
 log = logging.getLogger(__name__)
-ARTEFACT_DIR = "agent"  # a trained agent in a run directory (agents/artefact.py)
 OnEpisode = Callable[[dict[str, Any]], None]
 
 
@@ -90,7 +86,6 @@ class ConditionedAgent:
         self.env = HySquantEnv(self.problem, condition=True)
         sigma = self.env.bits_to_action(self.search.warm_start_noise_bits)
         self.model = make_agent(self.agent, self.env, self.L, self.search.seed, local_sigma=sigma)
-        self.model.set_logger(Logger(None, []))  # SB3's train() logs; nothing is written
         self.noises = exploration_noises(self.model)
         self.store = EpisodeStore(self.env.trajectory, self.agent.normalize_reward)
         self.rng = np.random.default_rng(self.search.seed)  # candidates' draws and the budgets' order
@@ -292,43 +287,3 @@ def train_agent(
     agent = ConditionedAgent(search, problem, search.agent)
     agent.train(budgets, episodes)
     return agent
-
-
-class ConditionedSearch:
-    """``search.method=rl-cond``: the budget-conditioned agent answers the run's budget with
-    ``search.transfer.evaluations`` PTQ evaluations. It is loaded from ``search.transfer.agent``, or trained first
-    over ``search.transfer.train`` (ratios of ``budget.reference`` for the run's one budget) and saved as ``agent/``
-    in the run directory. Training episodes are not the run's episodes (they answer other budgets): the recorder
-    sees the answer's."""
-
-    def __init__(self, search: SearchSettings, problem: SearchProblem, recorder: Recorder, out: Path) -> None:
-        self.search, self.problem, self.recorder, self.out = search, problem, recorder, out
-        self.agent: ConditionedAgent | None = None
-
-    def _agent(self) -> ConditionedAgent:
-        from agents.artefact import load_agent, save_agent
-
-        t = self.search.transfer
-        if t.agent is not None:
-            return load_agent(Path(t.agent), self.search, self.problem)
-        (key,) = self.problem.limits
-        agent = train_agent(
-            self.search, self.problem, [{key: r * self.problem.reference[key]} for r in t.train], t.episodes
-        )
-        save_agent(agent, self.out / ARTEFACT_DIR)
-        log.info(
-            "the trained agent is in %s (search.transfer.agent=%s answers with it)",
-            self.out / ARTEFACT_DIR,
-            self.out / ARTEFACT_DIR,
-        )
-        return agent
-
-    def run(self, limits: dict[str, float], round_index: int = 0) -> np.ndarray | None:
-        if self.agent is None:
-            self.agent = self._agent()
-        t = self.search.transfer
-        greedy, _ = self.agent.answer(limits, t.evaluations, self.recorder.record, t.freeze_actor)
-        self.problem.limits = dict(limits)
-        if t.evaluations == 0:
-            return greedy
-        return self.recorder.best_within(limits)

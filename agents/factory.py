@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from scipy.stats import truncnorm
 from stable_baselines3 import DDPG, SAC, TD3
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.noise import ActionNoise, VectorizedActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
@@ -90,7 +91,6 @@ def make_agent(
     env: gym.Env | VecEnv,
     steps_per_episode: int,
     seed: int,
-    tensorboard_log: str | None = None,
     local_sigma: float | None = None,
 ) -> OffPolicyAlgorithm:
     """The SB3 agent named ``agent.name`` with its hyperparameters (``conf/agent/<name>.yaml``); updates run once
@@ -117,7 +117,6 @@ def make_agent(
         seed=seed,
         device="cpu",
         verbose=0,
-        tensorboard_log=tensorboard_log,
     )
     if name != "sac":
         n = int(np.prod(env.action_space.shape))
@@ -129,6 +128,7 @@ def make_agent(
             kwargs["action_noise"] = vectorized = VectorizedActionNoise(noises[0], n_envs)
             vectorized.noises = noises  # SB3 copies one noise n times: the same draws in every environment
     model = AGENTS[name]("MlpPolicy", env, **kwargs)
+    model.set_logger(Logger(None, []))  # SB3's own logger would make a folder in /tmp per run; ours is TensorBoard
     model.actor_lr_ratio = agent.actor_learning_rate / agent.learning_rate
     if local_sigma is not None:
         last = [m for m in model.actor.mu.modules() if isinstance(m, torch.nn.Linear)][-1]

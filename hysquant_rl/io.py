@@ -129,7 +129,8 @@ def load_error(e: BaseException) -> str:
     torch's advice to load it with ``weights_only=False`` (which runs whatever the file holds)."""
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     if type(e).__name__ == "UnpicklingError":
-        reason = next((line for line in lines if line.startswith(("Trying to load", "Unsupported"))), "")
+        found = (line[line.find(k) :] for line in lines for k in ("Trying to load", "Unsupported") if k in line)
+        reason = next(found, "")  # after torch's "WeightsUnpickler error: " where it writes one
         if "GLOBAL" in reason or "global" in reason:
             return f"it holds Python objects, not only tensors ({reason.rstrip('.')}); they are never loaded"
         return f"not a file of tensors ({reason.rstrip('.') or 'unreadable pickle'})"

@@ -35,8 +35,8 @@ PLAN = [
     "~bench.methods.local",  # local search and ilp-refine have their own tests; left out to keep this run short
     "~bench.methods.ilp-refine",
     "~bench.seeds_per_method.local",
-    "+bench.methods.random=[search.method=random]",  # out of the default plan (time), in the bench's code
-    "+bench.methods.rl-plain=[search.method=rl,search.warm_start=false]",
+    "+bench.methods.random=['search.method=random']",  # out of the default plan (time), in the bench's code
+    "+bench.methods.rl-plain=['search.method=rl','search.warm_start=false']",
     "agent.warmup_episodes=1",
     "agent.gradient_steps=2",
     "bench.throughput.repeats=1",
@@ -484,8 +484,8 @@ def test_verdict():
 
 def test_plan_format():
     cfg = compose_config("bench")
-    assert regime_budgets(cfg.bench.plans.full) == [(1, [("energy", 0.08)]), (64, [("latency", 0.2)])]
-    assert regime_budgets(cfg.bench.plans.quick) == [(64, [("latency", 0.2)])]
+    assert regime_budgets(cfg.bench.plans.full) == [(1, [("energy", 0.07)]), (64, [("latency", 0.16)])]
+    assert regime_budgets(cfg.bench.plans.quick) == [(64, [("latency", 0.16)])]
     assert cfg.data.search_val_size == 2000
 
 

@@ -32,7 +32,7 @@ def make_method(search: SearchSettings, *args: Any) -> Any:
 
         return RLSearch(search, *args)
     if search.method == TRANSFER_METHOD:
-        from agents.conditioned import ConditionedSearch
+        from agents.conditioned_search import ConditionedSearch
 
         return ConditionedSearch(search, *args)
     return BASELINES[search.method](search, *args)
