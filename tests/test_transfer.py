@@ -22,7 +22,7 @@ from hysquant_rl.errors import HySquantError
 from hysquant_rl.lut.prune import box_mask
 from hysquant_rl.search.baselines import LocalSearch
 from hysquant_rl.search.problem import policy_key
-from hysquant_rl.search.surrogate import Surrogate, SurrogateSearch, evaluated
+from hysquant_rl.search.surrogate import MIN_BETA, Surrogate, SurrogateSearch, evaluated, trust_region
 from tests.conftest import search_settings
 from tests.test_controls import BITS, Log, brute_force, misjudged, synthetic
 
@@ -272,6 +272,28 @@ def test_the_surrogate_answers_where_the_lut_misjudges():
     assert log.history[0]["bits"].tolist() == optimum.tolist() and len(p.cache) == 4
     policies, values = evaluated(p.cache)
     assert sorted(values.tolist()) == sorted(true(b) for b in policies)
+
+
+def test_the_surrogates_answer_stays_in_the_agents_box():
+    """trust_region by hand; and a surrogate that lost a unit's sensitivity (beta 0.05: its data never moved that unit)
+    answers within offset_range grid steps of the ILP's policy, where left free it sends that unit to its fewest
+    bits."""
+    box = trust_region(np.ones((2, GRID, GRID), dtype=bool), np.array([[8, 8], [4, 32]]), 1)
+    assert np.argwhere(box[0].any(axis=1)).ravel().tolist() == [5, 6, 7]  # w: 7, 8, FP32
+    assert np.argwhere(box[1].any(axis=1)).ravel().tolist() == [1, 2, 3]  # w: 3, 4, 5
+    assert np.argwhere(box[1].any(axis=0)).ravel().tolist() == [6, 7]  # a: 8, FP32
+    assert box.sum() == 3 * 3 + 3 * 2
+    p, true = problem(30.0)
+    p = dataclasses.replace(p, offset_range=1)
+    seen = np.stack([p.ilp()] * 3)
+    climb = SurrogateSearch(SEARCH, p, Log(), Path("unused"), (seen, np.array([true(b) for b in seen])), screen=8)
+    beta = np.ones(6)
+    beta[5] = MIN_BETA
+    climb.surrogate = dataclasses.replace(climb.surrogate, beta=beta)
+    centre, free = p.ilp(), p.ilp(climb.surrogate.grid())
+    assert free[5, 0] == 3 and abs(to_index(centre[5]) - to_index(free[5])).max() > 1
+    answer = climb.initial()
+    assert np.abs(to_index(answer) - to_index(centre)).max() <= 1 and answer[:, 0].sum() <= 30
 
 
 def test_local_search_from_a_given_policy():

@@ -20,7 +20,8 @@ ARMS = {
     "ilp": "the integer program over the LUT's KL column (no evaluation)",
     "local": "local search from the ILP policy with k evaluations",
     "nearest": "the best policy found for the nearest training budget, fitted to the budget, then local search",
-    "surrogate": "the ILP over the LUT recalibrated on the training evaluations, then local search screened by it",
+    "surrogate": "the ILP over the LUT recalibrated on the training evaluations (within the agent's action box"
+    " around the ILP's policy), then local search screened by it",
     "rl": "the budget-conditioned agent: its greedy policy, then its critic's picks, learning as it goes",
     "rl-frozen": "the same with its actor frozen after training (the ablation)",
 }

@@ -167,12 +167,19 @@ class SearchProblem:
         evaluated (its excess is penalised)."""
         return self.budget_mode != "project" or all(within(self.totals(bits), self.limits).values())
 
-    def ilp(self, proxy: np.ndarray | None = None, limits: dict[str, float] | None = None) -> np.ndarray | None:
+    def ilp(
+        self,
+        proxy: np.ndarray | None = None,
+        limits: dict[str, float] | None = None,
+        mask: np.ndarray | None = None,
+    ) -> np.ndarray | None:
         """The integer program's policy (L, 2) over the LUT's ``proxy`` (default: the problem's) within ``limits``
-        (default: the budgets in force), boundaries included; None when no policy fits."""
+        (default: the budgets in force) among the pairs of ``mask`` (L, GRID, GRID) (default: the problem's),
+        boundaries included; None when no policy fits."""
         proxy = self.proxy if proxy is None else proxy
         layer_limits = self.layer_limits(limits)
-        bits = solve_ilp(proxy, self.mask, self.costs, layer_limits, boundaries=self.boundaries)
+        mask = self.mask if mask is None else mask
+        bits = solve_ilp(proxy, mask, self.costs, layer_limits, boundaries=self.boundaries)
         return None if bits is None else self.canonical(bits)
 
     def candidates(

@@ -94,12 +94,12 @@ def finish(
     for kind in dict.fromkeys(layer.kind for layer in pipe.layers):
         where = np.array([layer.kind == kind for layer in pipe.layers])
         weighted = pipe.layers[int(np.argmax(where))].weighted
-        quantized = where & (best[:, 1] != FP32_BITS)  # mean bits over the kind's quantized units
+        int_w, int_a = (where & (best[:, i] != FP32_BITS) for i in (0, 1))  # means over the integer operands
         by_kind[kind] = {
             "units": int(where.sum()),
-            "fp32_units": int((where & ~quantized).sum()),
-            "mean_w_bits": float(best[quantized, 0].mean()) if weighted and quantized.any() else None,
-            "mean_a_bits": float(best[quantized, 1].mean()) if quantized.any() else None,
+            "fp32_units": int((where & ~(int_w & int_a)).sum()),  # either operand in float
+            "mean_w_bits": float(best[int_w, 0].mean()) if weighted and int_w.any() else None,
+            "mean_a_bits": float(best[int_a, 1].mean()) if int_a.any() else None,
         }
     summary = {
         "model": pipe.spec.to_dict(),
@@ -163,7 +163,8 @@ def summary_markdown(s: dict[str, Any]) -> str:
     if "best_policy_by_kind" in s:
         lines += [
             "",
-            "Best policy by unit kind (mean bits of its quantized units; activation-only units have no weight):",
+            "Best policy by unit kind (at FP32: units with either operand in float; mean bits over the integer"
+            " operands; activation-only units have no weight):",
         ]
         lines += ["", "| kind | units | at FP32 | w bits | a bits |", "|---|---|---|---|---|"]
         for kind, k in s["best_policy_by_kind"].items():

@@ -11,6 +11,13 @@ grid that ends with "no correction at all" (an infinite penalty), and clipped to
 recalibrated grid keeps the proxy's order within a unit (fewer bits never look better). It sees what the evaluations
 say about each unit in the context of whole policies (a unit that matters more, or less, than alone); it cannot see
 interactions between units, which is what an RL critic might. Torch-free.
+
+The fit is trusted only where its data are: evaluations near the integer program's policies (the agent explores
+``search.offset_range`` grid steps around them) say little about a unit far from those bits, and an integer program
+over the recalibrated proxy left free exploits exactly those errors (a unit whose factor fell towards
+:data:`MIN_BETA` is sent to its fewest bits; in the bench's first transfer run that cost 19 to 28 points of test
+top-1). So its answer is solved within :func:`trust_region`: the same box around the ILP's policy that the agent's
+actions span.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hysquant_rl.bits import grid_at
+from hysquant_rl.bits import GRID, grid_at, to_index
 from hysquant_rl.search.baselines import LocalSearch
 from hysquant_rl.search.problem import SearchProblem, policy_key
 
@@ -31,6 +38,15 @@ if TYPE_CHECKING:
 
 MIN_BETA = 0.05  # a unit's recalibration factor never falls below this
 RELATIVE_PENALTIES = (*(10.0**e for e in range(-4, 3)), np.inf)  # ridge penalties / mean squared singular value
+
+
+def trust_region(mask: np.ndarray, centre: np.ndarray, steps: int) -> np.ndarray:
+    """``mask`` (L, GRID, GRID) narrowed to the pairs within ``steps`` grid steps of ``centre`` (L, 2) on each operand
+    (the box the warm-started agent's offsets span; ``envs/hysquant_env.py``)."""
+    idx, axis = to_index(centre), np.arange(GRID)
+    w_ok = np.abs(axis[None, :] - idx[:, :1]) <= steps  # (L, GRID)
+    a_ok = np.abs(axis[None, :] - idx[:, 1:]) <= steps
+    return mask & w_ok[:, :, None] & a_ok[:, None, :]
 
 
 def evaluated(cache: dict[bytes, dict[str, float]]) -> tuple[np.ndarray, np.ndarray]:
@@ -93,7 +109,8 @@ class Surrogate:
 
 class SurrogateSearch(LocalSearch):
     """The hill climber of ``local`` (:class:`~hysquant_rl.search.baselines.LocalSearch`) screened by a surrogate:
-    it starts from the integer program over the surrogate's recalibrated proxy (fitted to the budgets), and each next
+    it starts from the integer program over the surrogate's recalibrated proxy (fitted to the budgets) within
+    :func:`trust_region` of the plain integer program's policy (``search.offset_range`` steps), and each next
     episode evaluates, of ``screen`` new mutants of the incumbent, the one the surrogate predicts best, the surrogate
     refitted first on ``seen`` (the evaluations it was trained on: policies (N, L, 2), KL (N,)) and this search's own
     evaluations. With no evaluation, :meth:`initial` is its answer."""
@@ -112,7 +129,11 @@ class SurrogateSearch(LocalSearch):
         self.surrogate = Surrogate.fit(problem.proxy, *seen)
 
     def initial(self) -> np.ndarray | None:
-        bits = self.problem.ilp(self.surrogate.grid())
+        centre = self.problem.ilp()
+        if centre is None:
+            return None
+        box = trust_region(self.problem.mask, centre, self.problem.offset_range)
+        bits = self.problem.ilp(self.surrogate.grid(), mask=box)
         return None if bits is None else self.problem.fitted(bits)
 
     def propose(self, incumbent: np.ndarray) -> np.ndarray:
