@@ -9,7 +9,7 @@
    The fixed time per kernel: chains of 50 and 400 tiny ``Add`` nodes, the slope. The Q/DQ rate: a
    ``QuantizeLinear`` and a ``DequantizeLinear`` over 4M floats, elements per second per kernel.
 2. Fitted on the embedded Fashion-MNIST model's exported graph, timed at uniform FP32, W8A8 and W8A32 at batch 1
-   and 64 (:class:`hysquant_rl.deploy.timing.OnnxRuntimeCheck`): ``view_overhead_s`` (each reshape or
+   and 64 (:class:`hysquant_rl.deploy.timing.RuntimeCheck`): ``view_overhead_s`` (each reshape or
    transpose is a node with its shape arithmetic), ``dequantized_weight_speed`` (a float convolution on weights
    dequantized on each run is not pre-packed) and ``compute_efficiency`` (the fraction of the matmul peak the model's
    small kernels reach), least squares of log(modelled / measured).
@@ -34,7 +34,7 @@ import numpy as np
 from hysquant_rl.apps import compose_config, plain
 from hysquant_rl.bits import FP32_BITS, parse_uniform
 from hysquant_rl.deploy import graph_of, ort
-from hysquant_rl.deploy.timing import Measurement, OnnxRuntimeCheck, cv, run_times
+from hysquant_rl.deploy.timing import Measurement, RuntimeCheck, cv, run_times
 from hysquant_rl.hardware import CostModel, load_profile
 from hysquant_rl.hardware.profile import Timing, runtime_version
 from hysquant_rl.io import atomic_write, save_json
@@ -187,7 +187,7 @@ def fit(pipe, threads: int, overrides: list[str]) -> tuple[dict[str, float], str
     points = []
     for batch in (1, 64):
         cost = CostModel(pipe.layers, pipe.matmuls, profile, batch, pipe.cost.other)
-        timer = OnnxRuntimeCheck(graph_of(pipe), pipe.data.input_shape, cost, Timing(threads=threads), "simulated")
+        timer = RuntimeCheck(graph_of(pipe), pipe.data.input_shape, cost, Timing(threads=threads), "simulated")
         named = {spec: np.array([parse_uniform(spec)] * len(pipe.layers)) for spec in FIT_POLICIES}
         for spec, m in interleaved(timer, named).items():
             points.append((batch, named[spec], m.latency_s))
@@ -225,7 +225,7 @@ def policies(pipe, seed: int) -> dict[str, np.ndarray]:
     return out
 
 
-def interleaved(timer: OnnxRuntimeCheck, named: dict[str, np.ndarray], rounds: int = 5, runs: int = 10) -> dict:
+def interleaved(timer: RuntimeCheck, named: dict[str, np.ndarray], rounds: int = 5, runs: int = 10) -> dict:
     """Measurements of every policy, its runs spread over ``rounds`` round-robin passes of ``runs`` runs each, so
     that a slow spell of the machine falls on all policies alike."""
     sessions = {name: timer.open(bits) for name, bits in named.items()}
@@ -244,7 +244,7 @@ def check(run, pipe, threads: int) -> dict:
     rows = []
     for batch in (1, 64):
         cost = CostModel(pipe.layers, pipe.matmuls, profile, batch, pipe.cost.other)
-        timer = OnnxRuntimeCheck(graph_of(pipe), pipe.data.input_shape, cost, Timing(threads=threads), "simulated")
+        timer = RuntimeCheck(graph_of(pipe), pipe.data.input_shape, cost, Timing(threads=threads), "simulated")
         named = policies(pipe, run.seed)
         for name, m in interleaved(timer, named).items():
             modelled = cost.policy_cost(named[name]).latency_s

@@ -19,8 +19,18 @@ synthetic image folder: FP32, ``quantize_static`` int8, our W8A8 and the fastest
 
 Part 3: a latency budget below every executable policy is refused before any search, with the fastest policy measured.
 
-Writes ``benchmarks/results/deployment.md`` and ``deployment.json``; every figure is measured on this machine, which the
-report names.
+    .venv/bin/python benchmarks/deployment.py --runtime openvino   # the same on OpenVINO (about 25 min)
+
+With ``--runtime openvino`` parts 1 and 2 run on ``hardware.backend=openvino`` (OpenVINO's layout, choices, per-unit
+latency, accuracy and timing) and the anchors are NNCF's own int8 of the same FP32 graph (``nncf.quantize`` on the
+same calibration images, default and ``model_type=TRANSFORMER``: what a user would pick instead), with onnxruntime's
+FP32 beside them; the budgets are the fastest policy the latency model finds (x 1.005) and midway between it and FP32.
+The round trip runs each file on OpenVINO's integer kernels against onnxruntime running its Q/DQ nodes as float ops
+(the file's fake-quant semantics). The compiled models' runtime precisions and the CPU's capabilities (bf16 or not)
+are reported.
+
+Writes ``benchmarks/results/deployment.md`` and ``deployment.json`` (``deployment-openvino.*`` with ``--runtime
+openvino``); every figure is measured on this machine, which the report names.
 """
 
 from __future__ import annotations
@@ -41,7 +51,7 @@ from scipy.stats import spearmanr
 from hysquant_rl.apps import compose_config, plain
 from hysquant_rl.apps.search import run_search
 from hysquant_rl.bits import FP32_BITS
-from hysquant_rl.deploy import ort
+from hysquant_rl.deploy import ort, runtimes
 from hysquant_rl.deploy.timing import run_times
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.io import atomic_write, save_json
@@ -53,6 +63,13 @@ from hysquant_rl.settings import RunSettings, SearchSettings
 RESULTS = Path(__file__).parent / "results"
 METHODS = (("ilp-kl", ["search.method=ilp"]), ("local", ["search.method=local"]), ("rl", []))
 log = logging.getLogger("deployment")
+Model = tuple[str, Any]  # (runtime name, a serialised ONNX graph or an OpenVINO model)
+
+
+def open_session(model: Model, threads: int) -> Any:
+    """A session of ``model`` on its runtime (onnxruntime's with every graph optimisation, OpenVINO's CPU plugin)."""
+    runtime, graph = model
+    return runtimes.get(runtime).session(graph, threads)
 
 
 # -- what is timed -------------------------------------------------------------------------------------------------
@@ -89,11 +106,38 @@ def quantize_static_anchor(pipe: Pipeline, out: Path) -> bytes:
     return path.read_bytes()
 
 
-def side_by_side(models: dict[str, bytes], shape: tuple[int, ...], batch: int, rounds: int, runs: int) -> dict:
+def nncf_anchors(pipe: Pipeline) -> dict[str, Model]:
+    """NNCF's own int8 of the pipeline's FP32 graph as OpenVINO reads it, calibrated on the same images as ours
+    (batches of 64): its default preset and ``model_type=TRANSFORMER``."""
+    import nncf
+
+    from hysquant_rl.deploy import openvino
+
+    images = np.concatenate([x.numpy() for x, _ in pipe.data.calib.batches(64)]).astype(np.float32)
+    dataset = nncf.Dataset([images[i : i + 64] for i in range(0, len(images), 64)])
+    graph = pipe.graphs.float.SerializeToString()
+    return {
+        "NNCF int8 (default)": ("openvino", nncf.quantize(openvino.read(graph), dataset)),
+        "NNCF int8 (transformer)": (
+            "openvino",
+            nncf.quantize(openvino.read(graph), dataset, model_type=nncf.ModelType.TRANSFORMER),
+        ),
+    }
+
+
+def anchors(pipe: Pipeline, runtime: str, work: Path) -> dict[str, Model]:
+    """What a user would run instead: the runtime's own quantizer's int8 (onnxruntime: ``quantize_static``; OpenVINO:
+    NNCF, and onnxruntime's FP32 for the speed of the two runtimes)."""
+    if runtime == "onnxruntime":
+        return {"quantize_static int8": ("onnxruntime", quantize_static_anchor(pipe, work))}
+    return {**nncf_anchors(pipe), "onnxruntime FP32": ("onnxruntime", pipe.graphs.float.SerializeToString())}
+
+
+def side_by_side(models: dict[str, Model], shape: tuple[int, ...], batch: int, rounds: int, runs: int) -> dict:
     """Median seconds per run of each model at ``batch`` images on 1 thread: ``rounds`` interleaved rounds of ``runs``
     runs each (the median of the round medians), so that a slow spell of the machine falls on every model alike."""
     feed = {ort.INPUT: np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)}
-    sessions = {k: ort.session(v, 1) for k, v in models.items()}
+    sessions = {k: open_session(v, 1) for k, v in models.items()}
     medians: dict[str, list[float]] = {k: [] for k in models}
     for r in range(rounds):
         for k, sess in sessions.items():
@@ -101,9 +145,9 @@ def side_by_side(models: dict[str, bytes], shape: tuple[int, ...], batch: int, r
     return {k: {"latency_s": statistics.median(v), "rounds": v} for k, v in medians.items()}
 
 
-def test_top1(pipe: Pipeline, model: bytes) -> float:
-    """Top-1 [%] of a graph on the test split, run by onnxruntime."""
-    sess = ort.session(model, ort_threads())
+def test_top1(pipe: Pipeline, model: Model) -> float:
+    """Top-1 [%] of a model on the test split, run by its runtime."""
+    sess = open_session(model, ort_threads())
     x, y = pipe.data.test.x.numpy(), pipe.data.test.y.numpy()
     return float(100.0 * (ort.logits(sess, x).argmax(1) == y).mean())
 
@@ -120,17 +164,29 @@ def settings(overrides: list[str]) -> tuple[RunSettings, SearchSettings]:
     return RunSettings.from_mapping(cfg), SearchSettings.from_mapping(cfg)
 
 
+def budget_ratios(args: argparse.Namespace, pipe: Pipeline) -> dict[str, float]:
+    """The latency budgets (x FP32) the searches run at. onnxruntime: the latency the model gives uniform W8A8, and
+    ``--tighter`` times that. OpenVINO, where int8 is not faster than FP32 everywhere: the fastest policy the model
+    finds (x 1.005), and midway between it and FP32."""
+    from hysquant_rl.search.budget import cheapest
+
+    fp32 = pipe.cost.uniform_cost(32, 32).latency_s
+    if args.runtime == "onnxruntime":
+        int8_ratio = pipe.cost.policy_cost(pipe.uniform((8, 8))).latency_s / fp32
+        return {"int8": round(int8_ratio, 4), "tighter": round(args.tighter * int8_ratio, 4)}
+    fastest = pipe.cost.policy_cost(cheapest(pipe.cost, pipe_mask(pipe), "latency_ms")).latency_s / fp32
+    return {"midway": round((1 + fastest) / 2, 4), "fastest": round(1.005 * fastest, 4)}
+
+
 def part1(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    base = ["data=fashion_mnist", "hardware=cpu", "hardware.backend=onnxruntime", "hardware.batch_size=64"]
+    base = ["data=fashion_mnist", "hardware=cpu", f"hardware.backend={args.runtime}", "hardware.batch_size=64"]
     base += ["budget=latency", "search.max_rounds=2"]
     run, _ = settings(base)
     start = time.perf_counter()
     pipe = build(run)
     lut = build_lut(run, pipe)
     n = len(pipe.layers)
-    # the budgets: the latency the model gives uniform W8A8 (x FP32's), and --tighter times that
-    int8_ratio = pipe.cost.policy_cost(pipe.uniform((8, 8))).latency_s / pipe.cost.uniform_cost(32, 32).latency_s
-    ratios = {"int8": round(int8_ratio, 4), "tighter": round(args.tighter * int8_ratio, 4)}
+    ratios = budget_ratios(args, pipe)
     found: dict[str, np.ndarray] = {}
     searches = {}
     for (budget, ratio), (method, extra) in itertools.product(ratios.items(), METHODS):
@@ -160,8 +216,11 @@ def part1(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         mix = pipe.uniform((8, 8))
         mix[rng.random(n) < f] = FP32_BITS
         policies[f"random {int(100 * f)} % FP32"] = mix
-    models = {k: pipe.graphs.graph(b).SerializeToString() for k, b in policies.items()}
-    models["quantize_static int8"] = quantize_static_anchor(pipe, work)
+    models: dict[str, Model] = {
+        k: (args.runtime, pipe.graphs.graph(b).SerializeToString()) for k, b in policies.items()
+    }
+    anchor = anchors(pipe, args.runtime, work)
+    models.update(anchor)
     accuracy = {k: test_top1(pipe, m) for k, m in models.items() if not k.startswith("random")}
     timing, prediction = {}, {}
     for batch in (1, 64) if not args.quick else (64,):
@@ -169,9 +228,14 @@ def part1(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         table = pipe.cost.table if batch == pipe.cost.batch_size else unit_table(run, pipe, batch)
         prediction[batch] = predict(table, policies, timing[batch])
     rl = next((b for k, b in found.items() if k.startswith("rl")), policies["W8A8 (ours)"])
-    roundtrip = {"RL policy": round_trip(pipe, rl), "W8A8 (ours)": round_trip(pipe, policies["W8A8 (ours)"])}
+    roundtrip = {
+        "RL policy": round_trip(pipe, rl, args.runtime),
+        "W8A8 (ours)": round_trip(pipe, policies["W8A8 (ours)"], args.runtime),
+    }
     return {
-        "machine": ort.machine(),
+        "machine": ort.machine(args.runtime),
+        "anchors": list(anchor),
+        "precisions": precisions(models) if args.runtime == "openvino" else None,
         "model": pipe.spec.to_dict(),
         "ratios": ratios,
         "searches": searches,
@@ -187,11 +251,24 @@ def part1(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     }
 
 
+def precisions(models: dict[str, Model]) -> dict[str, Any]:
+    """What OpenVINO's CPU plugin runs each OpenVINO model's compute layers in, and what the CPU offers (bf16 or
+    not): {"capabilities": [...], model: {layer type: {precision: count}}}."""
+    from hysquant_rl.deploy import openvino
+
+    out: dict[str, Any] = {"capabilities": list(openvino._core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))}
+    for name, (runtime, graph) in models.items():
+        if runtime == "openvino" and not name.startswith("random"):
+            out[name] = openvino.precisions(graph)
+    return out
+
+
 def unit_table(run: RunSettings, pipe: Pipeline, batch: int):
     from hysquant_rl.deploy.unit_latency import cached
 
     int8 = np.array([any(a == 8 for _, a in run.hardware.executable(layer.kind)) for layer in pipe.layers])
-    return cached(pipe.graphs, int8, batch, run.hardware.timing, run.cache_dir)
+    runtime = runtimes.get(run.hardware.runtime)
+    return cached(pipe.graphs, int8, batch, run.hardware.timing, run.cache_dir, runtime)
 
 
 def predict(table, policies: dict[str, np.ndarray], timing: dict) -> dict[str, Any]:
@@ -206,14 +283,15 @@ def predict(table, policies: dict[str, np.ndarray], timing: dict) -> dict[str, A
     }
 
 
-def round_trip(pipe: Pipeline, bits: np.ndarray) -> dict[str, Any]:
-    """The policy's file three ways on the test split: integer kernels, Q/DQ as float ops, the reference evaluator."""
+def round_trip(pipe: Pipeline, bits: np.ndarray, runtime: str = "onnxruntime") -> dict[str, Any]:
+    """The policy's file three ways on the test split: the runtime's integer kernels, Q/DQ as float ops (onnxruntime
+    running every node as written: the file's fake-quant semantics), the reference evaluator."""
     from onnx import version_converter
     from onnx.reference import ReferenceEvaluator
 
     proto = pipe.graphs.graph(bits)
     x, y = pipe.data.test.x.numpy(), pipe.data.test.y.numpy()
-    fused = ort.logits(ort.session(proto.SerializeToString(), ort_threads()), x)
+    fused = ort.logits(open_session((runtime, proto.SerializeToString()), ort_threads()), x)
     plain_ = ort.logits(ort.session(proto.SerializeToString(), ort_threads(), optimize=False), x)
     sample = x[:64]
     reference = ReferenceEvaluator(version_converter.convert_version(proto, 21)).run(None, {ort.INPUT: sample})[0]
@@ -255,6 +333,7 @@ def random_weights(path: Path, classes: int = 2) -> Path:
 
 
 def part2(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """timm mobilevit_xxs at 256 px on the runtime: FP32, the anchors, our W8A8 and the fastest policy found."""
     root = synthetic_folder(work / "images")
     weights = random_weights(work / "mobilevit_xxs_random.pt")
     out = {}
@@ -272,6 +351,7 @@ def part2(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "data.test_size=16",
             "data.workers=0",
             "hardware=cpu",
+            f"hardware.backend={args.runtime}",
             f"hardware.batch_size={batch}",
         ]
         run, _ = settings(overrides)
@@ -281,8 +361,10 @@ def part2(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
         fastest = cheapest(pipe.cost, pipe_mask(pipe), "latency_ms")
         policies = {"FP32": np.full((n, 2), FP32_BITS), "W8A8 (ours)": pipe.uniform((8, 8)), "fastest found": fastest}
-        models = {k: pipe.graphs.graph(b).SerializeToString() for k, b in policies.items()}
-        models["quantize_static int8"] = quantize_static_anchor(pipe, work)
+        models: dict[str, Model] = {
+            k: (args.runtime, pipe.graphs.graph(b).SerializeToString()) for k, b in policies.items()
+        }
+        models.update(anchors(pipe, args.runtime, work))
         timing = side_by_side(models, pipe.data.input_shape, batch, args.rounds, 20 if batch == 1 else 5)
         out[batch] = {
             "timing": timing,
@@ -318,22 +400,34 @@ def ms(x: float) -> str:
 def markdown(r: dict[str, Any], command: str) -> str:
     p1 = r["part1"]
     m = p1["machine"]
+    runtime = r.get("runtime", "onnxruntime")
+    quantizer = {"onnxruntime": "onnxruntime's own quantizer", "openvino": "NNCF, OpenVINO's own quantizer"}[runtime]
+    budgets = {
+        "onnxruntime": "uniform W8A8's latency, and tighter",
+        "openvino": "midway between FP32 and the fastest policy, and the fastest policy (x 1.005)",
+    }[runtime]
+    anchor = [a for a in p1.get("anchors", ["quantize_static int8"]) if "FP32" not in a]
     lines = [
-        "# Deployment on this CPU: what the search returns, side by side with onnxruntime's own quantizer",
+        f"# Deployment on this CPU ({runtime}): what the search returns, side by side with {quantizer}",
         "",
-        f"Measured on {m['cpu']} ({m['logical_cpus']} logical CPUs), {m['runtime']}, 1 intra-op thread, interleaved"
+        f"Measured on {m['cpu']} ({m['logical_cpus']} logical CPUs), {m['runtime']}, 1 thread, interleaved"
         f" rounds, medians; `.venv/bin/python {command}` ({r['wall_s'] / 60:.1f} min).",
         "",
         "## Embedded Fashion-MNIST model (32 px), searches at batch 64",
         "",
-        f"Budgets (x FP32, the latency model's): {json.dumps(p1['ratios'])}: uniform W8A8's latency, and tighter.",
+        f"Budgets (x FP32, the latency model's): {json.dumps(p1['ratios'])}: {budgets}.",
         "",
     ]
     batches = sorted(p1["timing"], key=int)
     fp32 = {b: p1["timing"][b]["FP32"]["latency_s"] for b in batches}
-    qs = {b: p1["timing"][b]["quantize_static int8"]["latency_s"] for b in batches}
-    head = " | ".join(f"batch {b}: ms (CV of rounds) | x FP32 | x quantize_static" for b in batches)
-    lines += [f"| policy | FP32 units | test top-1 | {head} |", "|---|---|---|" + "---|---|---|" * len(batches)]
+    ref = {b: {a: p1["timing"][b][a]["latency_s"] for a in anchor} for b in batches}
+    head = " | ".join(
+        f"batch {b}: ms (CV of rounds) | x FP32 | " + " | ".join(f"x {a}" for a in anchor) for b in batches
+    )
+    lines += [
+        f"| policy | FP32 units | test top-1 | {head} |",
+        "|---|---|---|" + ("---|" * (2 + len(anchor))) * len(batches),
+    ]
     for name in p1["timing"][batches[0]]:
         if name.startswith("random"):
             continue
@@ -342,8 +436,15 @@ def markdown(r: dict[str, Any], command: str) -> str:
         for b in batches:
             t, rounds = p1["timing"][b][name]["latency_s"], p1["timing"][b][name]["rounds"]
             spread = statistics.stdev(rounds) / statistics.fmean(rounds)
-            cells.append(f"{ms(t)} ({spread:.2f}) | {fp32[b] / t:.3f} | {qs[b] / t:.3f}")
+            versus = " | ".join(f"{ref[b][a] / t:.3f}" for a in anchor)
+            cells.append(f"{ms(t)} ({spread:.2f}) | {fp32[b] / t:.3f} | {versus}")
         lines.append(f"| {name} | {units} | {p1['test_top1'][name]:.2f} | {' | '.join(cells)} |")
+    if p1.get("precisions"):
+        pr = p1["precisions"]
+        lines += ["", f"CPU capabilities OpenVINO reports: {', '.join(pr['capabilities'])}. Runtime precisions of the"]
+        lines += ["compiled models' compute layers (layer type: {precision: count}):", ""]
+        lines += ["| model | precisions |", "|---|---|"]
+        lines += [f"| {k} | {json.dumps(v)} |" for k, v in pr.items() if k != "capabilities"]
     lines += ["", "The searches (the speed-up is the feedback loop's own timing of the found policy against FP32):", ""]
     lines += ["| search | budget (x FP32) | episodes | wall (s) | rounds | measured speed-up |"]
     lines += ["|---|---|---|---|---|---|"]
@@ -360,9 +461,10 @@ def markdown(r: dict[str, Any], command: str) -> str:
     for b in batches:
         pr = p1["prediction"][b]
         lines.append(f"| {b} | {pr['n']} | {pr['spearman']:.3f} | {100 * pr['mape']:.1f} % |")
-    lines += ["", "Round trip on the test split: each file's integer kernels against the same graph with its Q/DQ"]
+    lines += ["", f"Round trip on the test split: each file's integer kernels on {runtime} against the same graph"]
     lines += [
-        "run as float ops (onnxruntime without graph optimisation), and onnx's reference evaluator on the first images:"
+        "with its Q/DQ run as float ops (onnxruntime without graph optimisation), and onnx's reference evaluator on the"
+        " first images:"
     ]
     lines += ["", "| file | images | integer top-1 | float-ops top-1 | argmax agreement | largest logit difference |"]
     lines[-1] += " reference: largest difference to float ops | reference: agreement with integer |"
@@ -387,7 +489,8 @@ def markdown(r: dict[str, Any], command: str) -> str:
             lines.append(
                 f"| {b} | (fastest found keeps {part['fastest_fp32_units']} of {part['units']} units FP32) | | | |"
             )
-    lines += ["", f"A latency budget of 0.3x FP32 at batch 64: `{r['part3']}`"]
+    if "part3" in r:
+        lines += ["", f"A latency budget of 0.3x FP32 at batch 64: `{r['part3']}`"]
     return "\n".join(lines) + "\n"
 
 
@@ -397,20 +500,28 @@ def main() -> None:
     parser.add_argument("--tighter", type=float, default=0.95, help="the second budget, x the first (uniform W8A8's)")
     parser.add_argument("--episodes", type=int, default=None, help="episodes of local and rl (default 60, quick 12)")
     parser.add_argument("--rounds", type=int, default=9, help="interleaved timing rounds")
-    parser.add_argument("--out", type=Path, default=RESULTS / "deployment.md")
+    parser.add_argument("--runtime", choices=("onnxruntime", "openvino"), default="onnxruntime")
+    parser.add_argument("--out", type=Path, default=None, help="default benchmarks/results/deployment[-openvino].md")
     args = parser.parse_args()
+    args.out = args.out or RESULTS / ("deployment.md" if args.runtime == "onnxruntime" else "deployment-openvino.md")
     args.episodes = args.episodes or (12 if args.quick else 60)
     logging.basicConfig(level=logging.WARNING)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        result: dict[str, Any] = {"part1": part1(args, work)}
+        result: dict[str, Any] = {"runtime": args.runtime, "part1": part1(args, work)}
         save_json(result, args.out.with_suffix(".json"))  # what is measured so far survives a failure below
         if not args.quick:
             result["part2"] = part2(args, work)
-        result["part3"] = part3(work)
+            save_json(result, args.out.with_suffix(".json"))
+        if args.runtime == "onnxruntime":
+            result["part3"] = part3(work)
     result["wall_s"] = time.perf_counter() - start
-    command = " ".join(["benchmarks/deployment.py", *(["--quick"] if args.quick else [])])
+    flags = [
+        *(["--quick"] if args.quick else []),
+        *(["--runtime", args.runtime] if args.runtime != "onnxruntime" else []),
+    ]
+    command = " ".join(["benchmarks/deployment.py", *flags])
     save_json(result, args.out.with_suffix(".json"))
     text = markdown(result, command)
     atomic_write(args.out, lambda f: f.write(text.encode()))

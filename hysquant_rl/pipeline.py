@@ -153,18 +153,19 @@ def build(run: RunSettings) -> Pipeline:
     evaluator: Evaluator | RuntimeEvaluator = Evaluator(qmodel, data, run.eval.batch_size)
     cost = CostModel(layers, matmuls, run.hardware, other=other)
     graphs = None
-    if run.space == "executable" and run.hardware.runtime == "onnxruntime":
-        from hysquant_rl.deploy import unit_latency
+    if run.space == "executable" and run.hardware.runtime is not None:
+        from hysquant_rl.deploy import runtimes, unit_latency
         from hysquant_rl.deploy.runtime_eval import RuntimeEvaluator
         from hysquant_rl.deploy.runtime_graph import RuntimeGraphs
 
+        runtime = runtimes.get(run.hardware.runtime)
         calib = torch.cat([x for x, _ in data.calib.batches(run.eval.batch_size)]).numpy()
-        graphs = RuntimeGraphs(model, layers, data.input_shape, calib, q.calibrator, q.percentile)
-        evaluator = RuntimeEvaluator(graphs, data, run.eval.batch_size, run.threads or default_threads())
+        graphs = RuntimeGraphs(model, layers, data.input_shape, calib, q.calibrator, q.percentile, runtime.layout)
+        evaluator = RuntimeEvaluator(graphs, data, run.eval.batch_size, run.threads or default_threads(), runtime)
         # the latency a search prices with: each unit's, measured on this runtime (cached per machine)
         int8 = np.array([any(a == 8 for _, a in run.hardware.executable(layer.kind)) for layer in layers])
         timing = run.hardware.timing
-        table = unit_latency.cached(graphs, int8, cost.batch_size, timing, run.cache_dir)
+        table = unit_latency.cached(graphs, int8, cost.batch_size, timing, run.cache_dir, runtime)
         cost = unit_latency.RuntimeCostModel(layers, matmuls, run.hardware, table, other)
     elif run.hardware.measured_on is not None:
         log.warning(

@@ -359,12 +359,14 @@ class RunSettings:
     ray: RaySettings
     export_onnx: bool = False  # export.onnx: also write model.onnx (a QDQ graph onnxruntime runs)
     space: str = "simulated"  # search.space resolved: executable (the runtime's choices) | simulated (2..8 and FP32)
+    export_openvino: bool = False  # export.openvino: also write OpenVINO's model.xml/.bin (runtime openvino only)
 
     @classmethod
     def from_mapping(cls, c: Mapping[str, Any]) -> RunSettings:
         threads = c.get("threads")
         _workers(c["lut"]["workers"], "lut.workers", c)  # before any work: Ray workers this machine can run
         hardware = load_profile(c["hardware"])
+        space = resolve_space(c.get("search", {}).get("space", "auto"), hardware, c["quant"])
         return cls(
             seed=_integer(c["seed"], "seed"),
             threads=None if threads is None else _integer(threads, "threads", 1),
@@ -377,8 +379,21 @@ class RunSettings:
             lut=LUTSettings.from_mapping(c["lut"], c["prune"]),
             ray=RaySettings.from_mapping(c["ray"]),
             export_onnx=_flag(c.get("export", {}).get("onnx", False), "export.onnx"),
-            space=resolve_space(c.get("search", {}).get("space", "auto"), hardware, c["quant"]),
+            space=space,
+            export_openvino=_openvino_export(c.get("export", {}).get("openvino", False), hardware, space),
         )
+
+
+def _openvino_export(value: Any, profile: DeviceProfile, space: str) -> bool:
+    """``export.openvino``: allowed where the model written is OpenVINO's layout (the executable space of a profile
+    whose runtime is openvino): another layout would be a file OpenVINO runs slowly or wrongly."""
+    wanted = _flag(value, "export.openvino")
+    if wanted and (space != "executable" or profile.runtime != "openvino"):
+        raise HySquantError(
+            "export.openvino=true writes OpenVINO's layout, which only a search on OpenVINO produces: add"
+            " hardware=cpu hardware.backend=openvino (search.space=auto or executable)"
+        )
+    return wanted
 
 
 def resolve_space(value: Any, profile: DeviceProfile, quant: Mapping[str, Any]) -> str:

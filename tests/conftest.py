@@ -15,6 +15,15 @@ import pytest
 from hysquant_rl.apps import compose_config, plain
 from hysquant_rl.settings import RunSettings, SearchSettings
 
+try:  # openvino imports absl.logging, whose handler keeps the sys.stderr of that moment (a pytest capture file here);
+    # a Hydra app's logging set-up closes every handler, and absl's closes its stream unless it is the sys.stderr of
+    # that later moment: in a test, pytest's capture file. Given the process's own stderr, it never closes it.
+    import absl.logging
+
+    absl.logging.get_absl_handler().python_handler.stream = sys.__stderr__
+except ImportError:
+    pass
+
 
 def run_settings(app: str = "search", overrides: list[str] | None = None) -> RunSettings:
     """The :class:`RunSettings` an app resolves from ``conf/<app>.yaml`` with ``overrides``."""

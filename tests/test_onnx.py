@@ -141,10 +141,10 @@ def onnx_logits(path, images, batch_size=256):
 
 
 def _check(pipe, **timing):
-    from hysquant_rl.deploy.timing import OnnxRuntimeCheck
+    from hysquant_rl.deploy.timing import RuntimeCheck
     from hysquant_rl.hardware.profile import Timing
 
-    return OnnxRuntimeCheck(
+    return RuntimeCheck(
         graph_of(pipe), pipe.data.input_shape, pipe.cost, Timing(**{"pause_s": 0.01, **timing}), "simulated"
     )
 
@@ -191,16 +191,18 @@ def test_onnxruntime_backend_refuses_an_unsteady_timing(digits_pipeline):
         _check(digits_pipeline, repeats=30, warmup=1, max_cv=1e-9).measure([(8, 8)] * len(digits_pipeline.layers))
 
 
-def test_onnxruntime_backend_without_onnxruntime(monkeypatch, tmp_path, run_here):
-    """A missing onnxruntime is one error line naming the fix, before any search work, and nothing is written."""
+@pytest.mark.parametrize("runtime, fix", [("onnxruntime", "pip install onnx"), ("openvino", "pip install openvino")])
+def test_a_runtime_backend_without_its_runtime(monkeypatch, tmp_path, run_here, runtime, fix):
+    """A missing runtime (onnxruntime, or OpenVINO, an optional extra) is one error line naming the fix, before any
+    search work, and nothing is written."""
     import sys
 
     from hysquant_rl.apps.search import main as search_main
     from tests.conftest import assert_one_error_line
 
-    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed: `import onnxruntime` fails
-    proc = run_here(search_main, "hardware=cpu", "hardware.backend=onnxruntime", tmp_path=tmp_path)
-    assert_one_error_line(proc, r"hardware.backend=onnxruntime needs onnxruntime: pip install onnx onnxruntime")
+    monkeypatch.setitem(sys.modules, runtime, None)  # as if not installed: `import <runtime>` fails
+    proc = run_here(search_main, "hardware=cpu", f"hardware.backend={runtime}", tmp_path=tmp_path)
+    assert_one_error_line(proc, rf"hardware.runtime={runtime} needs {runtime}, which is not installed: {fix}")
     assert not (tmp_path / "best_policy.json").exists() and not (tmp_path / "summary.md").exists()
 
 

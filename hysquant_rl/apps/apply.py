@@ -72,8 +72,8 @@ def format_metrics(label: str, metrics: dict[str, Any]) -> str:
 def apply_policy(run: RunSettings, spec: str, out: Path) -> QuantPolicy:
     """Evaluate the policy ``spec`` on search-val and test; write ``policy.json`` (with those metrics) and the
     quantized model (:func:`hysquant_rl.search.summary.export`: the runtime's ``model.onnx`` in the executable
-    space; the fake-quantized checkpoint and the integer weights, and the simulated QDQ graph with ``export.onnx``,
-    in the simulated one) into ``out``."""
+    space, and OpenVINO's ``model.xml``/``.bin`` with ``export.openvino``; the fake-quantized checkpoint and the
+    integer weights, and the simulated QDQ graph with ``export.onnx``, in the simulated one) into ``out``."""
     from hysquant_rl.search.summary import export
 
     parse_uniform(spec)  # a malformed spec fails before minutes of model and data preparation
@@ -87,9 +87,9 @@ def apply_policy(run: RunSettings, spec: str, out: Path) -> QuantPolicy:
     log.info(format_metrics("FP32", fp32))
     log.info(format_metrics(spec if parse_uniform(spec) else "policy", policy.metrics["apply"]))
     policy.save(out / "policy.json")
-    paths = export(pipe, policy, out, run.export_onnx)
+    paths = export(pipe, policy, out, run.export_onnx, run.export_openvino)
     check = make_check(pipe)
-    if isinstance(check, TimedCheck):  # hardware.backend=onnxruntime: is it really faster?
+    if isinstance(check, TimedCheck):  # hardware.backend=onnxruntime or openvino: is it really faster?
         fp32 = [(FP32_BITS, FP32_BITS)] * len(pipe.layers)
         fp32_ms, policy_ms = (1e3 * check.measure(b).latency_s for b in (fp32, policy.bits()))
         log.info(

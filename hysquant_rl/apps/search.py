@@ -84,7 +84,7 @@ def run_search(run: RunSettings, search: SearchSettings, out: Path, pipe: Any = 
     finally:
         if executor is not None:
             executor.close()
-    summary = finish(search, pipe, result, out, start, export_onnx=run.export_onnx)
+    summary = finish(search, pipe, result, out, start, run.export_onnx, run.export_openvino)
     if result.unchecked is not None:  # everything is written; the exit status says the check is missing
         raise type(result.unchecked)(
             f"{result.unchecked} -- the search's results are written to {out} without the hardware check"

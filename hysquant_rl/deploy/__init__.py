@@ -3,13 +3,15 @@
 * :mod:`~hysquant_rl.deploy.checkpoints`: PyTorch files of a quantized model (fake-quant and integer weights) in the
   paper's simulation, which reload to the same logits.
 * :mod:`~hysquant_rl.deploy.simulated_onnx`: the paper's quantization as an ONNX QDQ graph, for any bit-widths.
-* :mod:`~hysquant_rl.deploy.runtime_graph`: the *runtime* layout, the graph onnxruntime's CPU provider executes as
-  integer kernels (onnxruntime's own quantizer's layout), derived per policy in milliseconds;
+* :mod:`~hysquant_rl.deploy.runtime_graph`: the *runtime* layout, the graph a runtime executes as integer kernels
+  (onnxruntime's own quantizer's layout, or NNCF's placement for OpenVINO), derived per policy in milliseconds;
   :mod:`~hysquant_rl.deploy.runtime_eval` evaluates a policy's accuracy on it.
-* :mod:`~hysquant_rl.deploy.timing`: a policy's graph timed on this CPU (backend ``onnxruntime``);
+* :mod:`~hysquant_rl.deploy.timing`: a policy's graph timed on this CPU (backends ``onnxruntime``, ``openvino``);
   :mod:`~hysquant_rl.deploy.unit_latency`: per-unit latency measured on the runtime, cached per machine;
   :mod:`~hysquant_rl.deploy.cuda`: kernels timed on a local CUDA GPU (backend ``measured``).
-* :mod:`~hysquant_rl.deploy.ort`: onnxruntime sessions and the identity of the machine a figure was measured on.
+* :mod:`~hysquant_rl.deploy.runtimes`: the registry of runtimes; :mod:`~hysquant_rl.deploy.ort` (onnxruntime, and the
+  identity of the machine a figure was measured on) and :mod:`~hysquant_rl.deploy.openvino` (OpenVINO's CPU plugin,
+  and its own model files).
 
 Pricing (:mod:`hysquant_rl.hardware`) never imports this package: a cost model is numbers, a runtime is here.
 :func:`make_check` picks what a policy is checked on, for a pipeline: a :class:`Check`.
@@ -53,19 +55,24 @@ class TimedCheck(Check, Protocol):
 def make_check(pipe: Pipeline) -> Check:
     """What a policy of ``pipe`` is checked on, by its profile's ``backend``: ``modelled``: the pipeline's own cost
     model; ``measured``: kernels timed on the local CUDA GPU (:class:`~hysquant_rl.deploy.cuda.MeasuredCostModel`);
-    ``onnxruntime``: the policy's graph timed on this CPU (:class:`~hysquant_rl.deploy.timing.OnnxRuntimeCheck`), in
-    the runtime layout in the executable space and in the paper's layout in the simulated one."""
+    ``onnxruntime`` or ``openvino``: the policy's graph timed on this CPU by that runtime
+    (:class:`~hysquant_rl.deploy.timing.RuntimeCheck`), in the runtime's layout in the executable space and in the
+    paper's layout in the simulated one."""
+    from hysquant_rl.hardware.profile import RUNTIMES
+
     profile = pipe.cost.profile
     if profile.backend == "measured":
         from hysquant_rl.deploy.cuda import MeasuredCostModel
 
         return MeasuredCostModel(pipe.layers, pipe.matmuls, profile, other=pipe.cost.other)
-    if profile.backend != "onnxruntime":
+    if profile.backend not in RUNTIMES:
         return pipe.cost
-    from hysquant_rl.deploy.timing import OnnxRuntimeCheck
+    from hysquant_rl.deploy.runtimes import get
+    from hysquant_rl.deploy.timing import RuntimeCheck
 
     space = "executable" if pipe.graphs is not None else "simulated"
-    return OnnxRuntimeCheck(graph_of(pipe), pipe.data.input_shape, pipe.cost, profile.timing, space)
+    runtime = get(profile.backend)
+    return RuntimeCheck(graph_of(pipe), pipe.data.input_shape, pipe.cost, profile.timing, space, runtime=runtime)
 
 
 def graph_of(pipe: Pipeline) -> Callable[[np.ndarray], bytes]:

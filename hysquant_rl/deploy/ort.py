@@ -1,16 +1,20 @@
-"""onnxruntime, the one runtime this project runs models on: sessions on its CPU provider, batched logits, and the
-identity of the machine a measurement was made on.
+"""onnxruntime: sessions on its CPU provider, batched logits, its per-node profiler, and the identity of the machine a
+measurement was made on (for every runtime: :mod:`hysquant_rl.deploy.runtimes`).
 
 A runtime measurement (a latency, a per-unit latency table) is only valid on the machine and runtime that made it:
-:func:`machine` names both (CPU model, logical CPUs, onnxruntime version), and every cache of measurements is keyed
-by it, so that constants measured on one machine are never used silently on another.
+:func:`machine` names both (CPU model, logical CPUs, the runtime and its version), and every cache of measurements is
+keyed by it, so that constants measured on one machine are never used silently on another.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
+import statistics
+import tempfile
+from collections import defaultdict
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -56,6 +60,24 @@ def session(model: str | os.PathLike | bytes, threads: int = 1, optimize: bool =
         ) from None
 
 
+def profile_nodes(model: bytes, feed: dict[str, np.ndarray], threads: int, runs: int) -> dict[str, tuple[str, float]]:
+    """(op type, median seconds) of each node of ``model`` over ``runs`` profiled runs (after 5 unprofiled ones)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        sess = session(model, threads, profile=str(Path(tmp) / "profile"))
+        for _ in range(runs + 5):
+            sess.run(None, feed)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    times: dict[str, list[float]] = defaultdict(list)
+    ops: dict[str, str] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            name = e["name"][: -len("_kernel_time")]
+            times[name].append(e["dur"] / 1e6)
+            ops[name] = e.get("args", {}).get("op_name", "")
+    # the first 5 runs warm caches: drop each node's first 5 events
+    return {name: (ops[name], statistics.median(t[5:] or t)) for name, t in times.items()}
+
+
 def logits(sess: Any, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Logits (N, classes) float32 of ``images`` (N, C, H, W) from an onnxruntime session, in batches."""
     images = np.asarray(images, dtype=np.float32)
@@ -92,14 +114,14 @@ def has_vnni() -> bool:
     return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
-def machine() -> dict[str, Any]:
-    """What a runtime measurement depends on besides the model: CPU model, logical CPUs, whether it has VNNI,
+def machine(runtime: str = "onnxruntime") -> dict[str, Any]:
+    """What a measurement on ``runtime`` depends on besides the model: CPU model, logical CPUs, whether it has VNNI,
     runtime and version."""
-    return {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "vnni": has_vnni(), "runtime": runtime_version()}
+    return {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "vnni": has_vnni(), "runtime": runtime_version(runtime)}
 
 
-def machine_key() -> str:
-    """A short, file-name-safe key of :func:`machine` (caches of measurements are kept per machine)."""
-    m = machine()
+def machine_key(runtime: str = "onnxruntime") -> str:
+    """A short, file-name-safe key of :func:`machine` (caches of measurements are kept per machine and runtime)."""
+    m = machine(runtime)
     text = f"{m['cpu']}|{m['logical_cpus']}|{m['vnni']}|{m['runtime']}"
     return hashlib.sha256(text.encode()).hexdigest()[:12]

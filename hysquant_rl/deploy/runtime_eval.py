@@ -1,5 +1,6 @@
 """Accuracy of a policy as the runtime computes it: its runtime-layout graph (:mod:`hysquant_rl.deploy.runtime_graph`)
-run by onnxruntime over a split, compared with the FP32 graph's logits on the same runtime.
+run by the runtime (onnxruntime or OpenVINO: :mod:`hysquant_rl.deploy.runtimes`) over a split, compared with the FP32
+graph's logits on the same runtime.
 
 In the executable search space this replaces the PyTorch fake quantization (:class:`hysquant_rl.evaluate.Evaluator`,
 the paper's simulation, whose quantization points are not the runtime's): the accuracy a search optimises is the
@@ -17,23 +18,32 @@ from hysquant_rl.bits import FP32_BITS
 from hysquant_rl.data import DataSplits
 from hysquant_rl.deploy import ort
 from hysquant_rl.deploy.runtime_graph import RuntimeGraphs
+from hysquant_rl.deploy.runtimes import Runtime, get
 from hysquant_rl.evaluate import Metrics, metrics_from_logits
 
 
 class RuntimeEvaluator:
-    """Evaluates policies (L, 2) on the splits of one data set with onnxruntime on ``threads`` intra-op threads, the
-    interface of :class:`hysquant_rl.evaluate.Evaluator`. FP32 logits of each split are computed once."""
+    """Evaluates policies (L, 2) on the splits of one data set with ``runtime`` (default onnxruntime) on ``threads``
+    threads, the interface of :class:`hysquant_rl.evaluate.Evaluator`. FP32 logits of each split are computed once."""
 
     replayable = False  # the LUT build's FP32-prefix replay is a PyTorch shortcut: not for the runtime
 
-    def __init__(self, graphs: RuntimeGraphs, data: DataSplits, batch_size: int = 256, threads: int = 1) -> None:
+    def __init__(
+        self,
+        graphs: RuntimeGraphs,
+        data: DataSplits,
+        batch_size: int = 256,
+        threads: int = 1,
+        runtime: Runtime | None = None,
+    ) -> None:
         self.graphs, self.data, self.batch_size, self.threads = graphs, data, batch_size, threads
+        self.runtime = runtime or get("onnxruntime")
         self._fp32: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.evaluations = 0  # quantized graphs run over a split
 
     def _run(self, proto_bytes: bytes, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         part = self.data.split(split)
-        sess = ort.session(proto_bytes, self.threads)
+        sess = self.runtime.session(proto_bytes, self.threads)
         outs, labels = [], []
         for x, y in part.batches(self.batch_size):
             outs.append(ort.logits(sess, x.numpy(), self.batch_size))
@@ -54,7 +64,7 @@ class RuntimeEvaluator:
         return self._run(self.graphs.graph(bits).SerializeToString(), split)[0]
 
     def evaluate(self, bits: Sequence[tuple[int, int]] | np.ndarray, split: str = "search_val") -> Metrics:
-        """Top-1, top-5, KL to FP32 and loss of ``bits`` on ``split``, as onnxruntime computes them."""
+        """Top-1, top-5, KL to FP32 and loss of ``bits`` on ``split``, as the runtime computes them."""
         return self.evaluate_with_predictions(bits, split)[0]
 
     def evaluate_with_predictions(

@@ -1,6 +1,15 @@
-"""The *runtime* layout: a policy's ONNX graph in the form onnxruntime's CPU provider executes as integer kernels.
+"""The *runtime* layout: a policy's ONNX graph in the form a runtime executes as integer kernels.
 
-What a runtime runs fast is its own quantizer's layout, so this layout is onnxruntime's: int8 symmetric per-channel
+What a runtime runs fast is its own quantizer's layout. There are two (``layout``), one per runtime
+(:mod:`hysquant_rl.deploy.runtimes`):
+
+* ``openvino``: NNCF's placement, which OpenVINO's CPU plugin runs as u8 x i8 kernels: a QuantizeLinear/
+  DequantizeLinear pair on each activation input of a quantized Conv, MatMul or Gemm (OpenVINO's FakeQuantize),
+  int8 symmetric per-channel weights behind a DequantizeLinear (7-bit on a CPU without VNNI: OpenVINO's u8 x s8
+  kernels saturate there too, as NNCF's overflow fix says), BatchNorm folded, nothing on their outputs (OpenVINO
+  fuses the requantization into the kernel before the next quantized unit); every other op stays float. Built by the
+  same ``quantize_static`` as below, limited to those op types with their outputs left unquantized.
+* ``onnxruntime`` (described from here on), onnxruntime's own: int8 symmetric per-channel
 weights (zero point 0; 7-bit on a CPU without VNNI, as onnxruntime's quantization guide prescribes, else its u8 x s8
 kernels saturate), BatchNorm folded into its convolution, biases in int32 at scale ``s_x * s_w``, uint8
 activations whose range contains 0, a QuantizeLinear on every quantized op's output, and the SiLU, residual Add,
@@ -65,6 +74,7 @@ log = logging.getLogger(__name__)
 
 ONNX_FILE = "model.onnx"
 LAYOUT_VERSION = 2  # bump when the rules that derive a policy's graph change: caches keyed by the layout go stale
+LAYOUTS = ("onnxruntime", "openvino")  # one per runtime (hysquant_rl/deploy/runtimes.py)
 FLOAT_ONLY_OPS = ("LayerNormalization",)  # no integer kernel on onnxruntime's CPU provider: always float
 _Q, _DQ = "QuantizeLinear", "DequantizeLinear"
 _CALIBRATORS = {"minmax": "MinMax", "percentile": "Percentile"}  # quant.calibrator -> onnxruntime's method
@@ -190,12 +200,13 @@ def quantize(
     percentile: float = 99.99,
     nodes: Sequence[str] | None = None,
     exclude: Sequence[str] = (),
+    layout: str = "onnxruntime",
 ) -> None:
     """onnxruntime's ``quantize_static`` of the FP32 graph at ``float_path`` into ``out``, in the runtime layout's
-    settings (QDQ, per-channel int8 weights, uint8 activations, float logits; on a CPU without VNNI, 7-bit weights:
-    :func:`hysquant_rl.deploy.ort.has_vnni`). ``images`` (N, C, H, W) calibrate the activation ranges, which are cached
-    in ``ranges`` (a later call without images reuses them); ``nodes`` limits the quantized nodes (None: every node but
-    ``exclude``)."""
+    settings (QDQ, per-channel int8 weights, uint8 activations, float logits; on a CPU without VNNI, 7-bit weights,
+    :func:`hysquant_rl.deploy.ort.has_vnni`; ``openvino``: only Conv, MatMul and Gemm, their outputs float).
+    ``images`` (N, C, H, W) calibrate the activation ranges, which are cached in ``ranges`` (a later call without
+    images reuses them); ``nodes`` limits the quantized nodes (None: every node but ``exclude``)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -216,7 +227,13 @@ def quantize(
             f"quant.calibrator={calibrator} has no onnxruntime counterpart: use minmax or percentile for"
             " search.space=executable, or search.space=simulated"
         )
+    if layout not in LAYOUTS:
+        raise HySquantError(f"unknown runtime layout {layout!r}: use one of {', '.join(LAYOUTS)}")
     options: dict[str, Any] = {"OpTypesToExcludeOutputQuantization": ["Gemm"]}  # the logits stay float
+    op_types = None
+    if layout == "openvino":
+        op_types = ["Conv", "MatMul", "Gemm"]
+        options["OpTypesToExcludeOutputQuantization"] = op_types
     if calibrator == "percentile":
         options["CalibPercentile"] = percentile
     logging.getLogger().disabled, quiet = True, logging.getLogger().disabled  # its notes on every call
@@ -230,6 +247,7 @@ def quantize(
             reduce_range=not has_vnni(),
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
+            op_types_to_quantize=op_types,
             nodes_to_quantize=list(nodes) if nodes is not None else None,
             nodes_to_exclude=list(exclude),
             calibrate_method=getattr(CalibrationMethod, _CALIBRATORS[calibrator]),
@@ -250,6 +268,7 @@ class RuntimeGraphs:
         input_shape: one image's (C, H, W).
         calib_images: (N, C, H, W) calibration images (the calibration split).
         calibrator, percentile: ``quant.calibrator`` and ``quant.percentile``.
+        layout: ``onnxruntime`` or ``openvino`` (the runtime's: see the module docstring).
     """
 
     def __init__(
@@ -260,11 +279,13 @@ class RuntimeGraphs:
         calib_images: np.ndarray,
         calibrator: str = "minmax",
         percentile: float = 99.99,
+        layout: str = "onnxruntime",
     ) -> None:
         from hysquant_rl.quant.model import float_copy
 
         onnx = onnx_module()
         start = time.perf_counter()
+        self.layout = layout
         self.layers = list(layers)
         self.input_shape = tuple(input_shape)
         self.float = float_graph(float_copy(model), input_shape)
@@ -283,9 +304,11 @@ class RuntimeGraphs:
             calibrator=calibrator,
             percentile=percentile,
             exclude=self.float_only,
+            layout=layout,
         )
         self.template = onnx.load(str(template))
-        self.sha256 = hashlib.sha256(f"{LAYOUT_VERSION}".encode() + self.template.SerializeToString()).hexdigest()
+        identity = f"{LAYOUT_VERSION}:{layout}".encode()
+        self.sha256 = hashlib.sha256(identity + self.template.SerializeToString()).hexdigest()
         self._index()
         # A reshape, transpose, split... quantizes its output with its input's parameters (onnxruntime shares them so
         # that the op runs on uint8). Where a policy leaves such an op in float, the tensor it outputs is quantized by
@@ -295,14 +318,15 @@ class RuntimeGraphs:
         if shared:
             unshared = tmp / "unshared.onnx"
             producers = sorted({self._g.producer[t] for t in shared})
-            quantize(self.float_path, unshared, self.ranges, exclude=[*self.float_only, *producers])
+            quantize(self.float_path, unshared, self.ranges, exclude=[*self.float_only, *producers], layout=layout)
             own = {t.name: t for t in onnx.load(str(unshared)).graph.initializer}
             for t in shared:
                 names = (f"{t}_scale", f"{t}_zero_point")
                 if all(n in own for n in names):
                     self._own_params[t] = [own[n] for n in names]
         log.info(
-            "runtime layout: %d nodes, template of %d quantized ops, built in %.1f s",
+            "%s runtime layout: %d nodes, template of %d quantized ops, built in %.1f s",
+            layout,
             len(self.float.graph.node),
             len(self._quantizable),
             time.perf_counter() - start,

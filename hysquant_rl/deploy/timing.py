@@ -1,9 +1,11 @@
-"""Backend ``onnxruntime``: a policy's latency measured by timing, on this machine's CPU, the graph a user deploys.
+"""Backends ``onnxruntime`` and ``openvino``: a policy's latency measured by timing, on this machine's CPU, the graph a
+user deploys.
 
-:class:`OnnxRuntimeCheck` gets a policy's graph (in the executable space its runtime layout,
+:class:`RuntimeCheck` gets a policy's graph (in the executable space its runtime's layout,
 :mod:`hysquant_rl.deploy.runtime_graph`; in the simulated space the paper's layout,
-:mod:`hysquant_rl.deploy.simulated_onnx`), opens it in onnxruntime's CPU provider on ``timing.threads`` intra-op
-threads (every graph optimisation on), feeds a fixed random batch of the cost model's batch size, runs it
+:mod:`hysquant_rl.deploy.simulated_onnx`), opens it in the runtime (:mod:`hysquant_rl.deploy.runtimes`:
+onnxruntime's CPU provider with every graph optimisation on, or OpenVINO's CPU plugin) on ``timing.threads``
+threads, feeds a fixed random batch of the cost model's batch size, runs it
 ``timing.warmup`` times untimed, then ``timing.repeats`` times timed one by one (``time.perf_counter``). The latency
 is the median; the coefficient of variation (stdev / mean) says how steady the machine was.
 
@@ -31,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from hysquant_rl.deploy import ort
+from hysquant_rl.deploy.runtimes import Runtime, get
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.hardware.cost import CostModel, PolicyCost
 from hysquant_rl.hardware.profile import Timing
@@ -82,14 +85,14 @@ def cv(times: Sequence[float]) -> float:
     return statistics.stdev(times) / statistics.fmean(times)
 
 
-class OnnxRuntimeCheck:
-    """Latency of a policy measured on this machine's CPU by onnxruntime; the rest from ``cost`` (the cost model).
+class RuntimeCheck:
+    """Latency of a policy measured on this machine's CPU by a runtime (default onnxruntime); the rest from ``cost``
+    (the cost model). ``backend`` is the runtime's name.
 
     ``graph_of(bits)`` gives a policy's serialised ONNX graph (the file the user deploys), ``input_shape`` is one
     image's (C, H, W), ``space`` names the layout (``executable``: the runtime's; ``simulated``: the paper's).
     """
 
-    backend = "onnxruntime"
     measured = True
 
     def __init__(
@@ -100,8 +103,11 @@ class OnnxRuntimeCheck:
         timing: Timing,
         space: str,
         seed: int = 0,
+        runtime: Runtime | None = None,
     ) -> None:
-        self.runtime = ort.runtime_version()
+        self.engine = runtime or get("onnxruntime")
+        self.backend = self.engine.name
+        self.runtime = self.engine.version()
         self.graph_of, self.cost, self.timing, self.space = graph_of, cost, timing, space
         self.device = f"{ort.cpu_model()} ({self.runtime}, {space} layout)"
         self.batch_size = cost.batch_size
@@ -111,8 +117,8 @@ class OnnxRuntimeCheck:
         self.measurements: dict[bytes, Measurement] = {}
 
     def open(self, bits: np.ndarray | Sequence[tuple[int, int]]) -> Any:
-        """An onnxruntime session of the policy's graph on ``timing.threads`` threads."""
-        return ort.session(self.graph_of(np.asarray(bits, dtype=np.int64)), self.timing.threads)
+        """A session of the policy's graph on the runtime, on ``timing.threads`` threads."""
+        return self.engine.session(self.graph_of(np.asarray(bits, dtype=np.int64)), self.timing.threads)
 
     def measure(self, bits: np.ndarray | Sequence[tuple[int, int]]) -> Measurement:
         """The policy's :class:`Measurement` (cached by its bits); :class:`UnsteadyTiming` when the machine stays too
@@ -127,7 +133,8 @@ class OnnxRuntimeCheck:
             while steadiness > t.max_cv and attempts < t.attempts:
                 pause = t.pause_s * 2 ** (attempts - 1)
                 log.warning(
-                    "onnxruntime timing unsteady (CV %.3f > hardware.timing.max_cv %s): timing again in %g s",
+                    "%s timing unsteady (CV %.3f > hardware.timing.max_cv %s): timing again in %g s",
+                    self.backend,
                     steadiness,
                     t.max_cv,
                     pause,
@@ -138,7 +145,7 @@ class OnnxRuntimeCheck:
                 steadiness = cv(sorted(times)[: len(times) // 2])  # the fastest half: runs a neighbour slowed
             if steadiness > t.max_cv:
                 raise UnsteadyTiming(
-                    f"onnxruntime timing too unsteady: CV {steadiness:.3f} > hardware.timing.max_cv {t.max_cv} after"
+                    f"{self.backend} timing too unsteady: CV {steadiness:.3f} > hardware.timing.max_cv {t.max_cv} after"
                     f" {attempts} attempts of {t.repeats} runs; stop other jobs on this machine or raise"
                     " hardware.timing.max_cv"
                 )
@@ -153,7 +160,7 @@ class OnnxRuntimeCheck:
         return self.measurements[key]
 
     def policy_cost(self, bits: np.ndarray | Sequence[tuple[int, int]]) -> PolicyCost:
-        """The cost model's :class:`PolicyCost` with ``latency_s`` measured and ``backend`` ``onnxruntime``."""
+        """The cost model's :class:`PolicyCost` with ``latency_s`` measured and ``backend`` the runtime's name."""
         modelled = self.cost.policy_cost(bits)
         m = self.measure(bits)
         log.info("measured on %s at batch %d: %s", self.runtime, self.batch_size, m.describe())

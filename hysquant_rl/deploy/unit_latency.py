@@ -2,12 +2,13 @@
 machine: the latency a search prices policies with in the executable space.
 
 How (:func:`measure`): the model's runtime-layout graph (:mod:`hysquant_rl.deploy.runtime_graph`) with every
-unit at FP32, and with every unit that can at W8A8, each run by onnxruntime with its per-node profiler on
-(``timing.threads`` threads, the search's batch size, the median of each node over the runs). Every node of the
-optimised graph is attributed to a unit by its name (onnxruntime keeps the exported node and tensor names, with
-module scopes, through its fusions): a unit's own nodes, and the nodes that read its output (its SiLU, the reshapes
-after it, a residual Add it ends; :func:`owners`); what no unit owns is fixed. A unit's FP32 latency is what its
-nodes took in the FP32 graph, its int8 latency what they took (its QLinear kernels and Q/DQ nodes) in the int8
+unit at FP32, and with every unit that can at W8A8, each run by the runtime (:mod:`hysquant_rl.deploy.runtimes`)
+with its per-node profiler on (``timing.threads`` threads, the search's batch size, the median of each node over the
+runs). Every node of the optimised graph is attributed to a unit by its name (onnxruntime and OpenVINO keep the
+exported node and tensor names, with module scopes, through their fusions): a unit's own nodes, and the nodes that
+read its output (its SiLU, the reshapes after it, a residual Add it ends; :func:`owners`); what no unit owns is
+fixed. A unit's FP32 latency is what its nodes took in the FP32 graph, its int8 latency what they took (its integer
+kernels, and on onnxruntime its Q/DQ nodes; on OpenVINO the FakeQuantize before it, :func:`attribute`) in the int8
 graph. Profiled node times add up to less than a run's wall time (the executor's own overhead), so both graphs are
 also timed whole (interleaved rounds, medians) and the table is scaled to reproduce those two times exactly:
 ``latency(policy) = fixed + sum of each unit's latency at its choice``.
@@ -16,9 +17,10 @@ A policy that mixes FP32 and int8 units also pays Q/DQ nodes where an int8 segme
 change with neighbours: the sum is a model of the whole graph, whose error ``benchmarks/deployment.py`` measures
 (Spearman and MAPE over policies); the hardware-feedback loop times the found policy's whole graph.
 
-The table depends on the machine (CPU model, logical CPUs, onnxruntime version: :func:`hysquant_rl.deploy.ort.machine`),
-the model's graph, the batch size and the threads; it is cached under ``<paths.cache>/runtime/<machine key>/`` and
-measured again on another machine. Every figure built on it names the machine it was measured on.
+The table depends on the machine (CPU model, logical CPUs, the runtime and its version:
+:func:`hysquant_rl.deploy.ort.machine`), the model's graph, the batch size and the threads; it is cached under
+``<paths.cache>/runtime/<machine key>/`` and measured again on another machine or runtime. Every figure built on it
+names the machine it was measured on.
 """
 
 from __future__ import annotations
@@ -30,9 +32,7 @@ import logging
 import os
 import re
 import statistics
-import tempfile
 import time
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -43,6 +43,7 @@ import numpy as np
 from hysquant_rl.bits import FP32_BITS, FP32_INDEX
 from hysquant_rl.deploy import ort
 from hysquant_rl.deploy.runtime_graph import Graph, RuntimeGraphs
+from hysquant_rl.deploy.runtimes import Runtime, get
 from hysquant_rl.deploy.timing import cv, run_times
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.hardware.cost import Boundaries, CostModel, PolicyCost
@@ -56,7 +57,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 FORMAT, VERSION = "hysquant-unit-latency", 3
 STEADY = 0.15  # a table is cached only when its whole-graph round medians vary less than this (CV)
-_SUFFIXES = re.compile(r"(_token_\d+|_nchwc|/QuickGeluFusion/?|_QuantizeLinear|_DequantizeLinear|/duplicated|_q)+$")
+_SUFFIXES = re.compile(
+    r"(_token_\d+|_nchwc|/QuickGeluFusion/?|_QuantizeLinear|_DequantizeLinear|/duplicated|_q|/WithoutBiases)+$"
+)
+_INPUT_QUANTIZE = "FakeQuantize"  # OpenVINO's quantizer on an int8 unit's input: part of that unit's int8 cost
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,7 @@ class UnitLatency:
             if int8[u] != int8[v]:
                 a, b = self.dequantize_s if int8[u] else self.quantize_s
                 total += a + b * elements
-        return total
+        return float(total)
 
     def latency(self, bits: np.ndarray) -> float:
         """Modelled whole-graph latency [s] of a policy (L, 2): fixed, each unit at its choice (int8 where its
@@ -145,19 +149,42 @@ def edges(graphs: RuntimeGraphs, own: dict[str, int]) -> list[tuple[int, int, st
     return out
 
 
+def reader_unit(g: Graph, tensor: str, unit_of: dict[str, int]) -> int:
+    """The first unit that reads ``tensor``, through non-unit nodes (breadth first), or -1."""
+    seen, frontier = {tensor}, [tensor]
+    while frontier:
+        nxt = []
+        for t in frontier:
+            for c in g.consumers.get(t, ()):
+                if c in unit_of:
+                    return unit_of[c]
+                nxt += [o for o in g.nodes[c].output if o not in seen]
+                seen.update(g.nodes[c].output)
+        frontier = nxt
+    return -1
+
+
 def attribute(
-    profile: dict[str, tuple[str, float]], graphs: RuntimeGraphs, own: dict[str, int]
+    profile: dict[str, tuple[str, float]],
+    graphs: RuntimeGraphs,
+    own: dict[str, int],
+    boundary_ops: Sequence[str] = ("QuantizeLinear", "DequantizeLinear"),
 ) -> tuple[np.ndarray, float, list[tuple[str, str, float]]]:
     """Per-unit sums (L,) of profiled node times [s] (optimised node name -> (op type, median seconds)), the
-    unattributed rest, and the Q/DQ nodes apart as (op type, tensor, seconds): an optimised node's name, stripped of
-    onnxruntime's suffixes, is an exported node's or tensor's name."""
+    unattributed rest, and the runtime's int8/float boundary nodes (``boundary_ops``) apart as (op type, tensor,
+    seconds): an optimised node's name, stripped of the runtime's suffixes, is an exported node's or tensor's name.
+    An OpenVINO FakeQuantize belongs to the unit that reads its tensor (it is there because that unit is int8)."""
     g = Graph(graphs.float.graph)
+    unit_of = {name: u for u, names in enumerate(graphs.units) for name in names}
     per_unit = np.zeros(len(graphs.units))
     rest, qdq = 0.0, []
     for name, (op, seconds) in profile.items():
         base = _SUFFIXES.sub("", name)
-        if op in ("QuantizeLinear", "DequantizeLinear"):
+        if op in boundary_ops:
             qdq.append((op, base, seconds))
+            continue
+        if op == _INPUT_QUANTIZE and (reader := reader_unit(g, base, unit_of)) >= 0:
+            per_unit[reader] += seconds
             continue
         node = base if base in g.nodes else g.producer.get(base)
         unit = own.get(node, -1) if node is not None else -1
@@ -168,30 +195,18 @@ def attribute(
     return per_unit, rest, qdq
 
 
-def profile_nodes(model: bytes, feed: dict[str, np.ndarray], threads: int, runs: int) -> dict[str, tuple[str, float]]:
-    """(op type, median seconds) of each node of ``model`` over ``runs`` profiled runs (after 5 unprofiled ones)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        sess = ort.session(model, threads, profile=str(Path(tmp) / "profile"))
-        for _ in range(runs + 5):
-            sess.run(None, feed)
-        events = json.loads(Path(sess.end_profiling()).read_text())
-    times: dict[str, list[float]] = defaultdict(list)
-    ops: dict[str, str] = {}
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            name = e["name"][: -len("_kernel_time")]
-            times[name].append(e["dur"] / 1e6)
-            ops[name] = e.get("args", {}).get("op_name", "")
-    # the first 5 runs warm caches: drop each node's first 5 events
-    return {name: (ops[name], statistics.median(t[5:] or t)) for name, t in times.items()}
-
-
 def whole_graph(
-    models: dict[str, bytes], feed: dict[str, np.ndarray], timing: Timing, rounds: int = 5
+    models: dict[str, bytes],
+    feed: dict[str, np.ndarray],
+    timing: Timing,
+    rounds: int = 5,
+    runtime: Runtime | None = None,
 ) -> tuple[dict[str, float], float]:
-    """Median seconds of each model's run, over ``rounds`` interleaved rounds of ``timing.repeats`` runs, and how
-    steady the machine was: the largest coefficient of variation of a model's round medians."""
-    sessions = {k: ort.session(v, timing.threads) for k, v in models.items()}
+    """Median seconds of each model's run on ``runtime`` (default onnxruntime), over ``rounds`` interleaved rounds of
+    ``timing.repeats`` runs, and how steady the machine was: the largest coefficient of variation of a model's round
+    medians."""
+    runtime = runtime or get("onnxruntime")
+    sessions = {k: runtime.session(v, timing.threads) for k, v in models.items()}
     medians: dict[str, list[float]] = {k: [] for k in models}
     for _ in range(rounds):
         for k, sess in sessions.items():
@@ -226,9 +241,17 @@ def fit_qdq(samples: list[tuple[str, str, float]], sizes: dict[str, int], op: st
     return [max(float(a), 0.0), max(float(b), 0.0)]
 
 
-def measure(graphs: RuntimeGraphs, int8: np.ndarray, batch_size: int, timing: Timing, seed: int = 0) -> UnitLatency:
-    """The latency model of ``graphs`` at ``batch_size`` images (see the module docstring); ``int8`` (L,) bool marks
-    the units that can run at W8A8 on this runtime."""
+def measure(
+    graphs: RuntimeGraphs,
+    int8: np.ndarray,
+    batch_size: int,
+    timing: Timing,
+    seed: int = 0,
+    runtime: Runtime | None = None,
+) -> UnitLatency:
+    """The latency model of ``graphs`` at ``batch_size`` images on ``runtime`` (default onnxruntime; see the module
+    docstring); ``int8`` (L,) bool marks the units that can run at W8A8 on this runtime."""
+    runtime = runtime or get("onnxruntime")
     start = time.perf_counter()
     n = len(graphs.units)
     fp32_bits = np.full((n, 2), FP32_BITS)
@@ -239,15 +262,18 @@ def measure(graphs: RuntimeGraphs, int8: np.ndarray, batch_size: int, timing: Ti
     own = owners(graphs)
     links = edges(graphs, own)
     runs = max(10, min(50, int(2.0 / max(1e-4, 0.0005 * batch_size))))  # about 2 s of profiled runs per graph
-    profiled = {k: attribute(profile_nodes(m, feed, timing.threads, runs), graphs, own) for k, m in models.items()}
-    wall, spread = whole_graph(models, feed, timing)
+    profiled = {
+        k: attribute(runtime.profile_nodes(m, feed, timing.threads, runs), graphs, own, runtime.boundary_ops)
+        for k, m in models.items()
+    }
+    wall, spread = whole_graph(models, feed, timing, runtime=runtime)
     (units32, rest32, _), (units8, _, qdq8) = profiled["fp32"], profiled["int8"]
     sizes = tensor_sizes(graphs, {t for *_, t in links} | {t for _, t, _ in qdq8}, feed)
     # the FP32 graph's profile scaled to its wall time gives the FP32 column and the fixed part (what no unit owns)
     scale = wall["fp32"] / (units32.sum() + rest32)
     fp32_s, fixed = units32 * scale, rest32 * scale
     quantize_s, dequantize_s = (
-        list(np.array(fit_qdq(qdq8, sizes, op)) * scale) for op in ("QuantizeLinear", "DequantizeLinear")
+        [float(v * scale) for v in fit_qdq(qdq8, sizes, op)] for op in ("QuantizeLinear", "DequantizeLinear")
     )
     table = UnitLatency(
         spread,
@@ -257,7 +283,7 @@ def measure(graphs: RuntimeGraphs, int8: np.ndarray, batch_size: int, timing: Ti
         batch_size,
         timing.threads,
         {k: float(v) for k, v in wall.items()},
-        ort.machine(),
+        ort.machine(runtime.name),
         hashlib.sha256(models["int8"]).hexdigest(),
         [[u, v, sizes.get(t, 0)] for u, v, t in links],
         quantize_s,
@@ -268,8 +294,9 @@ def measure(graphs: RuntimeGraphs, int8: np.ndarray, batch_size: int, timing: Ti
     k = rest8 / max(units8[int8].sum(), 1e-12)
     table.int8_s[:] = np.where(int8, units8 * (k if k > 0 else scale), fp32_s)
     log.info(
-        "per-unit latency measured on %s at batch %d (%d thread(s), %.1f s): FP32 %.4g ms, int8 %.4g ms",
+        "per-unit latency measured on %s by %s at batch %d (%d thread(s), %.1f s): FP32 %.4g ms, int8 %.4g ms",
         ort.cpu_model(),
+        runtime.name,
         batch_size,
         timing.threads,
         time.perf_counter() - start,
@@ -280,14 +307,21 @@ def measure(graphs: RuntimeGraphs, int8: np.ndarray, batch_size: int, timing: Ti
 
 
 def cached(
-    graphs: RuntimeGraphs, int8: np.ndarray, batch_size: int, timing: Timing, cache_dir: str | os.PathLike
+    graphs: RuntimeGraphs,
+    int8: np.ndarray,
+    batch_size: int,
+    timing: Timing,
+    cache_dir: str | os.PathLike,
+    runtime: Runtime | None = None,
 ) -> UnitLatency:
-    """:func:`measure`'s table, read from ``cache_dir/runtime/<machine key>/`` when it was measured there for the same
-    graph, batch size and threads, else measured now and written there (a cache that cannot be written only costs a
-    warning)."""
+    """:func:`measure`'s table, read from ``cache_dir/runtime/<machine key>/`` when it was measured there (on this
+    machine, by the same runtime) for the same graph, batch size and threads, else measured now and written there (a
+    cache that cannot be written only costs a warning)."""
+    runtime = runtime or get("onnxruntime")
     int8_bits = np.where(int8[:, None], np.array([8, 8]), FP32_BITS)
     sha = hashlib.sha256(graphs.graph(int8_bits).SerializeToString()).hexdigest()
-    path = Path(cache_dir) / "runtime" / ort.machine_key() / f"{sha[:16]}_b{batch_size}_t{timing.threads}.json"
+    key = ort.machine_key(runtime.name)
+    path = Path(cache_dir) / "runtime" / key / f"{sha[:16]}_b{batch_size}_t{timing.threads}.json"
     if path.exists():
         try:
             table = UnitLatency.from_dict(json.loads(path.read_text()))
@@ -295,7 +329,7 @@ def cached(
                 return table
         except (OSError, ValueError, KeyError, TypeError) as e:
             log.warning("per-unit latency cache %s is unreadable (%s): measuring again", path, e)
-    table = measure(graphs, int8, batch_size, timing)
+    table = measure(graphs, int8, batch_size, timing, runtime=runtime)
     if table.spread > STEADY:
         log.warning(
             "per-unit latency measured on a busy machine (round medians vary by CV %.3f > %g): used for this run, not"
@@ -314,9 +348,8 @@ def cached(
 class RuntimeCostModel(CostModel):
     """:class:`CostModel` whose latency is a runtime's measured per-unit table (:class:`UnitLatency`): a unit at a
     pair with quantized activations costs its int8 latency, at FP32 its FP32 latency, whatever its consumer; the
-    fixed part is the table's. Energy, size and BitOps stay the profile's model (no power counter here)."""
-
-    backend = "onnxruntime per-unit"
+    fixed part is the table's. Energy, size and BitOps stay the profile's model (no power counter here). ``backend``
+    says which runtime measured the table (``onnxruntime per-unit``, ``openvino per-unit``)."""
 
     def __init__(
         self,
@@ -329,6 +362,7 @@ class RuntimeCostModel(CostModel):
         if len(table.fp32_s) != len(layers):
             raise HySquantError(f"a per-unit latency table of {len(table.fp32_s)} units for {len(layers)} units")
         self.table = table
+        self.backend = f"{str(table.machine['runtime']).split()[0]} per-unit"
         super().__init__(layers, matmuls, profile, table.batch_size, other)
         self.device = f"{profile.name}: {table.machine['cpu']} ({table.machine['runtime']})"
 

@@ -33,14 +33,16 @@ A profile holds the numbers the cost model needs, each cited in its YAML file:
   Q/DQ nodes) dequantizes its weight at run time.
 * ``measured_on``: where a measured profile's constants come from (``cpu``: the machine
   ``benchmarks/cpu_profile.py`` ran on); every run that models latency with them says so.
-* ``runtime``: the runtime that executes a deployed model on this device (``onnxruntime`` on ``cpu``), or null
-  where none is built in (the GPU profiles): with a runtime, ``search.space=auto`` searches its executable
-  choices, and ``backend=onnxruntime`` is allowed.
+* ``runtime``: the runtime that executes a deployed model on this device (``onnxruntime`` or ``openvino`` on
+  ``cpu``), or null where none is built in (the GPU profiles): with a runtime, ``search.space=auto`` searches its
+  executable choices, and ``backend=<runtime>`` is allowed. ``backend=openvino`` on a CPU profile makes OpenVINO
+  the runtime (its choices, its per-unit latency, its timing).
 * ``executable``: the (w, a) pairs each unit kind runs as integer kernels, ``{default: [W8A8], layernorm-in: []}``
-  (FP32 is always a choice besides); without it, derived from the deployable bit-widths and ``integer_ops``.
+  (FP32 is always a choice besides), or one such mapping per runtime (``{onnxruntime: {...}, openvino: {...}}``);
+  without it, derived from the deployable bit-widths and ``integer_ops``.
 * ``batch_size`` (images per inference; 1 is the edge case) and ``backend``: ``modelled`` (this roofline),
-  ``measured`` (isolated kernels on the local CUDA GPU) or ``onnxruntime`` (the exported ONNX graph timed by
-  onnxruntime's CPU provider, with the ``timing`` settings).
+  ``measured`` (isolated kernels on the local CUDA GPU), ``onnxruntime`` or ``openvino`` (the exported graph timed
+  by that runtime on this CPU, with the ``timing`` settings).
 
 The rules that read these lists (compute precision, deployability) live here, next to the data.
 """
@@ -56,8 +58,12 @@ from typing import Any
 from hysquant_rl.bits import FP32_BITS, MAX_BITS, MIN_BITS
 from hysquant_rl.errors import HySquantError
 
-BACKENDS = ("modelled", "measured", "onnxruntime")
-RUNTIMES = ("onnxruntime",)  # runtimes that execute a deployed model here (deploy/)
+RUNTIMES = ("onnxruntime", "openvino")  # runtimes that execute a deployed model here (deploy/runtimes.py)
+BACKENDS = ("modelled", "measured", *RUNTIMES)
+_INSTALL = {
+    "onnxruntime": "pip install onnx onnxruntime",
+    "openvino": "pip install openvino nncf (the project's [openvino] extra), or use hardware.backend=onnxruntime",
+}
 UNIT_OPS = ("conv2d", "linear", "matmul")
 _KIND_OPS = {"conv": "conv2d", "depthwise": "conv2d", "pointwise": "conv2d", "attention-qk": "matmul"}
 _KIND_OPS |= {"attention-pv": "matmul", "layernorm-in": "layernorm"}  # every other kind is a Linear
@@ -67,10 +73,10 @@ _FLOAT_BITS = {"fp32": 32, "fp16": 16, "bf16": 16}
 
 @dataclass(frozen=True)
 class Timing:
-    """How ``backend=onnxruntime`` times a policy's graph: ``threads`` intra-op threads, ``warmup`` untimed runs,
-    the median of ``repeats`` timed runs; a timing whose coefficient of variation (stdev / mean) exceeds ``max_cv``
-    (another process is using the CPU) is timed again, up to ``attempts`` times in all, after pauses of ``pause_s``
-    seconds doubling each time (:mod:`hysquant_rl.deploy.timing`)."""
+    """How a runtime backend (``onnxruntime``, ``openvino``) times a policy's graph: ``threads`` threads, ``warmup``
+    untimed runs, the median of ``repeats`` timed runs; a timing whose coefficient of variation (stdev / mean) exceeds
+    ``max_cv`` (another process is using the CPU) is timed again, up to ``attempts`` times in all, after pauses of
+    ``pause_s`` seconds doubling each time (:mod:`hysquant_rl.deploy.timing`)."""
 
     threads: int = 1
     warmup: int = 10
@@ -101,7 +107,7 @@ class DeviceProfile:
     qdq_elements_per_s: float | None = None  # elements one Q/DQ kernel converts per second; None: memory-bound
     qdq_kernels: int = 0  # kernels each quantized activation's Q/DQ boundary runs on its own
     integer_ops: tuple[str, ...] = UNIT_OPS  # unit ops with integer kernels
-    timing: Timing = Timing()  # backend=onnxruntime only
+    timing: Timing = Timing()  # runtime backends only
     runtime: str | None = None  # what executes a deployed model (RUNTIMES), None: no runtime built in
     measured_on: str | None = None  # where the constants were measured (a CPU profile), None: cited sources
     executable_pairs: dict[str, tuple[tuple[int, int], ...]] | None = None  # kind (or "default") -> integer pairs
@@ -177,16 +183,18 @@ class DeviceProfile:
         return d
 
 
-def runtime_version() -> str:
-    """``onnxruntime <version> CPU`` (raises :class:`HySquantError` naming the fix when it is not installed)."""
+def runtime_version(runtime: str = "onnxruntime") -> str:
+    """``<runtime> <version> CPU`` of a runtime in :data:`RUNTIMES` (raises :class:`HySquantError` naming the fix when
+    it is not installed)."""
+    from importlib import import_module
+
     try:
-        import onnxruntime
+        module = import_module(runtime)
     except ImportError:
         raise HySquantError(
-            "hardware.backend=onnxruntime needs onnxruntime: pip install onnx onnxruntime,"
-            " or use hardware.backend=modelled"
+            f"hardware.runtime={runtime} needs {runtime}, which is not installed: {_INSTALL[runtime]}"
         ) from None
-    return f"onnxruntime {onnxruntime.__version__} CPU"
+    return f"{runtime} {module.__version__.split('-')[0]} CPU"
 
 
 # -- the config group on disk --------------------------------------------------------------------------
@@ -310,8 +318,6 @@ def load_profile(settings: Mapping[str, Any] | str) -> DeviceProfile:
     backend = data.get("backend", "modelled")
     if backend not in BACKENDS:
         raise HySquantError(f"{where}: backend {backend!r} is not one of {', '.join(BACKENDS)}")
-    if backend == "onnxruntime":  # missing onnxruntime fails here, at the app boundary, before any work
-        runtime_version()
     batch = data.get("batch_size", 1)
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise HySquantError(f"{where}: batch_size must be a positive integer, got {batch!r}")
@@ -343,12 +349,15 @@ def load_profile(settings: Mapping[str, Any] | str) -> DeviceProfile:
     runtime = data.get("runtime")
     if runtime is not None and runtime not in RUNTIMES:
         raise HySquantError(f"{where}: runtime {runtime!r} is not one of {', '.join(RUNTIMES)} (or null)")
-    if backend == "onnxruntime" and runtime != "onnxruntime":
-        raise HySquantError(
-            f"{where}: backend onnxruntime times this machine's CPU, but the profile describes"
-            f" {'no runtime' if runtime is None else runtime}: use hardware=cpu hardware.backend=onnxruntime, or"
-            " hardware.backend=modelled"
-        )
+    if backend in RUNTIMES:
+        if runtime is None:
+            raise HySquantError(
+                f"{where}: backend {backend} times this machine's CPU, but the profile describes no runtime: use"
+                f" hardware=cpu hardware.backend={backend}, or hardware.backend=modelled"
+            )
+        runtime = backend  # a CPU profile timed on a runtime searches that runtime's choices
+    if runtime is not None:  # a runtime that is not installed fails here, at the app boundary, before any work
+        runtime_version(runtime)
 
     return DeviceProfile(
         name=str(data["name"]),
@@ -371,12 +380,13 @@ def load_profile(settings: Mapping[str, Any] | str) -> DeviceProfile:
         timing=_timing(data.get("timing"), where),
         runtime=runtime,
         measured_on=None if data.get("measured_on") is None else str(data["measured_on"]),
-        executable_pairs=_executable(data.get("executable", data.get("executable_pairs")), where),
+        executable_pairs=_executable(data.get("executable", data.get("executable_pairs")), where, runtime),
     )
 
 
-def _executable(raw: Any, where: str) -> dict[str, tuple[tuple[int, int], ...]] | None:
-    """``executable``: {kind or ``default``: [pairs as ``W8A8`` or [8, 8]]} -> kind -> integer (w, a) pairs."""
+def _executable(raw: Any, where: str, runtime: str | None) -> dict[str, tuple[tuple[int, int], ...]] | None:
+    """``executable``: {kind or ``default``: [pairs as ``W8A8`` or [8, 8]]}, or one such mapping per runtime (the
+    profile's ``runtime``'s is taken) -> kind -> integer (w, a) pairs."""
     from hysquant_rl.bits import parse_uniform
     from hysquant_rl.units import KINDS
 
@@ -384,6 +394,10 @@ def _executable(raw: Any, where: str) -> dict[str, tuple[tuple[int, int], ...]] 
         return None
     if not isinstance(raw, Mapping):
         raise HySquantError(f"{where}: executable must map unit kinds (or default) to lists of pairs such as [W8A8]")
+    if raw and all(k in RUNTIMES for k in raw):
+        if runtime not in raw:
+            raise HySquantError(f"{where}: executable lists {', '.join(raw)} but not the profile's runtime {runtime}")
+        return _executable(raw[runtime], f"{where} ({runtime})", runtime)
     out = {}
     for kind, pairs in raw.items():
         if kind != "default" and kind not in KINDS:

@@ -46,10 +46,16 @@ def best_uniform(problem: SearchProblem, limits: dict[str, float]) -> tuple[str,
 
 
 def finish(
-    search: SearchSettings, pipe: Pipeline, result: SearchResult, out: Path, started: float, export_onnx: bool = False
+    search: SearchSettings,
+    pipe: Pipeline,
+    result: SearchResult,
+    out: Path,
+    started: float,
+    export_onnx: bool = False,
+    export_openvino: bool = False,
 ) -> dict[str, Any]:
-    """Test split once; best_policy.json, quantized model (and ``model.onnx`` with ``export_onnx``), summary.json /
-    summary.md."""
+    """Test split once; best_policy.json, quantized model (and ``model.onnx`` with ``export_onnx``, OpenVINO's
+    ``model.xml``/``.bin`` with ``export_openvino``), summary.json / summary.md."""
     budgets = result.budgets
     specs = [FP32_NAME, *(s for s in search.reference if pipe.executes(parse_uniform(s)))]
     rows: dict[str, Any] = {spec: pipe.uniform(parse_uniform(spec)) for spec in specs}
@@ -88,7 +94,7 @@ def finish(
         budgets=budgets,
         rounds=result.rounds,
     )
-    export(pipe, policy, out, export_onnx)
+    export(pipe, policy, out, export_onnx, export_openvino)
     best = np.asarray(result.bits)
     by_kind = {}
     for kind in dict.fromkeys(layer.kind for layer in pipe.layers):
@@ -127,12 +133,21 @@ def finish(
     return summary
 
 
-def export(pipe: Pipeline, policy: QuantPolicy, out: Path, onnx: bool = False) -> dict[str, Path]:
+def export(
+    pipe: Pipeline, policy: QuantPolicy, out: Path, onnx: bool = False, openvino: bool = False
+) -> dict[str, Path]:
     """Write the quantized model a user takes away into ``out``: in the executable space ``model.onnx``, the runtime
-    layout (:mod:`hysquant_rl.deploy.runtime_graph`), always; in the simulated space the PyTorch files of the paper's
-    simulation (:mod:`hysquant_rl.deploy.checkpoints`) and, with ``onnx``, its QDQ graph. Returns the paths by kind."""
+    layout (:mod:`hysquant_rl.deploy.runtime_graph`), always, and with ``openvino`` (on OpenVINO's layout) OpenVINO's
+    own ``model.xml`` and ``model.bin`` of it (:func:`hysquant_rl.deploy.openvino.save`); in the simulated space the
+    PyTorch files of the paper's simulation (:mod:`hysquant_rl.deploy.checkpoints`) and, with ``onnx``, its QDQ graph.
+    Returns the paths by kind."""
     if pipe.graphs is not None:
-        return {"onnx": pipe.graphs.save(policy.bits(), policy, out)}
+        paths = {"onnx": pipe.graphs.save(policy.bits(), policy, out)}
+        if openvino:
+            from hysquant_rl.deploy.openvino import save
+
+            paths["openvino"] = save(paths["onnx"], out)
+        return paths
     from hysquant_rl.deploy.checkpoints import export_quantized
     from hysquant_rl.deploy.simulated_onnx import export_simulated
 
