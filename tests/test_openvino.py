@@ -17,8 +17,8 @@ pytest.importorskip("openvino")
 
 from hysquant_rl.bits import FP32_BITS  # noqa: E402
 from hysquant_rl.deploy import openvino, ort  # noqa: E402
-from hysquant_rl.deploy.runtime_graph import quantize  # noqa: E402
-from hysquant_rl.deploy.unit_latency import attribute, owners  # noqa: E402
+from hysquant_rl.deploy.runtime_graph import Graph, quantize  # noqa: E402
+from hysquant_rl.deploy.unit_latency import attribute, exported_name, owners, reader_unit  # noqa: E402
 from hysquant_rl.errors import HySquantError  # noqa: E402
 from hysquant_rl.hardware import load_profile  # noqa: E402
 from tests.conftest import assert_one_error_line, run_settings  # noqa: E402
@@ -119,7 +119,10 @@ def test_openvino_profile_is_attributed_to_units(ov):
         per_unit, rest, boundary = attribute(profile, g, own, boundary_ops=())
         assert (per_unit[weighted] > 0).all() and per_unit.sum() > rest and boundary == []
     fq = [name for name, (op, _) in profile.items() if op == "FakeQuantize"]
-    assert fq  # the int8 graph quantizes activations ...
+    unit_of = {name: u for u, names in enumerate(g.units) for name in names}
+    graph = Graph(g.float.graph)
+    readers = [reader_unit(graph, exported_name(name), unit_of) for name in fq]
+    assert fq and all(u >= 0 and ov.layers[u].op in ("conv2d", "linear") for u in readers), (fq, readers)
     table = ov.cost.table
     assert table.machine["runtime"].startswith("openvino") and ov.cost.backend == "openvino per-unit"
     attention = np.array([layer.kind in ("attention-qk", "attention-pv") for layer in ov.layers])

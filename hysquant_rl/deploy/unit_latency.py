@@ -55,10 +55,10 @@ if TYPE_CHECKING:
     from hysquant_rl.units import AttentionMatmul, LayerInfo, OtherOps
 
 log = logging.getLogger(__name__)
-FORMAT, VERSION = "hysquant-unit-latency", 3
+FORMAT, VERSION = "hysquant-unit-latency", 4
 STEADY = 0.15  # a table is cached only when its whole-graph round medians vary less than this (CV)
 _SUFFIXES = re.compile(
-    r"(_token_\d+|_nchwc|/QuickGeluFusion/?|_QuantizeLinear|_DequantizeLinear|/duplicated|_q|/WithoutBiases)+$"
+    r"(_token_\d+|_nchwc|/QuickGeluFusion/?|_(De)?QuantizeLinear(_\d+)?|/duplicated|_q|/WithoutBiases)+$"
 )
 _INPUT_QUANTIZE = "FakeQuantize"  # OpenVINO's quantizer on an int8 unit's input: part of that unit's int8 cost
 
@@ -149,6 +149,13 @@ def edges(graphs: RuntimeGraphs, own: dict[str, int]) -> list[tuple[int, int, st
     return out
 
 
+def exported_name(name: str) -> str:
+    """A compiled node's name without the suffixes the runtime adds (onnxruntime's ``_nchwc``, ``_token_3``, Q/DQ
+    names; OpenVINO's ``/WithoutBiases``, ``_QuantizeLinear`` or ``_QuantizeLinear_1`` of a FakeQuantize): an
+    exported node's or tensor's name."""
+    return _SUFFIXES.sub("", name)
+
+
 def reader_unit(g: Graph, tensor: str, unit_of: dict[str, int]) -> int:
     """The first unit that reads ``tensor``, through non-unit nodes (breadth first), or -1."""
     seen, frontier = {tensor}, [tensor]
@@ -179,7 +186,7 @@ def attribute(
     per_unit = np.zeros(len(graphs.units))
     rest, qdq = 0.0, []
     for name, (op, seconds) in profile.items():
-        base = _SUFFIXES.sub("", name)
+        base = exported_name(name)
         if op in boundary_ops:
             qdq.append((op, base, seconds))
             continue
