@@ -34,6 +34,7 @@ import numpy as np
 from hysquant_rl.apps import compose_config, plain
 from hysquant_rl.bits import FP32_BITS, parse_uniform
 from hysquant_rl.deploy import graph_of, ort
+from hysquant_rl.deploy.runtimes import get
 from hysquant_rl.deploy.timing import Measurement, RuntimeCheck, cv, run_times
 from hysquant_rl.hardware import CostModel, load_profile
 from hysquant_rl.hardware.profile import Timing, runtime_version
@@ -187,7 +188,9 @@ def fit(pipe, threads: int, overrides: list[str]) -> tuple[dict[str, float], str
     points = []
     for batch in (1, 64):
         cost = CostModel(pipe.layers, pipe.matmuls, profile, batch, pipe.cost.other)
-        timer = RuntimeCheck(graph_of(pipe), pipe.data.input_shape, cost, Timing(threads=threads), "simulated")
+        timer = RuntimeCheck(
+            graph_of(pipe), pipe.data.input_shape, cost, Timing(threads=threads), "simulated", get("onnxruntime")
+        )
         named = {spec: np.array([parse_uniform(spec)] * len(pipe.layers)) for spec in FIT_POLICIES}
         for spec, m in interleaved(timer, named).items():
             points.append((batch, named[spec], m.latency_s))
@@ -244,7 +247,9 @@ def check(run, pipe, threads: int) -> dict:
     rows = []
     for batch in (1, 64):
         cost = CostModel(pipe.layers, pipe.matmuls, profile, batch, pipe.cost.other)
-        timer = RuntimeCheck(graph_of(pipe), pipe.data.input_shape, cost, Timing(threads=threads), "simulated")
+        timer = RuntimeCheck(
+            graph_of(pipe), pipe.data.input_shape, cost, Timing(threads=threads), "simulated", get("onnxruntime")
+        )
         named = policies(pipe, run.seed)
         for name, m in interleaved(timer, named).items():
             modelled = cost.policy_cost(named[name]).latency_s

@@ -256,7 +256,7 @@ def precisions(models: dict[str, Model]) -> dict[str, Any]:
     not): {"capabilities": [...], model: {layer type: {precision: count}}}."""
     from hysquant_rl.deploy import openvino
 
-    out: dict[str, Any] = {"capabilities": list(openvino._core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))}
+    out: dict[str, Any] = {"capabilities": openvino.capabilities()}
     for name, (runtime, graph) in models.items():
         if runtime == "openvino" and not name.startswith("random"):
             out[name] = openvino.precisions(graph)

@@ -160,7 +160,7 @@ def build(run: RunSettings) -> Pipeline:
 
         runtime = runtimes.get(run.hardware.runtime)
         calib = torch.cat([x for x, _ in data.calib.batches(run.eval.batch_size)]).numpy()
-        graphs = RuntimeGraphs(model, layers, data.input_shape, calib, q.calibrator, q.percentile, runtime.layout)
+        graphs = RuntimeGraphs(model, layers, data.input_shape, calib, q.calibrator, q.percentile, runtime.name)
         evaluator = RuntimeEvaluator(graphs, data, run.eval.batch_size, run.threads or default_threads(), runtime)
         # the latency a search prices with: each unit's, measured on this runtime (cached per machine)
         int8 = np.array([any(a == 8 for _, a in run.hardware.executable(layer.kind)) for layer in layers])

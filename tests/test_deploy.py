@@ -16,6 +16,7 @@ import pytest
 from hysquant_rl.bits import FP32_BITS, to_bits, to_index
 from hysquant_rl.deploy import ort
 from hysquant_rl.deploy.runtime_graph import module_path, quantize
+from hysquant_rl.deploy.runtimes import get
 from hysquant_rl.deploy.unit_latency import STEADY, UnitLatency, cached
 from hysquant_rl.hardware import load_profile
 from hysquant_rl.search.allocation import project
@@ -183,7 +184,7 @@ def test_unit_latency_table_is_measured_once_per_machine(runtime, tmp_path):
     # cached under the machine's key: read back, not measured again; unless the machine was too busy for a table
     # worth keeping (its whole-graph timings varied by more than STEADY), which is then used and not cached
     int8 = ~ln
-    first = cached(runtime.graphs, int8, 1, load_profile("cpu").timing, tmp_path)
+    first = cached(runtime.graphs, int8, 1, load_profile("cpu").timing, tmp_path, get("onnxruntime"))
     # measured just now (not read back): plain Python numbers, which every JSON file built on them can hold
     mixed = int8 & (np.arange(n) % 2 == 0)
     assert all(type(v) is float for v in (*first.quantize_s, *first.dequantize_s, first.boundary(mixed)))
@@ -193,7 +194,7 @@ def test_unit_latency_table_is_measured_once_per_machine(runtime, tmp_path):
         return
     assert len(files) == 1 and files[0].parent.name == ort.machine_key()
     stamp = files[0].stat().st_mtime_ns
-    again = cached(runtime.graphs, int8, 1, load_profile("cpu").timing, tmp_path)
+    again = cached(runtime.graphs, int8, 1, load_profile("cpu").timing, tmp_path, get("onnxruntime"))
     assert files[0].stat().st_mtime_ns == stamp and np.array_equal(again.int8_s, first.int8_s)
     doc = json.loads(files[0].read_text())
     assert UnitLatency.from_dict(doc).machine["cpu"] == ort.cpu_model()

@@ -141,12 +141,12 @@ def onnx_logits(path, images, batch_size=256):
 
 
 def _check(pipe, **timing):
+    from hysquant_rl.deploy.runtimes import get
     from hysquant_rl.deploy.timing import RuntimeCheck
     from hysquant_rl.hardware.profile import Timing
 
-    return RuntimeCheck(
-        graph_of(pipe), pipe.data.input_shape, pipe.cost, Timing(**{"pause_s": 0.01, **timing}), "simulated"
-    )
+    timing = Timing(**{"pause_s": 0.01, **timing})
+    return RuntimeCheck(graph_of(pipe), pipe.data.input_shape, pipe.cost, timing, "simulated", get("onnxruntime"))
 
 
 def test_onnxruntime_backend_times_the_exported_graph(digits_pipeline, tmp_path):

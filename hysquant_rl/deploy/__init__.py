@@ -71,8 +71,7 @@ def make_check(pipe: Pipeline) -> Check:
     from hysquant_rl.deploy.timing import RuntimeCheck
 
     space = "executable" if pipe.graphs is not None else "simulated"
-    runtime = get(profile.backend)
-    return RuntimeCheck(graph_of(pipe), pipe.data.input_shape, pipe.cost, profile.timing, space, runtime=runtime)
+    return RuntimeCheck(graph_of(pipe), pipe.data.input_shape, pipe.cost, profile.timing, space, get(profile.backend))
 
 
 def graph_of(pipe: Pipeline) -> Callable[[np.ndarray], bytes]:

@@ -51,6 +51,11 @@ def config(threads: int, profile: bool = False) -> dict[str, Any]:
     }
 
 
+def capabilities() -> list[str]:
+    """What the CPU plugin says this CPU offers (``OPTIMIZATION_CAPABILITIES``: ``FP32``, ``INT8``, ``BF16`` ...)."""
+    return list(_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
 def read(model: str | os.PathLike | bytes | Any) -> Any:
     """OpenVINO's ``Model`` of an ONNX file (a path or serialised bytes) or of an OpenVINO ``.xml`` (an OpenVINO
     ``Model``, such as NNCF returns, is taken as it is)."""

@@ -18,13 +18,13 @@ from hysquant_rl.bits import FP32_BITS
 from hysquant_rl.data import DataSplits
 from hysquant_rl.deploy import ort
 from hysquant_rl.deploy.runtime_graph import RuntimeGraphs
-from hysquant_rl.deploy.runtimes import Runtime, get
+from hysquant_rl.deploy.runtimes import Runtime
 from hysquant_rl.evaluate import Metrics, metrics_from_logits
 
 
 class RuntimeEvaluator:
-    """Evaluates policies (L, 2) on the splits of one data set with ``runtime`` (default onnxruntime) on ``threads``
-    threads, the interface of :class:`hysquant_rl.evaluate.Evaluator`. FP32 logits of each split are computed once."""
+    """Evaluates policies (L, 2) on the splits of one data set with ``runtime`` on ``threads`` threads, the interface
+    of :class:`hysquant_rl.evaluate.Evaluator`. FP32 logits of each split are computed once."""
 
     replayable = False  # the LUT build's FP32-prefix replay is a PyTorch shortcut: not for the runtime
 
@@ -32,12 +32,12 @@ class RuntimeEvaluator:
         self,
         graphs: RuntimeGraphs,
         data: DataSplits,
-        batch_size: int = 256,
-        threads: int = 1,
-        runtime: Runtime | None = None,
+        batch_size: int,
+        threads: int,
+        runtime: Runtime,
     ) -> None:
         self.graphs, self.data, self.batch_size, self.threads = graphs, data, batch_size, threads
-        self.runtime = runtime or get("onnxruntime")
+        self.runtime = runtime
         self._fp32: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.evaluations = 0  # quantized graphs run over a split
 

@@ -64,6 +64,7 @@ from hysquant_rl.bits import FP32_BITS
 from hysquant_rl.deploy.onnx_trace import check, onnx_module, trace
 from hysquant_rl.deploy.ort import INPUT, has_vnni
 from hysquant_rl.errors import HySquantError
+from hysquant_rl.hardware.profile import RUNTIMES
 from hysquant_rl.io import atomic_write
 
 if TYPE_CHECKING:
@@ -74,7 +75,6 @@ log = logging.getLogger(__name__)
 
 ONNX_FILE = "model.onnx"
 LAYOUT_VERSION = 2  # bump when the rules that derive a policy's graph change: caches keyed by the layout go stale
-LAYOUTS = ("onnxruntime", "openvino")  # one per runtime (hysquant_rl/deploy/runtimes.py)
 FLOAT_ONLY_OPS = ("LayerNormalization",)  # no integer kernel on onnxruntime's CPU provider: always float
 _Q, _DQ = "QuantizeLinear", "DequantizeLinear"
 _CALIBRATORS = {"minmax": "MinMax", "percentile": "Percentile"}  # quant.calibrator -> onnxruntime's method
@@ -227,8 +227,8 @@ def quantize(
             f"quant.calibrator={calibrator} has no onnxruntime counterpart: use minmax or percentile for"
             " search.space=executable, or search.space=simulated"
         )
-    if layout not in LAYOUTS:
-        raise HySquantError(f"unknown runtime layout {layout!r}: use one of {', '.join(LAYOUTS)}")
+    if layout not in RUNTIMES:  # one layout per runtime, named after it
+        raise HySquantError(f"unknown runtime layout {layout!r}: use one of {', '.join(RUNTIMES)}")
     options: dict[str, Any] = {"OpTypesToExcludeOutputQuantization": ["Gemm"]}  # the logits stay float
     op_types = None
     if layout == "openvino":

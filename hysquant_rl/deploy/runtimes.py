@@ -2,9 +2,9 @@
 per-unit latency table, the runtime's accuracy and the hardware check need of each, so that a second runtime is an
 entry here and not a second copy of the search.
 
-* ``onnxruntime``: layout ``onnxruntime``; QLinearConv, QLinearMatMul, QGemm and the QLinear ops between them (its
+* ``onnxruntime``: QLinearConv, QLinearMatMul, QGemm and the QLinear ops between them (its
   own quantizer's layout: :mod:`hysquant_rl.deploy.runtime_graph`).
-* ``openvino``: layout ``openvino``; Convolution, GroupConvolution and FullyConnected with a FakeQuantize on their
+* ``openvino``: Convolution, GroupConvolution and FullyConnected with a FakeQuantize on their
   inputs (NNCF's placement: :mod:`hysquant_rl.deploy.openvino`).
 """
 
@@ -24,13 +24,12 @@ from hysquant_rl.hardware.profile import RUNTIMES, runtime_version
 @dataclass(frozen=True)
 class Runtime:
     """One runtime: ``session(model, threads)`` opens a serialised ONNX graph (``run(None, feed)`` -> [logits]),
-    ``profile_nodes(model, feed, threads, runs)`` gives each compiled node's (op type, median seconds), ``layout``
-    names the graph it executes as integer kernels (:class:`~hysquant_rl.deploy.runtime_graph.RuntimeGraphs`), and
+    ``profile_nodes(model, feed, threads, runs)`` gives each compiled node's (op type, median seconds), ``name`` also
+    names the layout it executes as integer kernels (:class:`~hysquant_rl.deploy.runtime_graph.RuntimeGraphs`), and
     ``boundary_ops`` the node types that are int8/float boundaries of their own (onnxruntime's QuantizeLinear and
     DequantizeLinear; OpenVINO fuses its into the neighbouring kernels and runs a FakeQuantize before an int8 unit)."""
 
     name: str
-    layout: str
     session: Callable[[str | os.PathLike | bytes, int], Any]
     profile_nodes: Callable[[bytes, dict[str, np.ndarray], int, int], dict[str, tuple[str, float]]]
     boundary_ops: tuple[str, ...]
@@ -43,13 +42,13 @@ class Runtime:
 def _onnxruntime() -> Runtime:
     from hysquant_rl.deploy import ort
 
-    return Runtime("onnxruntime", "onnxruntime", ort.session, ort.profile_nodes, ("QuantizeLinear", "DequantizeLinear"))
+    return Runtime("onnxruntime", ort.session, ort.profile_nodes, ("QuantizeLinear", "DequantizeLinear"))
 
 
 def _openvino() -> Runtime:
     from hysquant_rl.deploy import openvino
 
-    return Runtime("openvino", "openvino", openvino.session, openvino.profile_nodes, ())
+    return Runtime("openvino", openvino.session, openvino.profile_nodes, ())
 
 
 _REGISTRY: dict[str, Callable[[], Runtime]] = {"onnxruntime": _onnxruntime, "openvino": _openvino}

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from hysquant_rl.deploy import ort
-from hysquant_rl.deploy.runtimes import Runtime, get
+from hysquant_rl.deploy.runtimes import Runtime
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.hardware.cost import CostModel, PolicyCost
 from hysquant_rl.hardware.profile import Timing
@@ -86,8 +86,8 @@ def cv(times: Sequence[float]) -> float:
 
 
 class RuntimeCheck:
-    """Latency of a policy measured on this machine's CPU by a runtime (default onnxruntime); the rest from ``cost``
-    (the cost model). ``backend`` is the runtime's name.
+    """Latency of a policy measured on this machine's CPU by ``runtime``; the rest from ``cost`` (the cost model).
+    ``backend`` is the runtime's name.
 
     ``graph_of(bits)`` gives a policy's serialised ONNX graph (the file the user deploys), ``input_shape`` is one
     image's (C, H, W), ``space`` names the layout (``executable``: the runtime's; ``simulated``: the paper's).
@@ -102,10 +102,10 @@ class RuntimeCheck:
         cost: CostModel,
         timing: Timing,
         space: str,
+        runtime: Runtime,
         seed: int = 0,
-        runtime: Runtime | None = None,
     ) -> None:
-        self.engine = runtime or get("onnxruntime")
+        self.engine = runtime
         self.backend = self.engine.name
         self.runtime = self.engine.version()
         self.graph_of, self.cost, self.timing, self.space = graph_of, cost, timing, space

@@ -43,7 +43,7 @@ import numpy as np
 from hysquant_rl.bits import FP32_BITS, FP32_INDEX
 from hysquant_rl.deploy import ort
 from hysquant_rl.deploy.runtime_graph import Graph, RuntimeGraphs
-from hysquant_rl.deploy.runtimes import Runtime, get
+from hysquant_rl.deploy.runtimes import Runtime
 from hysquant_rl.deploy.timing import cv, run_times
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.hardware.cost import Boundaries, CostModel, PolicyCost
@@ -206,13 +206,11 @@ def whole_graph(
     models: dict[str, bytes],
     feed: dict[str, np.ndarray],
     timing: Timing,
+    runtime: Runtime,
     rounds: int = 5,
-    runtime: Runtime | None = None,
 ) -> tuple[dict[str, float], float]:
-    """Median seconds of each model's run on ``runtime`` (default onnxruntime), over ``rounds`` interleaved rounds of
-    ``timing.repeats`` runs, and how steady the machine was: the largest coefficient of variation of a model's round
-    medians."""
-    runtime = runtime or get("onnxruntime")
+    """Median seconds of each model's run on ``runtime``, over ``rounds`` interleaved rounds of ``timing.repeats``
+    runs, and how steady the machine was: the largest coefficient of variation of a model's round medians."""
     sessions = {k: runtime.session(v, timing.threads) for k, v in models.items()}
     medians: dict[str, list[float]] = {k: [] for k in models}
     for _ in range(rounds):
@@ -253,12 +251,11 @@ def measure(
     int8: np.ndarray,
     batch_size: int,
     timing: Timing,
+    runtime: Runtime,
     seed: int = 0,
-    runtime: Runtime | None = None,
 ) -> UnitLatency:
-    """The latency model of ``graphs`` at ``batch_size`` images on ``runtime`` (default onnxruntime; see the module
-    docstring); ``int8`` (L,) bool marks the units that can run at W8A8 on this runtime."""
-    runtime = runtime or get("onnxruntime")
+    """The latency model of ``graphs`` at ``batch_size`` images on ``runtime`` (see the module docstring); ``int8``
+    (L,) bool marks the units that can run at W8A8 on this runtime."""
     start = time.perf_counter()
     n = len(graphs.units)
     fp32_bits = np.full((n, 2), FP32_BITS)
@@ -273,7 +270,7 @@ def measure(
         k: attribute(runtime.profile_nodes(m, feed, timing.threads, runs), graphs, own, runtime.boundary_ops)
         for k, m in models.items()
     }
-    wall, spread = whole_graph(models, feed, timing, runtime=runtime)
+    wall, spread = whole_graph(models, feed, timing, runtime)
     (units32, rest32, _), (units8, _, qdq8) = profiled["fp32"], profiled["int8"]
     sizes = tensor_sizes(graphs, {t for *_, t in links} | {t for _, t, _ in qdq8}, feed)
     # the FP32 graph's profile scaled to its wall time gives the FP32 column and the fixed part (what no unit owns)
@@ -319,12 +316,11 @@ def cached(
     batch_size: int,
     timing: Timing,
     cache_dir: str | os.PathLike,
-    runtime: Runtime | None = None,
+    runtime: Runtime,
 ) -> UnitLatency:
     """:func:`measure`'s table, read from ``cache_dir/runtime/<machine key>/`` when it was measured there (on this
     machine, by the same runtime) for the same graph, batch size and threads, else measured now and written there (a
     cache that cannot be written only costs a warning)."""
-    runtime = runtime or get("onnxruntime")
     int8_bits = np.where(int8[:, None], np.array([8, 8]), FP32_BITS)
     sha = hashlib.sha256(graphs.graph(int8_bits).SerializeToString()).hexdigest()
     key = ort.machine_key(runtime.name)
@@ -336,7 +332,7 @@ def cached(
                 return table
         except (OSError, ValueError, KeyError, TypeError) as e:
             log.warning("per-unit latency cache %s is unreadable (%s): measuring again", path, e)
-    table = measure(graphs, int8, batch_size, timing, runtime=runtime)
+    table = measure(graphs, int8, batch_size, timing, runtime)
     if table.spread > STEADY:
         log.warning(
             "per-unit latency measured on a busy machine (round medians vary by CV %.3f > %g): used for this run, not"
