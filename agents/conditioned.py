@@ -17,7 +17,7 @@ choice (:meth:`hysquant_rl.search.problem.SearchProblem.candidates`) and ``agent
 Answering a new budget with k evaluations (:meth:`ConditionedAgent.answer`): its baseline is interpolated from the
 training budgets' (by fraction), its centre is its integer program's policy; k = 0 returns the actor's greedy policy
 fitted to the budget; k > 0 evaluates that policy and k - 1 critic picks, learning from each (the actor frozen in the
-ablation). ``search.method=rl-cond`` is :mod:`agents.conditioned_search`; :mod:`agents.artefact` saves and loads a
+ablation). ``search.method=rl-cond`` is :mod:`agents.conditioned_search`; :mod:`agents.storage` saves and loads a
 trained agent as data (tensors, arrays, JSON).
 """
 
@@ -82,7 +82,7 @@ class ConditionedAgent:
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.L = self.problem.num_layers
+        self.L = self.problem.num_units
         self.env = HySquantEnv(self.problem, condition=True)
         sigma = self.env.bits_to_action(self.search.warm_start_noise_bits)
         self.model = make_agent(self.agent, self.env, self.L, self.search.seed, local_sigma=sigma)
@@ -255,7 +255,7 @@ class ConditionedAgent:
         candidates near the actor's noisy choice; every one is stored and followed by the agent's updates (the
         actor's rate 0 with ``freeze_actor``). The best of them is the caller's to pick (by reward, within the
         budget). The agent learns as it answers: answer a second budget from a fresh copy
-        (:func:`agents.artefact.load_agent`)."""
+        (:func:`agents.storage.load_agent`)."""
         target = self.target(limits)
         target.baseline = self.baseline(target.fraction)
         self._use(target)

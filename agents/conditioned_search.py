@@ -1,5 +1,5 @@
 """``search.method=rl-cond``: the run's budget answered by a budget-conditioned agent (:mod:`agents.conditioned`),
-loaded from a saved artefact or trained first and saved (:mod:`agents.artefact`)."""
+loaded from a saved artefact or trained first and saved (:mod:`agents.storage`)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.artefact import load_agent, save_agent
 from agents.conditioned import ConditionedAgent, train_agent
+from agents.storage import load_agent, save_agent
 from hysquant_rl.search.problem import SearchProblem
 from hysquant_rl.search.recorder import Recorder
 from hysquant_rl.settings import SearchSettings
 
 log = logging.getLogger(__name__)
-ARTEFACT_DIR = "agent"  # a trained agent in a run directory (agents/artefact.py)
+ARTEFACT_DIR = "agent"  # a trained agent in a run directory (agents/storage.py)
 
 
 class ConditionedSearch:

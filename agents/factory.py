@@ -14,7 +14,7 @@ from stable_baselines3.common.noise import ActionNoise, VectorizedActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
-from hysquant_rl.errors import HySquantError
+from hysquant_rl.registry import Registry
 from hysquant_rl.settings import AgentSettings
 
 
@@ -43,7 +43,9 @@ class HaqSAC(ActorRate, SAC):
     pass
 
 
-AGENTS: dict[str, type[OffPolicyAlgorithm]] = {"ddpg": HaqDDPG, "td3": HaqTD3, "sac": HaqSAC}
+AGENTS: Registry[type[OffPolicyAlgorithm]] = Registry("agent", "agent.name")
+for _name, _agent in (("ddpg", HaqDDPG), ("td3", HaqTD3), ("sac", HaqSAC)):
+    AGENTS.register(_name)(_agent)
 
 
 class DecayingTruncatedNormalNoise(ActionNoise):
@@ -73,8 +75,7 @@ class DecayingTruncatedNormalNoise(ActionNoise):
 
 def check_agent(name: str) -> str:
     """``name`` if it is a registered agent, else a one-line error listing them."""
-    if name not in AGENTS:
-        raise HySquantError(f"unknown agent {name!r}: use agent= one of {', '.join(sorted(AGENTS))}")
+    AGENTS.get(name)
     return name
 
 
@@ -127,7 +128,7 @@ def make_agent(
         else:
             kwargs["action_noise"] = vectorized = VectorizedActionNoise(noises[0], n_envs)
             vectorized.noises = noises  # SB3 copies one noise n times: the same draws in every environment
-    model = AGENTS[name]("MlpPolicy", env, **kwargs)
+    model = AGENTS.get(name)("MlpPolicy", env, **kwargs)
     model.set_logger(Logger(None, []))  # SB3's own logger would make a folder in /tmp per run; ours is TensorBoard
     model.actor_lr_ratio = agent.actor_learning_rate / agent.learning_rate
     if local_sigma is not None:

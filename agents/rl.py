@@ -22,7 +22,9 @@ import numpy as np
 from tqdm import tqdm
 
 from agents.callbacks import EpisodeStore, SearchCallback
-from agents.checkpoint import (
+from agents.critic import critic_scores
+from agents.factory import exploration_noises, make_agent
+from agents.storage import (
     BUFFER_ARRAYS,
     agent_counters,
     agent_tensors,
@@ -37,8 +39,6 @@ from agents.checkpoint import (
     restore_buffer,
     write_checkpoint,
 )
-from agents.critic import critic_scores
-from agents.factory import exploration_noises, make_agent
 from envs import HySquantEnv, ParallelEpisodes
 from hysquant_rl.errors import HySquantError, NoPolicyError, SearchInterrupted
 from hysquant_rl.io import npz_bytes, torch_bytes
@@ -58,7 +58,7 @@ class RLSearch:
     def __init__(self, search: SearchSettings, problem: SearchProblem, recorder: Recorder, out: Path) -> None:
         self.search, self.recorder, self.out = search, recorder, out
         self.problem = problem
-        self.L = problem.num_layers
+        self.L = problem.num_units
         self.warm = search.warm_start
         if self.warm:
             self.problem.warm_start = self._ilp(self.problem.limits)
@@ -159,7 +159,7 @@ class RLSearch:
     # -- checkpoints -------------------------------------------------------------------------------------
     def checkpoint(self) -> None:
         """Agent, replay buffer and search state (history, best, evaluation cache, the problem's identity) as one
-        consistent set of data files (:mod:`agents.checkpoint`): no pickles."""
+        consistent set of data files (:mod:`agents.storage`): no pickles."""
         noises = exploration_noises(self.agent)
         state = {
             **self.state,
@@ -192,7 +192,7 @@ class RLSearch:
         folder, _ = read_checkpoint(self.ckpt)
         fix = remedy(self.ckpt, folder)
         path = folder / "state.json"
-        state = read_json(path, fix)
+        state = read_json(path, fix, allow_nan=True)  # the history records evaluations that returned NaN
         name = state.get("agent")
         if name != self.search.agent.name:
             if not isinstance(name, str):

@@ -50,7 +50,7 @@ def main() -> None:
     start = time.perf_counter()
     for label, change in VARIANTS:
         pipe = build(replace(run, quant=replace(run.quant, **change)))
-        n = len(pipe.layers)
+        n = len(pipe.units)
         units[label] = n
         rows[label] = {p: pipe.evaluator.evaluate([parse_uniform(p)] * n, "test").top1 for p in args.policies}
         print(f"{label} ({n} units): " + ", ".join(f"{p} {v:.2f}" for p, v in rows[label].items()), flush=True)

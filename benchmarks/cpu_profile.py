@@ -33,13 +33,13 @@ import numpy as np
 
 from hysquant_rl.apps import compose_config, plain
 from hysquant_rl.bits import FP32_BITS, parse_uniform
-from hysquant_rl.deploy import graph_of, ort
+from hysquant_rl.deploy import ort
 from hysquant_rl.deploy.runtimes import get
 from hysquant_rl.deploy.timing import Measurement, RuntimeCheck, cv, run_times
 from hysquant_rl.hardware import CostModel, load_profile
 from hysquant_rl.hardware.profile import Timing, runtime_version
 from hysquant_rl.io import atomic_write, save_json
-from hysquant_rl.pipeline import build
+from hysquant_rl.pipeline import build, deployable
 from hysquant_rl.policy import QuantPolicy
 from hysquant_rl.settings import RunSettings
 
@@ -124,7 +124,9 @@ def write_profile(peaks: dict[str, float], fitted: dict[str, float], threads: in
         ),
         platform.processor() or "unknown CPU",
     )
-    text = f"""# This machine's CPU as onnxruntime's CPU provider runs a deployed model.
+    version, day = runtime_version("onnxruntime"), datetime.date.today().isoformat()
+    text = f"""# This machine's CPU as a runtime plug-in runs a deployed model: onnxruntime's CPU provider by default,
+# another with hardware.backend=<runtime> (conf/runtime/).
 # In the executable space (search.space=auto on this profile) latency is not modelled from the constants below: each
 # unit's is measured by onnxruntime on the machine at hand on first use and cached per machine (CPU model, runtime and
 # version; hysquant_rl/deploy/unit_latency.py), and backend=onnxruntime times the found policy's whole graph. The
@@ -132,12 +134,11 @@ def write_profile(peaks: dict[str, float], fitted: dict[str, float], threads: in
 # onnxruntime), and energy (an assumption) and size everywhere. They were measured by benchmarks/cpu_profile.py on the
 # machine named in measured_on (rerun it on another CPU: it rewrites this file); a run on another machine says so.
 name: cpu
-measured_on: "{cpu}, {runtime_version()}, {threads} intra-op thread(s), {datetime.date.today().isoformat()}"
-runtime: onnxruntime  # what runs the deployed model: search.space=auto searches its executable choices
-executable:  # the (w, a) pairs each unit kind runs as integer kernels in the runtime layout; FP32 is always a choice
-  default: [W8A8]    # QLinearConv, QLinearMatMul, QGemm (int8 symmetric per-channel weights, uint8 activations)
-  layernorm-in: []   # no integer LayerNormalization on onnxruntime's CPU provider: its input stays float
-backend: modelled  # modelled: roofline with the constants below | onnxruntime: time the exported graph here
+measured_on: "{cpu}, {version}, {threads} intra-op thread(s), {day}"  # the roofline constants below
+runtime: onnxruntime  # what runs the deployed model (a plug-in of conf/runtime/): search.space=auto searches the
+                      # choices its conf/runtime/<name>.yaml lists (executable)
+backend: modelled  # modelled: the roofline with the constants below | a runtime of conf/runtime/ (onnxruntime,
+                   # openvino, ...): that runtime's choices, and its timing of the exported model here
 batch_size: 1
 float_precision: fp32  # no fp16 kernels on this CPU: unquantized units compute in fp32
 peak_ops:
@@ -187,11 +188,11 @@ def fit(pipe, threads: int, overrides: list[str]) -> tuple[dict[str, float], str
     profile = load_profile("cpu")
     points = []
     for batch in (1, 64):
-        cost = CostModel(pipe.layers, pipe.matmuls, profile, batch, pipe.cost.other)
+        cost = CostModel(pipe.units, pipe.matmuls, profile, batch, pipe.cost.other)
         timer = RuntimeCheck(
-            graph_of(pipe), pipe.data.input_shape, cost, Timing(threads=threads), "simulated", get("onnxruntime")
+            deployable(pipe), pipe.data.input_shape, cost, Timing(threads=threads), "simulated", get("onnxruntime")
         )
-        named = {spec: np.array([parse_uniform(spec)] * len(pipe.layers)) for spec in FIT_POLICIES}
+        named = {spec: np.array([parse_uniform(spec)] * len(pipe.units)) for spec in FIT_POLICIES}
         for spec, m in interleaved(timer, named).items():
             points.append((batch, named[spec], m.latency_s))
 
@@ -199,7 +200,7 @@ def fit(pipe, threads: int, overrides: list[str]) -> tuple[dict[str, float], str
         p = replace(
             profile, view_overhead_s=float(x[0]), dequantized_weight_speed=float(x[1]), compute_efficiency=float(x[2])
         )
-        models = {b: CostModel(pipe.layers, pipe.matmuls, p, b, pipe.cost.other) for b in (1, 64)}
+        models = {b: CostModel(pipe.units, pipe.matmuls, p, b, pipe.cost.other) for b in (1, 64)}
         return np.array([np.log(models[b].policy_cost(bits).latency_s / t) for b, bits, t in points])
 
     solution = least_squares(
@@ -215,9 +216,9 @@ def fit(pipe, threads: int, overrides: list[str]) -> tuple[dict[str, float], str
 
 
 def policies(pipe, seed: int) -> dict[str, np.ndarray]:
-    n = len(pipe.layers)
+    n = len(pipe.units)
     out = {spec: np.array([parse_uniform(spec)] * n) for spec in ("FP32", "W8A8", "W4A8", "W8A4", "W4A4", "W8A32")}
-    convs = np.array([layer.op == "conv2d" for layer in pipe.layers])
+    convs = np.array([unit.op == "conv2d" for unit in pipe.units])
     out["FP32 convolutions, W8A8 rest"] = np.where(convs[:, None], FP32_BITS, np.full((n, 2), 8))
     out["W8A8 convolutions, FP32 rest"] = np.where(convs[:, None], 8, np.full((n, 2), FP32_BITS))
     rng = np.random.default_rng(seed)
@@ -246,9 +247,9 @@ def check(run, pipe, threads: int) -> dict:
     profile = load_profile("cpu")
     rows = []
     for batch in (1, 64):
-        cost = CostModel(pipe.layers, pipe.matmuls, profile, batch, pipe.cost.other)
+        cost = CostModel(pipe.units, pipe.matmuls, profile, batch, pipe.cost.other)
         timer = RuntimeCheck(
-            graph_of(pipe), pipe.data.input_shape, cost, Timing(threads=threads), "simulated", get("onnxruntime")
+            deployable(pipe), pipe.data.input_shape, cost, Timing(threads=threads), "simulated", get("onnxruntime")
         )
         named = policies(pipe, run.seed)
         for name, m in interleaved(timer, named).items():
@@ -268,7 +269,7 @@ def check(run, pipe, threads: int) -> dict:
                 f"  modelled {1e3 * modelled:8.3f} ms",
                 flush=True,
             )
-    return {"rows": rows, "runtime": runtime_version(), "threads": threads}
+    return {"rows": rows, "runtime": runtime_version("onnxruntime"), "threads": threads}
 
 
 def report(result: dict, command: str, seconds: float) -> None:

@@ -46,124 +46,46 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import (
+    RESULTS,
+    Model,
+    machine_record,
+    pipe_mask,
+    policy_model,
+    runtime_anchors,
+    settings,
+    side_by_side,
+    test_top1,
+    threads,
+)
 from scipy.stats import spearmanr
 
-from hysquant_rl.apps import compose_config, plain
 from hysquant_rl.apps.search import run_search
 from hysquant_rl.bits import FP32_BITS
 from hysquant_rl.deploy import ort, runtimes
-from hysquant_rl.deploy.timing import run_times
 from hysquant_rl.errors import HySquantError
+from hysquant_rl.hardware.profile import known_runtimes
 from hysquant_rl.io import atomic_write, save_json
 from hysquant_rl.lut.build import build_lut
 from hysquant_rl.pipeline import Pipeline, build
 from hysquant_rl.policy import QuantPolicy
-from hysquant_rl.settings import RunSettings, SearchSettings
+from hysquant_rl.settings import RunSettings
 
-RESULTS = Path(__file__).parent / "results"
 METHODS = (("ilp-kl", ["search.method=ilp"]), ("local", ["search.method=local"]), ("rl", []))
 log = logging.getLogger("deployment")
-Model = tuple[str, Any]  # (runtime name, a serialised ONNX graph or an OpenVINO model)
 
 
-def open_session(model: Model, threads: int) -> Any:
-    """A session of ``model`` on its runtime (onnxruntime's with every graph optimisation, OpenVINO's CPU plugin)."""
-    runtime, graph = model
-    return runtimes.get(runtime).session(graph, threads)
-
-
-# -- what is timed -------------------------------------------------------------------------------------------------
-def quantize_static_anchor(pipe: Pipeline, out: Path) -> bytes:
-    """onnxruntime's ``quantize_static`` of the pipeline's FP32 graph, as its documentation has a user run it on this
-    CPU (QDQ, per-channel, QInt8 weights, QUInt8 activations, ``reduce_range`` on a CPU without VNNI, every op type,
-    MinMax on the calibration images)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    images = np.concatenate([x.numpy() for x, _ in pipe.data.calib.batches(64)]).astype(np.float32)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter([{ort.INPUT: images[i : i + 64]} for i in range(0, len(images), 64)])
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.it, None)
-
-    path = out / "quantize_static.onnx"
-    logging.getLogger().disabled = True
-    try:
-        quantize_static(
-            str(pipe.graphs.float_path),
-            str(path),
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            reduce_range=not ort.has_vnni(),
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-        )
-    finally:
-        logging.getLogger().disabled = False
-    return path.read_bytes()
-
-
-def nncf_anchors(pipe: Pipeline) -> dict[str, Model]:
-    """NNCF's own int8 of the pipeline's FP32 graph as OpenVINO reads it, calibrated on the same images as ours
-    (batches of 64): its default preset and ``model_type=TRANSFORMER``."""
-    import nncf
-
-    from hysquant_rl.deploy import openvino
-
-    images = np.concatenate([x.numpy() for x, _ in pipe.data.calib.batches(64)]).astype(np.float32)
-    dataset = nncf.Dataset([images[i : i + 64] for i in range(0, len(images), 64)])
-    graph = pipe.graphs.float.SerializeToString()
-    return {
-        "NNCF int8 (default)": ("openvino", nncf.quantize(openvino.read(graph), dataset)),
-        "NNCF int8 (transformer)": (
-            "openvino",
-            nncf.quantize(openvino.read(graph), dataset, model_type=nncf.ModelType.TRANSFORMER),
-        ),
-    }
-
-
-def anchors(pipe: Pipeline, runtime: str, work: Path) -> dict[str, Model]:
+def anchors(pipe: Pipeline) -> dict[str, Model]:
     """What a user would run instead: the runtime's own quantizer's int8 (onnxruntime: ``quantize_static``; OpenVINO:
-    NNCF, and onnxruntime's FP32 for the speed of the two runtimes)."""
-    if runtime == "onnxruntime":
-        return {"quantize_static int8": ("onnxruntime", quantize_static_anchor(pipe, work))}
-    return {**nncf_anchors(pipe), "onnxruntime FP32": ("onnxruntime", pipe.graphs.float.SerializeToString())}
-
-
-def side_by_side(models: dict[str, Model], shape: tuple[int, ...], batch: int, rounds: int, runs: int) -> dict:
-    """Median seconds per run of each model at ``batch`` images on 1 thread: ``rounds`` interleaved rounds of ``runs``
-    runs each (the median of the round medians), so that a slow spell of the machine falls on every model alike."""
-    feed = {ort.INPUT: np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)}
-    sessions = {k: open_session(v, 1) for k, v in models.items()}
-    medians: dict[str, list[float]] = {k: [] for k in models}
-    for r in range(rounds):
-        for k, sess in sessions.items():
-            medians[k].append(statistics.median(run_times(sess, feed, 10 if r == 0 else 2, runs)))
-    return {k: {"latency_s": statistics.median(v), "rounds": v} for k, v in medians.items()}
-
-
-def test_top1(pipe: Pipeline, model: Model) -> float:
-    """Top-1 [%] of a model on the test split, run by its runtime."""
-    sess = open_session(model, ort_threads())
-    x, y = pipe.data.test.x.numpy(), pipe.data.test.y.numpy()
-    return float(100.0 * (ort.logits(sess, x).argmax(1) == y).mean())
-
-
-def ort_threads() -> int:
-    import os
-
-    return max(1, len(os.sched_getaffinity(0)))
+    NNCF's two presets, with onnxruntime's FP32 beside them for the speed of the two runtimes; ExecuTorch:
+    ``XNNPACKQuantizer``)."""
+    out = runtime_anchors(pipe)
+    if pipe.runtime.name == "openvino":
+        out["onnxruntime FP32"] = ("onnxruntime", pipe.layout.float.SerializeToString())
+    return out
 
 
 # -- part 1 --------------------------------------------------------------------------------------------------------
-def settings(overrides: list[str]) -> tuple[RunSettings, SearchSettings]:
-    cfg = plain(compose_config("search", overrides))
-    return RunSettings.from_mapping(cfg), SearchSettings.from_mapping(cfg)
-
-
 def budget_ratios(args: argparse.Namespace, pipe: Pipeline) -> dict[str, float]:
     """The latency budgets (x FP32) the searches run at. onnxruntime: the latency the model gives uniform W8A8, and
     ``--tighter`` times that. OpenVINO, where int8 is not faster than FP32 everywhere: the fastest policy the model
@@ -185,7 +107,7 @@ def part1(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     start = time.perf_counter()
     pipe = build(run)
     lut = build_lut(run, pipe)
-    n = len(pipe.layers)
+    n = len(pipe.units)
     ratios = budget_ratios(args, pipe)
     found: dict[str, np.ndarray] = {}
     searches = {}
@@ -216,11 +138,13 @@ def part1(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         mix = pipe.uniform((8, 8))
         mix[rng.random(n) < f] = FP32_BITS
         policies[f"random {int(100 * f)} % FP32"] = mix
-    models: dict[str, Model] = {
-        k: (args.runtime, pipe.graphs.graph(b).SerializeToString()) for k, b in policies.items()
-    }
-    anchor = anchors(pipe, args.runtime, work)
+    models: dict[str, Model] = {k: policy_model(pipe, b) for k, b in policies.items()}
+    anchor = anchors(pipe)
     models.update(anchor)
+    if args.runtime == "openvino" and pipe.runtime.capabilities()["bf16"]:  # bf16 for every float op, measured
+        rl_bits = next((b for k, b in found.items() if k.startswith("rl")), policies["W8A8 (ours)"])
+        models["OpenVINO FP32, bf16 hint"] = ("openvino-bf16", pipe.layout.artefact(policies["FP32"]))
+        models["rl policy, bf16 hint"] = ("openvino-bf16", pipe.layout.artefact(rl_bits))
     accuracy = {k: test_top1(pipe, m) for k, m in models.items() if not k.startswith("random")}
     timing, prediction = {}, {}
     for batch in (1, 64) if not args.quick else (64,):
@@ -233,9 +157,9 @@ def part1(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "W8A8 (ours)": round_trip(pipe, policies["W8A8 (ours)"], args.runtime),
     }
     return {
-        "machine": ort.machine(args.runtime),
+        "machine": machine_record(pipe),
         "anchors": list(anchor),
-        "precisions": precisions(models) if args.runtime == "openvino" else None,
+        "precisions": precisions(models, pipe.runtime) if args.runtime == "openvino" else None,
         "model": pipe.spec.to_dict(),
         "ratios": ratios,
         "searches": searches,
@@ -251,12 +175,12 @@ def part1(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     }
 
 
-def precisions(models: dict[str, Model]) -> dict[str, Any]:
+def precisions(models: dict[str, Model], runtime: Any) -> dict[str, Any]:
     """What OpenVINO's CPU plugin runs each OpenVINO model's compute layers in, and what the CPU offers (bf16 or
     not): {"capabilities": [...], model: {layer type: {precision: count}}}."""
     from hysquant_rl.deploy import openvino
 
-    out: dict[str, Any] = {"capabilities": openvino.capabilities()}
+    out: dict[str, Any] = {"capabilities": runtime.capabilities()}
     for name, (runtime, graph) in models.items():
         if runtime == "openvino" and not name.startswith("random"):
             out[name] = openvino.precisions(graph)
@@ -266,9 +190,9 @@ def precisions(models: dict[str, Model]) -> dict[str, Any]:
 def unit_table(run: RunSettings, pipe: Pipeline, batch: int):
     from hysquant_rl.deploy.unit_latency import cached
 
-    int8 = np.array([any(a == 8 for _, a in run.hardware.executable(layer.kind)) for layer in pipe.layers])
+    int8 = np.array([any(a == 8 for _, a in run.hardware.executable(unit.kind)) for unit in pipe.units])
     runtime = runtimes.get(run.hardware.runtime)
-    return cached(pipe.graphs, int8, batch, run.hardware.timing, run.cache_dir, runtime)
+    return cached(pipe.layout, int8, batch, run.hardware.timing, run.cache_dir, runtime)
 
 
 def predict(table, policies: dict[str, np.ndarray], timing: dict) -> dict[str, Any]:
@@ -289,10 +213,10 @@ def round_trip(pipe: Pipeline, bits: np.ndarray, runtime: str = "onnxruntime") -
     from onnx import version_converter
     from onnx.reference import ReferenceEvaluator
 
-    proto = pipe.graphs.graph(bits)
+    proto = pipe.layout.graph(bits)
     x, y = pipe.data.test.x.numpy(), pipe.data.test.y.numpy()
-    fused = ort.logits(open_session((runtime, proto.SerializeToString()), ort_threads()), x)
-    plain_ = ort.logits(ort.session(proto.SerializeToString(), ort_threads(), optimize=False), x)
+    fused = ort.logits(runtimes.get(runtime).session(proto.SerializeToString(), threads()), x)
+    plain_ = ort.logits(ort.session(proto.SerializeToString(), threads(), optimize=False), x)
     sample = x[:64]
     reference = ReferenceEvaluator(version_converter.convert_version(proto, 21)).run(None, {ort.INPUT: sample})[0]
     return {
@@ -356,15 +280,13 @@ def part2(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         ]
         run, _ = settings(overrides)
         pipe = build(run)
-        n = len(pipe.layers)
+        n = len(pipe.units)
         from hysquant_rl.search.budget import cheapest
 
         fastest = cheapest(pipe.cost, pipe_mask(pipe), "latency_ms")
         policies = {"FP32": np.full((n, 2), FP32_BITS), "W8A8 (ours)": pipe.uniform((8, 8)), "fastest found": fastest}
-        models: dict[str, Model] = {
-            k: (args.runtime, pipe.graphs.graph(b).SerializeToString()) for k, b in policies.items()
-        }
-        models.update(anchors(pipe, args.runtime, work))
+        models: dict[str, Model] = {k: policy_model(pipe, b) for k, b in policies.items()}
+        models.update(anchors(pipe))
         timing = side_by_side(models, pipe.data.input_shape, batch, args.rounds, 20 if batch == 1 else 5)
         out[batch] = {
             "timing": timing,
@@ -373,12 +295,6 @@ def part2(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "modelled_s": {k: pipe.cost.table.latency(b) for k, b in policies.items()},
         }
     return out
-
-
-def pipe_mask(pipe: Pipeline) -> np.ndarray:
-    from hysquant_rl.search.space import choice_mask
-
-    return choice_mask(pipe.layers, pipe.cost.profile, pipe.space)
 
 
 # -- part 3 --------------------------------------------------------------------------------------------------------
@@ -410,7 +326,7 @@ def markdown(r: dict[str, Any], command: str) -> str:
     lines = [
         f"# Deployment on this CPU ({runtime}): what the search returns, side by side with {quantizer}",
         "",
-        f"Measured on {m['cpu']} ({m['logical_cpus']} logical CPUs), {m['runtime']}, 1 thread, interleaved"
+        f"Measured on {m.get('describe', m['cpu'])}, {m['runtime']}, 1 thread, interleaved"
         f" rounds, medians; `.venv/bin/python {command}` ({r['wall_s'] / 60:.1f} min).",
         "",
         "## Embedded Fashion-MNIST model (32 px), searches at batch 64",
@@ -500,7 +416,7 @@ def main() -> None:
     parser.add_argument("--tighter", type=float, default=0.95, help="the second budget, x the first (uniform W8A8's)")
     parser.add_argument("--episodes", type=int, default=None, help="episodes of local and rl (default 60, quick 12)")
     parser.add_argument("--rounds", type=int, default=9, help="interleaved timing rounds")
-    parser.add_argument("--runtime", choices=("onnxruntime", "openvino"), default="onnxruntime")
+    parser.add_argument("--runtime", choices=known_runtimes(), default="onnxruntime")
     parser.add_argument("--out", type=Path, default=None, help="default benchmarks/results/deployment[-openvino].md")
     args = parser.parse_args()
     args.out = args.out or RESULTS / ("deployment.md" if args.runtime == "onnxruntime" else "deployment-openvino.md")

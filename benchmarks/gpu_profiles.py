@@ -17,8 +17,8 @@ import timm
 import torch
 
 from hysquant_rl.hardware import CostModel, load_profile
+from hysquant_rl.inventory import inventory, other_ops
 from hysquant_rl.io import atomic_write
-from hysquant_rl.layers import inventory, other_ops
 
 MODELS = ("mobilevit_xxs", "mobilevit_xs", "mobilevit_s")
 PROFILES = ("rtx3080", "a100", "h200")
@@ -42,13 +42,13 @@ def main() -> None:
     for name in MODELS:
         torch.manual_seed(0)
         model = timm.create_model(name).eval()
-        layers, matmuls = inventory(model, SHAPE)
+        units, matmuls = inventory(model, SHAPE)
         other = other_ops(model, SHAPE)
         for profile_name in PROFILES:
             profile = load_profile(profile_name)
             for batch in (1, 64):
-                cost = CostModel(layers, matmuls, profile, batch, other)
-                kernels = cost.kernel_count([(8, 8)] * len(layers))
+                cost = CostModel(units, matmuls, profile, batch, other)
+                kernels = cost.kernel_count([(8, 8)] * len(units))
                 ms = {
                     spec: 1e3 * cost.uniform_cost(*bits).latency_s
                     for spec, bits in (("FP32", (32, 32)), ("W8A8", (8, 8)), ("W4A4", (4, 4)))

@@ -67,7 +67,7 @@ def main() -> None:
     start = time.perf_counter()
     pipe = build(cfg)
     print(
-        f"pipeline: {pipe.spec.name} on {cfg.data.name}, {len(pipe.layers)} layers, "
+        f"pipeline: {pipe.spec.name} on {cfg.data.name}, {len(pipe.units)} layers, "
         f"{len(pipe.data.search_val)} search-val images, built in {time.perf_counter() - start:.1f} s"
     )
     print(
@@ -94,7 +94,7 @@ def main() -> None:
 
     ref = rows[0][-1]
     print(
-        f"\nLUT: {ref.num_layers} layers x {len(ref.configs)} configurations ({', '.join(ref.labels)}) + FP32 rows"
+        f"\nLUT: {ref.num_units} layers x {len(ref.configs)} configurations ({', '.join(ref.labels)}) + FP32 rows"
         f" = {len(ref.frame)} rows"
     )
     print(f"{'run':<22s} {'startup s':>9s} {'build s':>8s} {'total s':>8s} {'jobs':>5s} {'s/job':>6s}  same numbers")
@@ -107,7 +107,7 @@ def main() -> None:
     same = "yes" if hit.frame.equals(ref.frame) else "NO"
     print(f"{'cache hit':<22s} {0:9.1f} {hit_s:8.2f} {hit_s:8.2f} {0:5d} {'-':>6s}  {same}")
     target = rows[0][1] + rows[0][2] if rows[0][0] == "1 worker" else None
-    if target is not None and len(pipe.data.search_val) == 500 and ref.num_layers * len(ref.configs) == 288:
+    if target is not None and len(pipe.data.search_val) == 500 and ref.num_units * len(ref.configs) == 288:
         print(
             "\ntarget (1 worker, 288 jobs, 500 images): <= 60 s ->"
             f" {'met' if target <= 60 else 'MISSED'} ({target:.1f} s)"

@@ -4,7 +4,7 @@
 One episode walks the L quantizable layers in forward order. At step l the agent sees layer l's state and
 answers with an action in [0, 1]^2 that becomes (w_bits, a_bits) inside the layer's allowed cells (the search
 space's, after the LUT's pruning rules): grid steps over 2..8 and FP32 (:mod:`hysquant_rl.bits`), the nearest
-allowed cell where the space is not a box (:func:`hysquant_rl.search.space.snap`); a tied unit (W8A8 or FP32 on a
+allowed cell where the space is not a box (:func:`hysquant_rl.space.snap`); a tied unit (W8A8 or FP32 on a
 runtime) reads its ``a`` action for both operands. After the last layer the problem ends the episode
 (:meth:`SearchProblem.finish`: budget projection, cached PTQ evaluation on search-val, reward).
 
@@ -46,10 +46,12 @@ import numpy as np
 
 from hysquant_rl.bits import GRID, MAX_BITS, to_index, uniform_slice
 from hysquant_rl.bits import to_bits as index_to_bits
+from hysquant_rl.budget_kinds import ENERGY, LATENCY
+from hysquant_rl.budget_kinds import KEYS as BUDGETS
 from hysquant_rl.search.allocation import lowest_costs
-from hysquant_rl.search.problem import BUDGETS, SearchProblem
+from hysquant_rl.search.problem import SearchProblem
 from hysquant_rl.search.ranking import SCORE
-from hysquant_rl.search.space import index_ranges, snap
+from hysquant_rl.space import index_ranges, snap
 from hysquant_rl.units import KINDS
 
 CONDITION_FEATURES = 2 * len(BUDGETS) + 2  # the conditioned observation's extra features (module docstring)
@@ -70,30 +72,30 @@ class HySquantEnv(gym.Env):
         super().__init__()
         self.problem = p = problem
         self.condition = condition
-        n = p.num_layers
-        layers = p.layers
+        n = p.num_units
+        units = p.units
         kind = np.zeros((n, len(KINDS)))
-        kind[np.arange(n), [KINDS.index(l.kind) for l in layers]] = 1.0
-        fmap = [l.tokens for l in layers]
+        kind[np.arange(n), [KINDS.index(l.kind) for l in units]] = 1.0
+        fmap = [l.tokens for l in units]
         static = np.column_stack(
             [
-                np.log([l.in_channels for l in layers]),
-                np.log([l.out_channels for l in layers]),
-                [l.kernel[0] for l in layers],
-                [l.stride[0] for l in layers],
+                np.log([l.in_channels for l in units]),
+                np.log([l.out_channels for l in units]),
+                [l.kernel[0] for l in units],
+                [l.stride[0] for l in units],
             ]
         )
-        logs = np.log(np.column_stack([fmap, [max(l.params, 1) for l in layers], [max(l.macs, 1) for l in layers]]))
-        w8a8 = {k: uniform_slice(p.costs[k], MAX_BITS, MAX_BITS) for k in ("latency_ms", "energy_mj")}
-        share = np.column_stack([w8a8[k] / max(w8a8[k].sum(), 1e-300) for k in ("latency_ms", "energy_mj")])
+        logs = np.log(np.column_stack([fmap, [max(l.params, 1) for l in units], [max(l.macs, 1) for l in units]]))
+        w8a8 = {k: uniform_slice(p.costs[k], MAX_BITS, MAX_BITS) for k in (LATENCY, ENERGY)}
+        share = np.column_stack([w8a8[k] / max(w8a8[k].sum(), 1e-300) for k in (LATENCY, ENERGY)])
         self._static = np.column_stack(
             [
                 np.arange(n) / n,
                 kind,
-                [l.family == "transformer" for l in layers],
+                [l.family == "transformer" for l in units],
                 _minmax(static[:, :2]),
                 _minmax(static[:, 2:]),
-                [l.kind == "depthwise" for l in layers],
+                [l.kind == "depthwise" for l in units],
                 _minmax(logs[:, :1]),
                 _minmax(logs[:, 1:]),
                 _minmax(p.lut_features),
@@ -119,26 +121,26 @@ class HySquantEnv(gym.Env):
         self.proposed_repeat = False  # the policy the actor and its noise chose had been evaluated already
 
     # -- action -> bits ----------------------------------------------------------------------------------
-    def _bounds(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
-        return self._lo[layer], self._hi[layer]
+    def _bounds(self, unit: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._lo[unit], self._hi[unit]
 
-    def to_bits(self, layer: int, action: np.ndarray) -> np.ndarray:
+    def to_bits(self, unit: int, action: np.ndarray) -> np.ndarray:
         """(w, a) for ``action`` in [0, 1]^2: HAQ's round((bmax - bmin + 1) * a + bmin - 0.5) over the layer's allowed
         grid indices; with a warm start, an offset of up to ``offset_range`` grid steps around it (action 0.5 = the
         warm-start bits). A tied unit takes its a for both; a cell the space does not allow becomes the nearest one
         it does."""
         action = np.clip(np.asarray(action, dtype=np.float64), 0.0, 1.0)
-        lo, hi = self._bounds(layer)
+        lo, hi = self._bounds(unit)
         p = self.problem
         if p.warm_start is None:
             idx = np.round((hi - lo + 1) * action + lo - 0.5)
         else:
-            idx = to_index(p.warm_start[layer]) + np.round((action - 0.5) * 2 * (p.offset_range + 0.5))
-        if p.tied[layer]:
+            idx = to_index(p.warm_start[unit]) + np.round((action - 0.5) * 2 * (p.offset_range + 0.5))
+        if p.tied[unit]:
             idx[0] = idx[1]
         idx = np.clip(idx, lo, hi).astype(np.int64)
-        if not p.mask[layer, idx[0], idx[1]]:
-            idx = np.array(snap(p.mask[layer], *idx))
+        if not p.mask[unit, idx[0], idx[1]]:
+            idx = np.array(snap(p.mask[unit], *idx))
         return index_to_bits(idx).astype(np.int64)
 
     def bits_to_action(self, bits: float) -> float:
@@ -146,19 +148,16 @@ class HySquantEnv(gym.Env):
         ``1 / (2 offset_range + 1)`` (see :meth:`to_bits`)."""
         return bits / (2 * self.problem.offset_range + 1)
 
-    def to_action(self, layer: int, bits: np.ndarray) -> np.ndarray:
-        """An action that :meth:`to_bits` maps to ``bits`` (inverse, for seeding a replay buffer)."""
-        return self._actions(np.asarray(bits)[None], np.array([layer]))[0]
-
-    def _actions(self, bits: np.ndarray, layers: np.ndarray) -> np.ndarray:
-        """:meth:`to_action` of the pairs ``bits`` (R, 2) of units ``layers`` (R,), at once: (R, 2) float32."""
+    def _actions(self, bits: np.ndarray, units: np.ndarray) -> np.ndarray:
+        """Actions that :meth:`to_bits` maps to the pairs ``bits`` (R, 2) of units ``layers`` (R,) (its inverse, for
+        the replay buffer's trajectories): (R, 2) float32."""
         p = self.problem
         idx = to_index(bits)
         if p.warm_start is None:
-            lo, hi = self._lo[layers], self._hi[layers]
+            lo, hi = self._lo[units], self._hi[units]
             action = (idx - lo + 0.5) / (hi - lo + 1)
         else:
-            action = 0.5 + (idx - to_index(p.warm_start[layers])) / (2 * (p.offset_range + 0.5))
+            action = 0.5 + (idx - to_index(p.warm_start[units])) / (2 * (p.offset_range + 0.5))
         return np.clip(action, 0.0, 1.0).astype(np.float32)
 
     # -- gymnasium API -----------------------------------------------------------------------------------
@@ -213,7 +212,7 @@ class HySquantEnv(gym.Env):
     def ending(self, action: np.ndarray) -> np.ndarray | None:
         """The policy (L, 2) this episode ends with if ``action`` is its last, else None (parallel episodes
         evaluate all ending policies at once before they step)."""
-        if self._step != self.problem.num_layers - 1:
+        if self._step != self.problem.num_units - 1:
             return None
         bits = self._bits.copy()
         bits[self._step] = self.to_bits(self._step, action)
@@ -231,18 +230,14 @@ class HySquantEnv(gym.Env):
 
     def step(self, action: np.ndarray):
         self._commit(self.to_bits(self._step, action), action)
-        if self._step < self.problem.num_layers:
+        if self._step < self.problem.num_units:
             return self._obs(), 0.0, False, False, {}
         info = self.problem.finish(self._bits.copy(), self.final)
         info["proposed_repeat"], self.proposed_repeat, self.final = self.proposed_repeat, False, None
         info[SCORE], self.score = self.score, None
-        self._step = self.problem.num_layers - 1  # the terminal observation repeats the last layer's
+        self._step = self.problem.num_units - 1  # the terminal observation repeats the last layer's
         obs = self._obs()
         return obs, float(info["reward"]), True, False, info
-
-    def finish(self, chosen: np.ndarray) -> dict[str, Any]:
-        """The episode end of :meth:`SearchProblem.finish` (projection, cached evaluation, reward)."""
-        return self.problem.finish(chosen)
 
     def trajectory(self, bits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(observations, next observations, actions) of an episode that chose ``bits`` (L, 2) itself: (L, D),
@@ -251,16 +246,16 @@ class HySquantEnv(gym.Env):
         candidates on them. Computed at once, without stepping (the same features as :meth:`step`'s, from
         :meth:`_rows`); the environment's own episode is left as it is."""
         p = self.problem
-        n = p.num_layers
+        n = p.num_units
         bits = np.asarray(bits)
-        layers = np.arange(n)
-        actions = self._actions(bits, layers)
+        units = np.arange(n)
+        actions = self._actions(bits, units)
         idx = to_index(bits)
         # row r = 0..L: the observation before unit r's choice; row L, the terminal one, repeats the last unit's
         steps = np.minimum(np.arange(n + 1), n - 1)
         prev = np.concatenate([np.zeros((1, 2), dtype=np.float32), actions])
         used = {  # the cost committed before each row, added up unit by unit as step() does
-            k: np.cumsum(np.concatenate([[float(p.fixed[k])], p.costs[k][layers, idx[:, 0], idx[:, 1]]]))
+            k: np.cumsum(np.concatenate([[float(p.fixed[k])], p.costs[k][units, idx[:, 0], idx[:, 1]]]))
             for k in BUDGETS
         }
         rows = self._rows(steps, prev, used)

@@ -106,3 +106,18 @@ def parse_uniform(spec: str) -> tuple[int, int] | None:
     if re.fullmatch(r"(w\d|fp\d)\w*", s):
         raise HySquantError(f"uniform policy {spec!r} is malformed: {hint}")
     return None
+
+
+def mean_bits(bits: Any, weighted: Any) -> dict[str, float | None]:
+    """How a policy (L, 2) spends its bits, the one definition every report uses: ``mean_w_bits`` over the integer
+    weights of the units with a weight (``weighted`` (L,) bool), ``mean_a_bits`` over the integer activations (an FP32
+    operand has no bit-width to average: it is counted apart), and ``fp32_fraction``, the share of units whose
+    activations stay float. None where there is nothing to average."""
+    bits, weighted = np.asarray(bits), np.asarray(weighted, dtype=bool)
+    w = bits[weighted & (bits[:, 0] != FP32_BITS), 0]
+    a = bits[bits[:, 1] != FP32_BITS, 1]
+    return {
+        "mean_w_bits": float(w.mean()) if w.size else None,
+        "mean_a_bits": float(a.mean()) if a.size else None,
+        "fp32_fraction": float((bits[:, 1] == FP32_BITS).mean()) if len(bits) else 0.0,
+    }

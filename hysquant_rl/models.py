@@ -117,12 +117,39 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str, 
 
 
 def embedded_checkpoint(model: ModelSettings, data: DataSettings, seed: int, cache_dir: Path) -> Path:
-    """Cache path of the embedded model (see module docstring)."""
+    """Cache path of the embedded model (see module docstring). Where the model trains on a fixed ``train_size``
+    (the splits after it are drawn from the other images), the sizes of calibration, search-val and test do not change
+    its weights and are left out of the key."""
     recipe = {"model": model.name, "data": data.to_dict(), "seed": int(seed)}
-    for k in ("root", "download", "batch_size", "workers"):  # do not change the weights
+    unused = ["root", "download", "batch_size", "workers"]  # do not change the weights
+    if data.train_size is not None:
+        unused += ["calib_size", "search_val_size", "test_size"]
+    for k in unused:
         recipe["data"].pop(k, None)
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
     return cache_dir / "models" / f"{model.name}_{data.name}_{key}.pt"
+
+
+SHIPPED = Path(__file__).resolve().parent / "weights"
+"""Weights this project trained and ships (``<name>.safetensors`` beside ``<name>.json``, their provenance: the
+command, the data's SHA-256, the training time and the top-1 they reached, and ``cache_file``, the embedded model's
+cache name they stand for)."""
+
+
+def shipped_weights(cache_path: Path) -> Path | None:
+    """The shipped ``.safetensors`` that stands for the embedded model cached at ``cache_path`` (same model, data
+    recipe and seed: the same cache name), or None."""
+    if not SHIPPED.is_dir():
+        return None
+    for meta in sorted(SHIPPED.glob("*.json")):
+        try:
+            cache_file = json.loads(meta.read_text()).get("cache_file")
+        except (OSError, ValueError, AttributeError):
+            continue
+        weights = meta.with_suffix(".safetensors")
+        if cache_file == cache_path.name and weights.is_file():
+            return weights
+    return None
 
 
 def create_model(m: ModelSettings, embedded: dict[str, torch.Tensor] | None = None) -> tuple[nn.Module, ModelSpec]:

@@ -36,7 +36,7 @@ from typing import Any
 
 from hysquant_rl.bits import FP32_BITS, RANGE_TEXT, check_bits
 from hysquant_rl.errors import HySquantError
-from hysquant_rl.io import save_json
+from hysquant_rl.io import UnsafeFile, loads_json, read_regular, save_json
 from hysquant_rl.provenance import git_commit, package_version
 from hysquant_rl.units import ACTIVATION_KINDS
 
@@ -94,7 +94,7 @@ class QuantPolicy:
     """
 
     model: dict[str, Any]
-    layers: list[dict[str, Any]]
+    units: list[dict[str, Any]]
     metrics: dict[str, Any] = field(default_factory=dict)
     budgets: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -104,7 +104,7 @@ class QuantPolicy:
     @classmethod
     def from_bits(
         cls,
-        layers: Sequence[Any],
+        units: Sequence[Any],
         bits: Sequence[tuple[int, int]],
         model_name: str,
         weights_sha256: str,
@@ -117,23 +117,21 @@ class QuantPolicy:
         wall_time_s: float | None = None,
         **provenance: Any,
     ) -> QuantPolicy:
-        """Policy giving ``bits[i] = (w_bits, a_bits)`` to ``layers[i]`` (LayerInfo-like: ``.name``, ``.kind``,
+        """Policy giving ``bits[i] = (w_bits, a_bits)`` to ``layers[i]`` (UnitInfo-like: ``.name``, ``.kind``,
         forward order; an activation-only unit's ``w_bits`` is written as null). Extra keyword arguments are
         stored in ``provenance``. Raises HySquantError on a length mismatch or a bit-width outside 2..8 or 32."""
-        if len(bits) != len(layers):
+        if len(bits) != len(units):
             raise HySquantError(
-                f"policy has {len(bits)} (w_bits, a_bits) pairs for {len(layers)} layers: give one per layer"
+                f"policy has {len(bits)} (w_bits, a_bits) pairs for {len(units)} layers: give one per layer"
             )
         entries = [
             {
-                "name": layer.name,
-                "kind": layer.kind,
-                "w_bits": None
-                if layer.kind in ACTIVATION_KINDS
-                else _to_bits(w, f"layer {layer.name} weight bit-width"),
-                "a_bits": _to_bits(a, f"layer {layer.name} activation bit-width"),
+                "name": unit.name,
+                "kind": unit.kind,
+                "w_bits": None if unit.kind in ACTIVATION_KINDS else _to_bits(w, f"layer {unit.name} weight bit-width"),
+                "a_bits": _to_bits(a, f"layer {unit.name} activation bit-width"),
             }
-            for layer, (w, a) in zip(layers, bits)
+            for unit, (w, a) in zip(units, bits)
         ]
         prov = {
             "method": method,
@@ -147,7 +145,7 @@ class QuantPolicy:
         }
         return cls(
             model={"name": model_name, "weights_sha256": weights_sha256, "num_layers": len(entries)},
-            layers=entries,
+            units=entries,
             metrics=to_json_types(metrics or {}, "policy metrics"),
             budgets=to_json_types(budgets or {}, "policy budgets"),
             provenance=to_json_types(prov, "policy provenance"),
@@ -155,12 +153,12 @@ class QuantPolicy:
 
     @classmethod
     def uniform(
-        cls, layers: Sequence[Any], w_bits: int, a_bits: int, model_name: str, weights_sha256: str, **meta: Any
+        cls, units: Sequence[Any], w_bits: int, a_bits: int, model_name: str, weights_sha256: str, **meta: Any
     ) -> QuantPolicy:
         """The same (w_bits, a_bits) on every layer; ``meta`` as in :meth:`from_bits` (method defaults to
         ``"uniform"``)."""
         meta.setdefault("method", "uniform")
-        return cls.from_bits(layers, [(w_bits, a_bits)] * len(layers), model_name, weights_sha256, **meta)
+        return cls.from_bits(units, [(w_bits, a_bits)] * len(units), model_name, weights_sha256, **meta)
 
     # -- accessors -------------------------------------------------------------------------------------
     @property
@@ -170,13 +168,13 @@ class QuantPolicy:
     @property
     def names(self) -> list[str]:
         """Layer names in the policy's (forward) order."""
-        return [entry["name"] for entry in self.layers]
+        return [entry["name"] for entry in self.units]
 
     def bits(self) -> list[tuple[int, int]]:
         """(w_bits, a_bits) per unit, in the policy's order; feed to ``QuantModel.apply_bits`` after
         :func:`validate` has confirmed that order is the model's forward order. An activation-only unit's null
         ``w_bits`` reads as its ``a_bits`` (the search's canonical form: see ``SearchProblem.canonical``)."""
-        return [(e["a_bits"] if e["w_bits"] is None else e["w_bits"], e["a_bits"]) for e in self.layers]
+        return [(e["a_bits"] if e["w_bits"] is None else e["w_bits"], e["a_bits"]) for e in self.units]
 
     # -- (de)serialization -----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -186,7 +184,7 @@ class QuantPolicy:
                 "format": FORMAT,
                 "version": VERSION,
                 "model": self.model,
-                "layers": self.layers,
+                "layers": self.units,
                 "metrics": self.metrics,
                 "budgets": self.budgets,
                 "provenance": self.provenance,
@@ -224,10 +222,10 @@ class QuantPolicy:
         model = doc.get("model")
         if not isinstance(model, dict) or any(k not in model for k in _MODEL_KEYS):
             raise bad(f"'model' must be an object with keys {', '.join(_MODEL_KEYS)}")
-        layers = doc.get("layers")
-        if not isinstance(layers, list):
+        units = doc.get("layers")
+        if not isinstance(units, list):
             raise bad("'layers' must be a list")
-        for i, entry in enumerate(layers):
+        for i, entry in enumerate(units):
             if not isinstance(entry, dict) or any(k not in entry for k in _LAYER_KEYS):
                 raise bad(f"layers[{i}] must be an object with keys {', '.join(_LAYER_KEYS)}")
             if not isinstance(entry["name"], str):
@@ -238,19 +236,23 @@ class QuantPolicy:
             if not isinstance(value, dict):
                 raise bad(f"'{key}' must be an object")
             extras[key] = value
-        return cls(model=dict(model), layers=[dict(e) for e in layers], **extras, version=doc["version"])
+        return cls(model=dict(model), units=[dict(e) for e in units], **extras, version=doc["version"])
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> QuantPolicy:
         """Read a policy file. Raises HySquantError naming the file for: missing/unreadable file, invalid
         JSON, another format, another format version, missing keys."""
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
+        try:  # a link the user made is followed; a FIFO, a device or a file beyond any policy's size is refused
+            text = read_regular(path, "settings", follow=True).decode("utf-8")
         except FileNotFoundError:
             raise HySquantError(
                 f"policy file {path} does not exist: pass the best_policy.json of a search run, "
                 "or a uniform spec such as policy=W8A8"
+            ) from None
+        except UnsafeFile as e:
+            raise HySquantError(
+                f"policy file {path} is {e.problem}: pass the best_policy.json of a search run (a regular JSON file)"
             ) from None
         except (OSError, UnicodeDecodeError) as e:
             raise HySquantError(f"cannot read policy file {path} ({e}): pass a readable UTF-8 JSON file") from None
@@ -259,11 +261,15 @@ class QuantPolicy:
             " re-run the search that wrote it"
         )
         try:
-            doc = json.loads(text)
+            doc = loads_json(text)
         except json.JSONDecodeError as e:
             raise HySquantError(
                 f"policy file {path} is not valid JSON (line {e.lineno} column {e.colno}: {e.msg}): "
                 "fix the file or re-run the search that wrote it"
+            ) from None
+        except ValueError as e:  # NaN, Infinity
+            raise HySquantError(
+                f"policy file {path} is not valid JSON ({e}): fix the file or re-run the search that wrote it"
             ) from None
         except RecursionError:
             raise too_deep from None
@@ -278,19 +284,19 @@ class QuantPolicy:
 
 
 # -- validation ----------------------------------------------------------------------------------------
-def complete(policy: QuantPolicy, layers: Sequence[Any]) -> QuantPolicy:
-    """``policy`` as a current-version policy for the model's units ``layers`` (LayerInfo-like: ``.name``,
+def complete(policy: QuantPolicy, units: Sequence[Any]) -> QuantPolicy:
+    """``policy`` as a current-version policy for the model's units ``layers`` (UnitInfo-like: ``.name``,
     ``.kind``; forward order): a version-1 policy gets the activation-only units it does not list, at FP32, in
     forward order (what it meant: before those units existed, they ran in float). Other policies unchanged."""
     if policy.version != 1:
         return policy
-    listed = {e["name"]: e for e in policy.layers}
+    listed = {e["name"]: e for e in policy.units}
     entries, added = [], 0
-    for layer in layers:
-        if layer.name in listed:
-            entries.append(listed.pop(layer.name))
-        elif layer.kind in ACTIVATION_KINDS:
-            entries.append({"name": layer.name, "kind": layer.kind, "w_bits": None, "a_bits": FP32_BITS})
+    for unit in units:
+        if unit.name in listed:
+            entries.append(listed.pop(unit.name))
+        elif unit.kind in ACTIVATION_KINDS:
+            entries.append({"name": unit.name, "kind": unit.kind, "w_bits": None, "a_bits": FP32_BITS})
             added += 1
     entries += listed.values()  # names the model does not have: validate reports them
     if not added:
@@ -308,8 +314,8 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
-def validate(policy: QuantPolicy, layers: Sequence[Any], model_name: str, weights_sha256: str) -> None:
-    """Check that ``policy`` fits the model whose quantizable ``layers`` (LayerInfo-like: ``.name``,
+def validate(policy: QuantPolicy, units: Sequence[Any], model_name: str, weights_sha256: str) -> None:
+    """Check that ``policy`` fits the model whose quantizable ``layers`` (UnitInfo-like: ``.name``,
     ``.kind``; forward order), timm name and weights hash are given.
 
     Raises one HySquantError listing every problem on one line, separated by '; ': other model name,
@@ -331,7 +337,7 @@ def validate(policy: QuantPolicy, layers: Sequence[Any], model_name: str, weight
         )
 
     names = policy.names
-    model_names = [layer.name for layer in layers]
+    model_names = [unit.name for unit in units]
     if len(names) != len(model_names):
         problems.append(f"{len(names)} layers in the policy, {len(model_names)} in the model")
     if policy.model.get("num_layers") != len(names):
@@ -354,7 +360,7 @@ def validate(policy: QuantPolicy, layers: Sequence[Any], model_name: str, weight
             f"layers out of forward order (position {i} is {names[i]}, the model runs {model_names[i]} there)"
         )
 
-    for entry in policy.layers:
+    for entry in policy.units:
         for key in ("w_bits", "a_bits"):
             if key == "w_bits" and entry[key] is None and entry["kind"] in ACTIVATION_KINDS:
                 continue
@@ -363,10 +369,10 @@ def validate(policy: QuantPolicy, layers: Sequence[Any], model_name: str, weight
             except HySquantError:
                 problems.append(f"layer {entry['name']} {key}={entry[key]!r} out of range ({RANGE_TEXT})")
 
-    kinds = {layer.name: layer.kind for layer in layers}
+    kinds = {unit.name: unit.kind for unit in units}
     changed = [
         f"{e['name']} ({e['kind']} -> {kinds[e['name']]})"
-        for e in policy.layers
+        for e in policy.units
         if e["name"] in kinds and e["kind"] != kinds[e["name"]]
     ]
     if changed:  # the same name on another kind of layer: the policy was made for another architecture

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from hysquant_rl.bits import MAX_BITS, MIN_BITS, label, parse_uniform
+from hysquant_rl.budget_kinds import BY_KEY, KINDS
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.hardware.profile import DeviceProfile, load_profile
-from hysquant_rl.lut.prune import PruneRules
-from hysquant_rl.search.space import SPACES
+from hysquant_rl.prune import PruneRules
+from hysquant_rl.space import SPACES
 
 PROXIES = ("kl", "top1_drop")
 """LUT columns ``search.proxy`` may name: the additive sensitivity the ILP minimises and the greedy walk and the
@@ -36,9 +37,8 @@ BUDGET_REFERENCES = ("auto", "W8A8", "FP32")  # what budget.*_ratio is a ratio o
 GRANULARITIES = ("tensor", "channel")
 CALIBRATORS = ("minmax", "percentile", "mse")  # activation range rules: hysquant_rl/quant/calibrate.py
 SCOPES = ("linear", "hybrid")
-"""``quant.scope``: Conv2d/Linear only, or the transformer's activation-only units too (hysquant_rl/layers.py)."""
+"""``quant.scope``: Conv2d/Linear only, or the transformer's activation-only units too (hysquant_rl/inventory.py)."""
 SOFTMAX_LEVELS = ("uniform", "log2")  # levels of the softmax probabilities (attention-pv units)
-UNIT_KEYS = {"latency": ("ms", "ratio"), "energy": ("mj", "ratio"), "size": ("mb", "ratio")}  # budget.<kind>_<unit>
 
 
 def default_threads(workers: int = 1) -> int:
@@ -61,6 +61,69 @@ def _integer(value: Any, key: str, minimum: int | None = None) -> int:
 GB_PER_WORKER = 1.5  # memory of one Ray worker process holding a calibrated model and its splits [GB]
 
 
+def mem_available_gb() -> float | None:
+    """The memory this machine has available (``/proc/meminfo`` MemAvailable) [GB]; None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1e6  # kB -> GB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _threads(value: Any, key: str) -> int:
+    """``threads`` / ``hardware.timing.threads``: an integer >= 1, at most the CPUs this process may use
+    (``os.sched_getaffinity``): more threads than CPUs only take turns (1000 of them made no progress in 11 minutes)."""
+    n = _integer(value, key, 1)
+    cpus = len(os.sched_getaffinity(0))
+    if n > cpus:
+        raise HySquantError(
+            f"{key}={n} is more threads than this process may use: at most {cpus} (the CPUs of its affinity,"
+            f" os.sched_getaffinity); lower it{' (threads=null takes them all)' if key == 'threads' else ''}"
+        )
+    return n
+
+
+# Peak memory of one batch on a runtime [bytes per input pixel of one image]: onnxruntime's FP32 run measured about
+# 112 (mobilevit_xxs) and 440 (mobilevit_xs, mobilevit_s), doubled for the int8 graph's extra tensors and the arena's
+# slack; a model not listed is taken at twice the widest.
+ACTIVATION_BYTES_PER_PIXEL = {"mobilevit_xxs": 256, "mobilevit_xs": 1024, "mobilevit_s": 1024}
+
+
+def batch_bytes(model: str, in_chans: int, img_size: int) -> float:
+    """The estimated memory of one image of a batch run by a runtime [bytes]: the model's activations, which scale
+    with the image's pixels (:data:`ACTIVATION_BYTES_PER_PIXEL`), and the float input itself."""
+    per_pixel = ACTIVATION_BYTES_PER_PIXEL.get(model, 2 * max(ACTIVATION_BYTES_PER_PIXEL.values()))
+    return img_size * img_size * (per_pixel + 4 * in_chans)
+
+
+def _batch_size(profile: DeviceProfile, space: str, c: Mapping[str, Any]) -> None:
+    """``hardware.batch_size`` where this machine runs whole batches (a runtime backend, or the per-unit latency of
+    the executable space): one batch's estimated memory (:func:`batch_bytes`) must fit the memory available, beside
+    the process's own (about :data:`GB_PER_WORKER` GB); else one line naming the most that fits. The roofline and the
+    CUDA kernels of a GPU profile only compute with the number."""
+    if profile.batch_size <= 1 or (profile.backend in ("modelled", "measured") and space != "executable"):
+        return
+    available = mem_available_gb()
+    if available is None:
+        return
+    model, data = str(c["model"]["name"]), c["data"]
+    try:
+        each = batch_bytes(model, int(data["in_chans"]), int(data["img_size"]))
+    except (KeyError, TypeError, ValueError):
+        return  # the data settings' own checks name what is wrong
+    room = max(available - GB_PER_WORKER, 0.0) * 1e9
+    if profile.batch_size * each > room:
+        most = max(1, int(room // each))
+        raise HySquantError(
+            f"hardware.batch_size={profile.batch_size} needs about {profile.batch_size * each / 1e9:.1f} GB for one"
+            f" batch of {model} at {data['img_size']}x{data['img_size']} ({each / 1e6:.2f} MB an image), more than"
+            f" the {available:.1f} GB of memory available: at most {most} on this machine; lower it"
+        )
+
+
 def _workers(value: Any, key: str, c: Mapping[str, Any]) -> int:
     """``lut.workers`` / ``search.workers``: an integer >= 1 that this machine can run, each of N > 1 workers being a
     Ray process that holds its own model and data (about :data:`GB_PER_WORKER` GB): at most the CPUs this process
@@ -70,14 +133,7 @@ def _workers(value: Any, key: str, c: Mapping[str, Any]) -> int:
     if n == 1 or (c.get("ray") or {}).get("address"):
         return n
     cpus = len(os.sched_getaffinity(0))
-    available_gb = None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    available_gb = int(line.split()[1]) / 1e6  # kB -> GB
-    except (OSError, ValueError, IndexError):
-        pass
+    available_gb = mem_available_gb()
     limit = cpus if available_gb is None else min(cpus, int(available_gb // GB_PER_WORKER))
     if n > limit:
         memory = "" if available_gb is None else f", {available_gb:.1f} GB of memory free at ~{GB_PER_WORKER} GB each"
@@ -150,14 +206,80 @@ class ModelSettings:
 
 @dataclass(frozen=True)
 class TrainRecipe:
-    """``data.train``: how ``hysquant-train`` trains the embedded model on this data set."""
+    """``data.train``: how ``hysquant-train`` trains a model from scratch on this data set. AdamW at ``lr`` with a
+    one-cycle cosine schedule (``warmup``: the fraction of steps it warms up), ``label_smoothing``; augmentation: a
+    random shift of up to ``max_shift`` pixels (data held in memory) or a random-resized crop of ``min_scale``..1 of
+    the image's area and a horizontal flip (photos); ``resolution``: (first epoch, pixels) steps of the training
+    resolution (progressive resizing; empty: ``data.img_size`` throughout); ``ema``: the decay of an exponential
+    moving average of the weights, kept instead of the weights when it scores higher on search-val (None: off);
+    ``clip_grad``: the largest gradient norm a step takes (None: unclipped; transformers from scratch spike without).
+    ``given`` names the keys the config set (what a model's cache key hashes)."""
 
     epochs: int
     batch_size: int
     lr: float
     weight_decay: float
     label_smoothing: float
-    max_shift: int
+    max_shift: int = 0
+    min_scale: float = 0.35
+    resolution: tuple[tuple[int, int], ...] = ()
+    warmup: float = 0.15
+    ema: float | None = None
+    clip_grad: float | None = None
+    given: tuple[str, ...] = field(default=(), repr=False)
+
+    @classmethod
+    def from_mapping(cls, t: Mapping[str, Any]) -> TrainRecipe:
+        known = {f for f in cls.__dataclass_fields__ if f != "given"}
+        unknown = sorted(set(t) - known)
+        if unknown:
+            raise HySquantError(f"data.train.{unknown[0]} is not a training setting: use {', '.join(sorted(known))}")
+        steps = t.get("resolution") or ()
+        if not isinstance(steps, (list, tuple)) or not all(isinstance(s, (list, tuple)) and len(s) == 2 for s in steps):
+            raise HySquantError(
+                f"data.train.resolution={steps!r} must be a list of [first epoch, pixels] pairs, e.g."
+                " [[0,128],[20,160]]"
+            )
+        resolution = tuple(
+            (_integer(e, "data.train.resolution", 0), _integer(px, "data.train.resolution", 8)) for e, px in steps
+        )
+        if [e for e, _ in resolution] != sorted({e for e, _ in resolution}):
+            raise HySquantError(f"data.train.resolution={steps!r} must list its first epochs in increasing order")
+        min_scale = _number(t.get("min_scale", 0.35), "data.train.min_scale", positive=True)
+        warmup = _number(t.get("warmup", 0.15), "data.train.warmup", positive=True)
+        ema = _number(t.get("ema"), "data.train.ema", positive=True, optional=True)
+        clip_grad = _number(t.get("clip_grad"), "data.train.clip_grad", positive=True, optional=True)
+        for key, value in (("min_scale", min_scale), ("warmup", warmup), ("ema", ema)):
+            if value is not None and value >= 1:
+                raise HySquantError(f"data.train.{key}={value!r} must lie in (0, 1)")
+        return cls(
+            epochs=_integer(t["epochs"], "data.train.epochs", 1),
+            batch_size=_integer(t["batch_size"], "data.train.batch_size", 2),
+            lr=_number(t["lr"], "data.train.lr", positive=True),
+            weight_decay=_number(t["weight_decay"], "data.train.weight_decay"),
+            label_smoothing=_number(t["label_smoothing"], "data.train.label_smoothing"),
+            max_shift=_integer(t.get("max_shift", 0), "data.train.max_shift", 0),
+            min_scale=min_scale,
+            resolution=resolution,
+            warmup=warmup,
+            ema=ema,
+            clip_grad=clip_grad,
+            given=tuple(k for k in t if k in known),
+        )
+
+    def at(self, epoch: int, default: int) -> int:
+        """The training resolution in pixels at ``epoch`` (0-based): the last step that has begun, else ``default``."""
+        pixels = default
+        for first, px in self.resolution:
+            if epoch >= first:
+                pixels = px
+        return pixels
+
+    def to_dict(self) -> dict[str, Any]:
+        """The keys the config set, with their values."""
+        d = asdict(self)
+        d["resolution"] = [list(s) for s in self.resolution]
+        return {k: d[k] for k in self.given}
 
 
 @dataclass(frozen=True)
@@ -175,8 +297,11 @@ class DataSettings:
     train_size: int | None = None
     root: str | None = None
     download: bool = False
-    batch_size: int | None = None  # loader batch of a streamed test split
-    workers: int | None = None  # loader processes of a streamed test split
+    batch_size: int | None = None  # loader batch of a streamed split
+    workers: int | None = None  # loader processes of a streamed split (each on one thread)
+    mean: tuple[float, ...] | None = None  # photos: per-channel normalisation
+    std: tuple[float, ...] | None = None
+    crop_pct: float | None = None  # photos: the evaluation crop's share of the resized image (1: no border cut)
     train: TrainRecipe | None = None
     given: tuple[str, ...] = field(default=(), repr=False)
 
@@ -190,14 +315,24 @@ class DataSettings:
             if d.get(key) is not None:
                 _integer(d[key], f"data.{key}", 1)
         if isinstance(values.get("train"), Mapping):
-            values["train"] = TrainRecipe(**values["train"])
+            values["train"] = TrainRecipe.from_mapping(values["train"])
         if values.get("root") is not None:
             values["root"] = str(values["root"])
+        for key in ("mean", "std"):
+            if values.get(key) is not None:
+                values[key] = tuple(_number(v, f"data.{key}", positive=key == "std") for v in values[key])
+        if values.get("crop_pct") is not None:
+            values["crop_pct"] = _number(values["crop_pct"], "data.crop_pct", positive=True)
         return cls(**values, given=tuple(k for k in d if k in known))
 
     def to_dict(self) -> dict[str, Any]:
         """The keys the config set, with their values (the recipe as a mapping)."""
         d = asdict(self)
+        if self.train is not None:
+            d["train"] = self.train.to_dict()
+        for key in ("mean", "std"):
+            if d[key] is not None:
+                d[key] = list(d[key])
         return {k: d[k] for k in self.given}
 
 
@@ -357,9 +492,8 @@ class RunSettings:
     hardware: DeviceProfile
     lut: LUTSettings
     ray: RaySettings
-    export_onnx: bool = False  # export.onnx: also write model.onnx (a QDQ graph onnxruntime runs)
     space: str = "simulated"  # search.space resolved: executable (the runtime's choices) | simulated (2..8 and FP32)
-    export_openvino: bool = False  # export.openvino: also write OpenVINO's model.xml/.bin (runtime openvino only)
+    export: ExportSettings = field(default_factory=lambda: ExportSettings())  # export.*: the files written
 
     @classmethod
     def from_mapping(cls, c: Mapping[str, Any]) -> RunSettings:
@@ -367,9 +501,11 @@ class RunSettings:
         _workers(c["lut"]["workers"], "lut.workers", c)  # before any work: Ray workers this machine can run
         hardware = load_profile(c["hardware"])
         space = resolve_space(c.get("search", {}).get("space", "auto"), hardware, c["quant"])
+        _threads(hardware.timing.threads, "hardware.timing.threads")  # before any work: threads and memory
+        _batch_size(hardware, space, c)  # this machine has
         return cls(
             seed=_integer(c["seed"], "seed"),
-            threads=None if threads is None else _integer(threads, "threads", 1),
+            threads=None if threads is None else _threads(threads, "threads"),
             cache_dir=Path(str(c["paths"]["cache"])).expanduser(),
             model=ModelSettings.from_mapping(c["model"]),
             data=DataSettings.from_mapping(c["data"]),
@@ -378,22 +514,39 @@ class RunSettings:
             hardware=hardware,
             lut=LUTSettings.from_mapping(c["lut"], c["prune"]),
             ray=RaySettings.from_mapping(c["ray"]),
-            export_onnx=_flag(c.get("export", {}).get("onnx", False), "export.onnx"),
             space=space,
-            export_openvino=_openvino_export(c.get("export", {}).get("openvino", False), hardware, space),
+            export=ExportSettings.from_mapping(c.get("export", {}), hardware, space),
         )
 
 
-def _openvino_export(value: Any, profile: DeviceProfile, space: str) -> bool:
-    """``export.openvino``: allowed where the model written is OpenVINO's layout (the executable space of a profile
-    whose runtime is openvino): another layout would be a file OpenVINO runs slowly or wrongly."""
-    wanted = _flag(value, "export.openvino")
-    if wanted and (space != "executable" or profile.runtime != "openvino"):
-        raise HySquantError(
-            "export.openvino=true writes OpenVINO's layout, which only a search on OpenVINO produces: add"
-            " hardware=cpu hardware.backend=openvino (search.space=auto or executable)"
-        )
-    return wanted
+@dataclass(frozen=True)
+class ExportSettings:
+    """``export``: which files a run writes besides the policy (:mod:`hysquant_rl.deploy.export`). ``onnx``: in the
+    simulated space, the paper's QDQ graph too (the executable space always writes its runtime's deployable file);
+    ``runtime_files``: the runtimes whose own files to add (``export.<runtime>=true``, e.g. OpenVINO's
+    ``model.xml``/``.bin``): only the runtime the run searches on writes its layout, so only it may be named."""
+
+    onnx: bool = False
+    runtime_files: tuple[str, ...] = ()
+
+    @classmethod
+    def from_mapping(cls, e: Mapping[str, Any], profile: DeviceProfile, space: str) -> ExportSettings:
+        from hysquant_rl.hardware.profile import known_runtimes
+
+        for key in e:
+            if key != "onnx" and key not in known_runtimes():
+                raise HySquantError(
+                    f"export.{key} is not an export setting: use export.onnx or export.<runtime>"
+                    f" ({', '.join(known_runtimes())})"
+                )
+        wanted = tuple(str(k) for k, v in e.items() if k != "onnx" and _flag(v, f"export.{k}"))
+        for name in wanted:
+            if space != "executable" or profile.runtime != name:
+                raise HySquantError(
+                    f"export.{name}=true writes {name}'s own files of {name}'s layout, which only a search on {name}"
+                    f" produces: add hardware=cpu hardware.backend={name} (search.space=auto or executable)"
+                )
+        return cls(onnx=_flag(e.get("onnx", False), "export.onnx"), runtime_files=wanted)
 
 
 def resolve_space(value: Any, profile: DeviceProfile, quant: Mapping[str, Any]) -> str:
@@ -426,7 +579,9 @@ class BudgetSpec:
     the ``reference`` policy's cost (both given: the tighter holds; None: no such budget), an accuracy floor on
     search-val top-1 [%], and what an episode does with a policy over budget (``mode``: project or penalty).
     ``reference``: ``W8A8`` or ``FP32`` (uniform), or ``auto``: FP32 in the executable space (a runtime's float
-    model is what a deployment is compared with), W8A8 in the simulated one (the paper's)."""
+    model is what a deployment is compared with), W8A8 in the simulated one (the paper's). ``max_drop`` asks the dual
+    question: the policy that minimises the ``minimize`` cost with search-val top-1 at most ``max_drop`` points below
+    FP32's (the other budgets still hold)."""
 
     mode: str = "project"
     penalty_weight: float = 10.0
@@ -438,6 +593,8 @@ class BudgetSpec:
     size_ratio: float | None = None
     min_top1: float | None = None
     reference: str = "auto"
+    max_drop: float | None = None  # the dual question: minimise ``minimize`` within this search-val top-1 drop [points]
+    minimize: str = "latency"  # a budget kind (latency, energy, size)
 
     @classmethod
     def from_mapping(cls, b: Mapping[str, Any]) -> BudgetSpec:
@@ -446,9 +603,15 @@ class BudgetSpec:
         values["penalty_weight"] = _number(b.get("penalty_weight", 10.0), "budget.penalty_weight")
         if values["penalty_weight"] < 0:
             raise HySquantError(f"budget.penalty_weight={values['penalty_weight']!r} must be a finite number >= 0")
-        for key in ("latency_ms", "latency_ratio", "energy_mj", "energy_ratio", "size_mb", "size_ratio"):
+        for key in (key for k in KINDS for key in (k.key, k.ratio_key)):
             values[key] = _number(b.get(key), f"budget.{key}", positive=True, optional=True)
         values["min_top1"] = _number(b.get("min_top1"), "budget.min_top1", optional=True)
+        values["max_drop"] = _number(b.get("max_drop"), "budget.max_drop", optional=True)
+        if values["max_drop"] is not None and not 0 <= values["max_drop"] <= 100:
+            raise HySquantError(
+                f"budget.max_drop={values['max_drop']!r} must be in [0, 100]: points of search-val top-1 below FP32"
+            )
+        values["minimize"] = check_choice(b.get("minimize", "latency"), "budget.minimize", tuple(k.name for k in KINDS))
         if values["min_top1"] is not None and not 0 <= values["min_top1"] <= 100:
             raise HySquantError(
                 f"budget.min_top1={values['min_top1']!r} must be in [0, 100]: a search-val top-1 floor in percent"
@@ -457,7 +620,7 @@ class BudgetSpec:
 
     def given(self, key: str) -> tuple[float | None, float | None]:
         """(absolute, ratio of the reference) of the budget ``key`` (latency_ms, energy_mj, size_mb)."""
-        return getattr(self, key), getattr(self, f"{key.split('_')[0]}_ratio")
+        return getattr(self, key), getattr(self, BY_KEY[key].ratio_key)
 
 
 @dataclass(frozen=True)
@@ -593,8 +756,6 @@ class SearchSettings:
     @classmethod
     def from_mapping(cls, c: Mapping[str, Any]) -> SearchSettings:
         s, r = c["search"], c["reward"]
-        for spec in s["reference"]:
-            parse_uniform(str(spec))
         return cls(
             method=str(s["method"]),
             proxy=check_choice(s["proxy"], "search.proxy", PROXIES),
@@ -609,7 +770,7 @@ class SearchSettings:
             checkpoint_every=_integer(s["checkpoint_every"], "search.checkpoint_every", 1),
             workers=_workers(s["workers"], "search.workers", c),
             candidates=_integer(s["candidates"], "search.candidates", 1),
-            reference=tuple(str(x) for x in s["reference"]),
+            reference=_references(s["reference"]),
             reward_metric=check_choice(r["metric"], "reward.metric", REWARD_METRICS),
             reward_scale=_number(r["scale"], "reward.scale"),
             resume=_flag(c.get("resume", False), "resume"),
@@ -619,7 +780,38 @@ class SearchSettings:
             swap_moves=_flag(s.get("swap_moves", False), "search.swap_moves"),
             screen=ScreenSettings.from_mapping(s.get("screen", asdict(ScreenSettings()))),
             transfer=_transfer(s, c["budget"]),
-        )
+        )._dual_checked()
+
+    def _dual_checked(self) -> SearchSettings:
+        """``budget.max_drop`` is answered by the integer program, the hill climber and the agent (their rewards and
+        warm start turn around); a one-line refusal for the other methods."""
+        answers = ("ilp", "local", "rl")
+        if self.budget.max_drop is not None and self.method not in answers:
+            raise HySquantError(
+                f"budget.max_drop is answered by search.method={', '.join(answers)}, not {self.method}: choose one of"
+                " them, or set budget.max_drop=null"
+            )
+        return self
+
+
+def _references(value: Any) -> tuple[str, ...]:
+    """``search.reference``: uniform policies the summary evaluates and writes beside the result (as ``W8A8``, ``FP32``
+    labels), checked here, before the search, since the summary comes after it."""
+    hint = "e.g. search.reference=[W8A8,W4A8] (W<w>A<a> with bits 2..8, or FP32), or search.reference=[] for none"
+    if not isinstance(value, (list, tuple)):
+        raise HySquantError(f"search.reference={value!r} must be a list of uniform policies: {hint}")
+    out: list[str] = []
+    for spec in value:
+        try:
+            pair = parse_uniform(spec) if isinstance(spec, str) else None
+        except HySquantError as e:  # a malformed spec (W9A8)
+            raise HySquantError(f"search.reference: {e}") from None
+        if pair is None:
+            raise HySquantError(f"search.reference: {spec!r} is not a uniform policy: {hint}")
+        if label(*pair) in out:
+            raise HySquantError(f"search.reference lists {label(*pair)} twice: give each once")
+        out.append(label(*pair))
+    return tuple(out)
 
 
 def _transfer(s: Mapping[str, Any], budget: Mapping[str, Any]) -> TransferSettings:
@@ -628,7 +820,7 @@ def _transfer(s: Mapping[str, Any], budget: Mapping[str, Any]) -> TransferSettin
     defaults = {**asdict(TransferSettings()), "train": [1.0]}
     transfer = TransferSettings.from_mapping(s.get("transfer", defaults))
     if s["method"] == TRANSFER_METHOD:
-        kinds = [k for k, units in UNIT_KEYS.items() if any(budget.get(f"{k}_{u}") is not None for u in units)]
+        kinds = [k.name for k in KINDS if any(budget.get(key) is not None for key in (k.key, k.ratio_key))]
         if len(kinds) != 1:
             raise HySquantError(
                 f"search.method={TRANSFER_METHOD} answers one budget kind, the run sets {len(kinds)}"

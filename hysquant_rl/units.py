@@ -1,4 +1,4 @@
-"""The quantizable units of a model, as plain records (:class:`LayerInfo`), and the attention matmuls that stay
+"""The quantizable units of a model, as plain records (:class:`UnitInfo`), and the attention matmuls that stay
 in float (:class:`AttentionMatmul`).
 
 A unit is what a policy gives one (w_bits, a_bits) pair:
@@ -10,7 +10,7 @@ A unit is what a policy gives one (w_bits, a_bits) pair:
   LayerNorm). They carry activation bits only: their ``w_bits`` is ignored (policies write ``null``).
 
 Torch-free: the cost model and the search read these without loading a framework. They are produced by
-:func:`hysquant_rl.layers.inventory` from one traced forward pass.
+:func:`hysquant_rl.inventory.inventory` from one traced forward pass.
 """
 
 from __future__ import annotations
@@ -34,11 +34,10 @@ KINDS = (
 )
 ACTIVATION_KINDS = ("attention-qk", "attention-pv", "layernorm-in")
 """Units with no weight: only their activation bit-width means something."""
-FAMILIES = ("cnn", "transformer")
 
 
 @dataclass(frozen=True)
-class LayerInfo:
+class UnitInfo:
     """One quantizable unit. Shapes are per image (batch dimension dropped); counts are per image.
 
     Activation-only units (``op`` ``matmul`` or ``layernorm``) have ``params == 0``. A matmul unit's
@@ -112,9 +111,10 @@ class AttentionMatmul:
 
 @dataclass(frozen=True)
 class OtherOps:
-    """What a model runs per inference besides its units and attention matmuls (:func:`hysquant_rl.layers.other_ops`):
-    ``kernels`` (activations, residual adds, ...) and ``views`` (reshapes, transposes). The cost model charges each
-    a fixed overhead only (``kernel_overhead_s``, ``view_overhead_s`` of the device profile)."""
+    """What a model runs per inference besides its units and attention matmuls
+    (:func:`hysquant_rl.inventory.other_ops`): ``kernels`` (activations, residual adds, ...) and ``views`` (reshapes,
+    transposes). The cost model charges each a fixed overhead only (``kernel_overhead_s``, ``view_overhead_s`` of the
+    device profile)."""
 
     kernels: int = 0
     views: int = 0

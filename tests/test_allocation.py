@@ -8,23 +8,22 @@ import pytest
 from hysquant_rl.bits import FP32_INDEX, INT_BITS, grid_sum, to_bits, to_index
 from hysquant_rl.bits import GRID_BITS as BITS
 from hysquant_rl.hardware.cost import Boundaries
-from hysquant_rl.lut.prune import box_mask
+from hysquant_rl.prune import box_mask
 from hysquant_rl.search.allocation import lowest_costs, project, proxy_grid, richest, solve_ilp
 
 
-def synthetic(seed: int, layers: int = 4):
+def synthetic(seed: int, units: int = 4):
     rng = np.random.default_rng(seed)
     w = 4.0 ** (8 - BITS)
     objective = (
-        rng.uniform(0.1, 1, (layers, 1, 1)) * w[None, :, None] + rng.uniform(0.1, 1, (layers, 1, 1)) * w[None, None, :]
+        rng.uniform(0.1, 1, (units, 1, 1)) * w[None, :, None] + rng.uniform(0.1, 1, (units, 1, 1)) * w[None, None, :]
     )
     lat = (
-        rng.uniform(1, 3, (layers, 1, 1)) * BITS[None, :, None]
-        + rng.uniform(1, 3, (layers, 1, 1)) * BITS[None, None, :]
+        rng.uniform(1, 3, (units, 1, 1)) * BITS[None, :, None] + rng.uniform(1, 3, (units, 1, 1)) * BITS[None, None, :]
     )
-    size = rng.uniform(1, 5, (layers, 1, 1)) * BITS[None, :, None] + 0 * BITS[None, None, :]
-    ranges_w = [tuple(sorted(rng.choice(INT_BITS, 2, replace=False))) for _ in range(layers)]
-    ranges_a = [tuple(sorted(rng.choice(INT_BITS, 2, replace=False))) for _ in range(layers)]
+    size = rng.uniform(1, 5, (units, 1, 1)) * BITS[None, :, None] + 0 * BITS[None, None, :]
+    ranges_w = [tuple(sorted(rng.choice(INT_BITS, 2, replace=False))) for _ in range(units)]
+    ranges_a = [tuple(sorted(rng.choice(INT_BITS, 2, replace=False))) for _ in range(units)]
     mask = box_mask(ranges_w, ranges_a)
     return objective, mask, {"latency": lat, "size": size}
 
@@ -36,7 +35,7 @@ def lowest(costs, mask):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_ilp_equals_brute_force(seed):
-    objective, mask, costs = synthetic(seed, layers=3)
+    objective, mask, costs = synthetic(seed, units=3)
     lo = lowest(costs, mask)
     hi = {k: grid_sum(v, richest(mask)) for k, v in costs.items()}
     limits = {k: lo[k] + 0.4 * (hi[k] - lo[k]) for k in costs}
@@ -73,7 +72,7 @@ def test_ilp_infeasible_and_tiny_costs():
 
 
 def test_project_meets_budget_and_keeps_feasible():
-    objective, mask, costs = synthetic(3, layers=12)
+    objective, mask, costs = synthetic(3, units=12)
     top = richest(mask)
     lo = lowest(costs, mask)
     hi = {k: grid_sum(v, top) for k, v in costs.items()}

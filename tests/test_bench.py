@@ -307,7 +307,7 @@ def test_learning_diagnostics():
 def test_recorder_marks_episodes_evaluated_before(digits_pipeline, tmp_path):
     rec = Recorder(digits_pipeline, tmp_path, "random", 0, Budgets({}, None, {}))
     info = {
-        "bits": np.full((len(digits_pipeline.layers), 2), 8),
+        "bits": np.full((len(digits_pipeline.units), 2), 8),
         "metrics": {"top1": 90.0, "top5": 99.0, "kl": 0.01, "loss": 0.3},
         "totals": {"latency_ms": 1.0, "energy_mj": 1.0, "size_mb": 1.0},
         "reward": -0.1,

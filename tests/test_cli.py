@@ -40,11 +40,11 @@ def test_apply_writes_policy_and_reloadable_model(tmp_path, digits_pipeline, run
     assert proc.returncode == 0, proc.stderr[-3000:]
     policy = QuantPolicy.load(tmp_path / "policy.json")
     assert not missing_keys(tmp_path / "policy.json", "apply_policy")
-    units = digits_pipeline.layers
+    units = digits_pipeline.units
     assert len(units) == 111 and policy.model["weights_sha256"] == digits_pipeline.weights_sha256
     # W4A8: weights at 4 bits, every activation (an activation-only unit's too) at 8
     assert policy.bits() == [(4, 8) if u.weighted else (8, 8) for u in units]
-    assert [e["w_bits"] for e in policy.layers] == [4 if u.weighted else None for u in units]
+    assert [e["w_bits"] for e in policy.units] == [4 if u.weighted else None for u in units]
     test = policy.metrics["apply"]["test"]
     assert test["n"] == 400 and 0 <= test["top1"] <= 100
     # the integer weights reload to the logits of the in-process quantized model
@@ -62,9 +62,9 @@ def test_apply_writes_policy_and_reloadable_model(tmp_path, digits_pipeline, run
 
 def test_apply_a_policy_file_for_other_weights(tmp_path, digits_pipeline):
     """The exit-code contract, in a real process: one ``error:`` line, status 2, no traceback."""
-    policy = digits_pipeline.policy([(8, 8)] * len(digits_pipeline.layers), method="uniform")
+    policy = digits_pipeline.policy([(8, 8)] * len(digits_pipeline.units), method="uniform")
     policy.model["weights_sha256"] = "0" * 64
-    policy.layers[3]["w_bits"] = 9
+    policy.units[3]["w_bits"] = 9
     path = policy.save(tmp_path / "p.json")
     proc = run("hysquant-apply", f"policy={path}", tmp_path=tmp_path / "run")
     assert_clean_error(proc, r"(?=.*w_bits=9 out of range)(?=.*made for other weights)")
@@ -123,8 +123,11 @@ def test_checkpoint_for_other_model(tmp_path, small_model, run_here):
         ("quant.calibrator=kl", r"quant.calibrator='kl' is unknown: use one of minmax, percentile, mse"),
         ("quant.percentile=0", r"quant.percentile=0.0 must be in \(0, 100\]"),
         ("quant.percentile=50", r"quant.percentile=50.0 must be in \(0, 100\] and at least 90"),
-        ("search.method=annealing", r"unknown search.method='annealing': use one of rl, uniform, greedy, ilp, random"),
-        ("agent.name=ppo", r"unknown agent 'ppo': use agent= one of ddpg, sac, td3"),
+        (
+            "search.method=annealing",
+            r"unknown search.method='annealing': use one of uniform, greedy, ilp, random, local, ilp-refine, rl",
+        ),
+        ("agent.name=ppo", r"unknown agent.name='ppo': use one of ddpg, td3, sac"),
         ("agent.learning_rate=abc", r"agent.learning_rate='abc' must be a positive number"),
         ("search.warm_start=maybe", r"search.warm_start='maybe' must be true or false"),
     ],

@@ -12,11 +12,11 @@ import pytest
 
 from hysquant_rl.bits import GRID, GRID_BITS, grid_sum, to_bits, to_index
 from hysquant_rl.errors import HySquantError
-from hysquant_rl.lut.prune import box_mask
-from hysquant_rl.search.baselines import BASELINES
+from hysquant_rl.prune import box_mask
+from hysquant_rl.search.baselines import METHODS
 from hysquant_rl.search.budget import within
 from hysquant_rl.search.problem import SearchProblem
-from hysquant_rl.units import LayerInfo
+from hysquant_rl.units import UnitInfo
 from tests.conftest import search_settings
 
 BITS = GRID_BITS  # 2..8 and FP32 (32: no quantization noise); the puzzles below use integer bits only (fp32=False)
@@ -27,10 +27,10 @@ def q(bits):
     return 4.0 ** (5 - np.asarray(bits, dtype=np.float64))
 
 
-def unit(i: int, weighted: bool = True) -> LayerInfo:
+def unit(i: int, weighted: bool = True) -> UnitInfo:
     kind = "conv" if weighted else "layernorm-in"
     op = "conv2d" if weighted else "layernorm"
-    return LayerInfo(i, f"u{i}", op, kind, "cnn", 1, 1, (1, 1), (1, 1), 1, (1,), (1,), 1, 1 if weighted else 0, 1)
+    return UnitInfo(i, f"u{i}", op, kind, "cnn", 1, 1, (1, 1), (1, 1), 1, (1,), (1,), 1, 1 if weighted else 0, 1)
 
 
 class Log:
@@ -64,7 +64,7 @@ def synthetic(lut_sens, true, mask, cost, limit, weighted=None, proxy_metric="kl
 
     zero = np.zeros_like(cost)
     return SearchProblem(
-        layers=[unit(i, w) for i, w in enumerate(weighted)],
+        units=[unit(i, w) for i, w in enumerate(weighted)],
         lut_features=np.zeros((n, 8)),
         mask=mask,
         proxy=grid,
@@ -93,7 +93,7 @@ def brute_force(problem: SearchProblem, objective) -> tuple[float, np.ndarray]:
     """The lowest ``objective`` (policies (N, L, 2) -> (N,)) over every allowed policy within the energy limit,
     and that policy."""
     bits = allowed_policies(problem)
-    i, rows = to_index(bits), np.arange(problem.num_layers)
+    i, rows = to_index(bits), np.arange(problem.num_units)
     cost = problem.costs["energy_mj"][rows, i[..., 0], i[..., 1]].sum(axis=1)
     bits = bits[cost <= problem.limits["energy_mj"] * (1 + 1e-9)]
     values = objective(bits)
@@ -101,7 +101,7 @@ def brute_force(problem: SearchProblem, objective) -> tuple[float, np.ndarray]:
 
 
 def proxy_sum(problem: SearchProblem):
-    rows = np.arange(problem.num_layers)
+    rows = np.arange(problem.num_units)
     return lambda bits: problem.proxy[rows, to_index(bits)[..., 0], to_index(bits)[..., 1]].sum(axis=-1)
 
 
@@ -109,7 +109,7 @@ def run(problem: SearchProblem, method: str, **settings) -> tuple[Log, np.ndarra
     """``method`` run once on ``problem`` with ``conf/search.yaml``'s settings, ``settings`` replacing some."""
     search = dataclasses.replace(SETTINGS, method=method, **settings)
     log = Log()
-    best = BASELINES[method](search, problem, log, Path("unused")).run(dict(problem.limits))
+    best = METHODS.get(method)(search, problem, log, Path("unused")).run(dict(problem.limits))
     return log, best
 
 
@@ -117,7 +117,7 @@ SETTINGS = search_settings()
 
 
 def test_controls_are_registered_with_their_settings():
-    assert {"local", "ilp-refine"} <= set(BASELINES)
+    assert {"local", "ilp-refine"} <= set(METHODS.names())
     assert SETTINGS.refine_groups == 16
     assert search_settings(["search.method=ilp-refine", "search.refine_groups=3"]).refine_groups == 3
     with pytest.raises(HySquantError, match="search.refine_groups"):
@@ -186,7 +186,7 @@ def test_local_search_is_seeded_and_never_leaves_the_allowed_pairs():
     assert not all(np.array_equal(a, b) for a, b in zip(first, episodes(8)[1]))
     for bits in first:
         i = to_index(bits)
-        assert p.mask[np.arange(p.num_layers), i[:, 0], i[:, 1]].all()
+        assert p.mask[np.arange(p.num_units), i[:, 0], i[:, 1]].all()
         assert bits[4, 0] == bits[4, 1]  # the activation-only unit in canonical form
 
 

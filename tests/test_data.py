@@ -126,7 +126,7 @@ def test_imagenet_folder(tmp_path, small_model):
     xs = [x for x, _ in s.test.batches(7)]
     assert sum(len(x) for x in xs) == 20 and xs[0].shape[1:] == (3, 256, 256)
     assert not (_rows(s.calib.x) & _rows(s.search_val.x))
-    with pytest.raises(HySquantError, match="no train/ folder"):
+    with pytest.raises(HySquantError, match="x does not exist: point data.root at an ImageNet tree"):
         load_data(run_settings(overrides=["data=imagenet", f"data.root={tmp_path / 'x'}"]).data, seed=0, model=model)
 
 
@@ -149,7 +149,7 @@ def _imagenet(root: Path, **sizes: int):
 @pytest.mark.parametrize(
     "case, pattern",
     [
-        ("a class folder without images", r"cannot read the images in .*/train \(Found no valid file for the class"),
+        ("a class folder without images", r"cannot read the images in .*/train \(class folder b holds no image\)"),
         ("a class missing from val", r"/train and .*/val have different class folders \(b \(train only\)\)"),
         ("an image that does not decode", r"cannot read image .*/train/a/0.png \(cannot identify image file"),
         ("a truncated image", r"cannot read image .*/train/a/0.png \(.*truncated"),
@@ -179,16 +179,16 @@ def test_image_folders_that_cannot_be_read_are_one_line(tmp_path, case, pattern)
 
 
 def test_a_corrupt_image_in_the_streamed_test_split_is_one_line(tmp_path):
-    """The test split streams from val/ through a DataLoader worker process, whose error comes back wrapped in its
-    traceback: the line names the file and the cause only."""
+    """The test split is decoded through a DataLoader worker process (held in memory when small, streamed when
+    large), whose error comes back wrapped in its traceback: the line names the file and the cause only."""
     import timm
 
     _image_tree(tmp_path, {"train": {"a": 2, "b": 2}, "val": {"a": 2, "b": 2}})
     bad = tmp_path / "val" / "b" / "1.png"
     bad.write_bytes(b"\x89PNG but not really")
-    splits = load_data(_imagenet(tmp_path, workers=1), seed=0, model=timm.create_model("mobilevit_xxs", num_classes=2))
+    model = timm.create_model("mobilevit_xxs", num_classes=2)
     with pytest.raises(HySquantError) as e:
-        list(splits.test.batches(2))
+        list(load_data(_imagenet(tmp_path, workers=1), seed=0, model=model).test.batches(2))
     assert str(e.value).startswith(f"cannot read image {bad} (cannot identify image file") and "\n" not in str(e.value)
 
 

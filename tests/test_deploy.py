@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import pytest
 
+from hysquant_rl import machine
 from hysquant_rl.bits import FP32_BITS, to_bits, to_index
 from hysquant_rl.deploy import ort
 from hysquant_rl.deploy.runtime_graph import module_path, quantize
@@ -20,7 +21,7 @@ from hysquant_rl.deploy.runtimes import get
 from hysquant_rl.deploy.unit_latency import STEADY, UnitLatency, cached
 from hysquant_rl.hardware import load_profile
 from hysquant_rl.search.allocation import project
-from hysquant_rl.search.space import choice_mask, neighbours, snap, tied, uniform_policy
+from hysquant_rl.space import choice_mask, neighbours, snap, tied, uniform_policy
 from tests.conftest import assert_one_error_line, run_settings
 
 
@@ -61,21 +62,21 @@ def test_module_paths_from_exported_names():
 
 
 def test_every_unit_is_its_graph_nodes(runtime):
-    graph = {n.name: n for n in runtime.graphs.float.graph.node}
-    for layer, names in zip(runtime.layers, runtime.graphs.units):
+    graph = {n.name: n for n in runtime.layout.float.graph.node}
+    for unit, names in zip(runtime.units, runtime.layout.node_names):
         ops = Counter(graph[n].op_type for n in names)
-        if layer.op == "conv2d":
-            assert ops == {"Conv": 1}, layer.name
-        elif layer.op == "linear":
-            assert ops in ({"MatMul": 1, "Add": 1}, {"Gemm": 1}), layer.name
-        elif layer.op == "layernorm":
-            assert ops == {"LayerNormalization": 1}, layer.name
-        elif layer.kind == "attention-qk":  # q k^T: the MatMul whose product the softmax reads
+        if unit.op == "conv2d":
+            assert ops == {"Conv": 1}, unit.name
+        elif unit.op == "linear":
+            assert ops in ({"MatMul": 1, "Add": 1}, {"Gemm": 1}), unit.name
+        elif unit.op == "layernorm":
+            assert ops == {"LayerNormalization": 1}, unit.name
+        elif unit.kind == "attention-qk":  # q k^T: the MatMul whose product the softmax reads
             (mm,) = names
             assert ops == {"MatMul": 1} and any(graph[c].op_type == "Softmax" for c in consumers(graph, mm))
         else:  # attention-pv: the softmax and the MatMul of the probabilities and v
-            assert ops == {"Softmax": 1, "MatMul": 1}, layer.name
-        assert all(module_path(n).startswith(layer.name.rsplit(".", 1)[0]) for n in names), layer.name
+            assert ops == {"Softmax": 1, "MatMul": 1}, unit.name
+        assert all(module_path(n).startswith(unit.name.rsplit(".", 1)[0]) for n in names), unit.name
 
 
 def consumers(graph, name):
@@ -87,7 +88,7 @@ def consumers(graph, name):
 def test_policy_graphs_are_what_onnxruntime_quantizer_writes(runtime):
     """Derived from the template, a policy's graph equals onnxruntime's ``quantize_static`` with exactly its
     quantized nodes (the independent oracle): same ops, and the same logits to the bit."""
-    g, x = runtime.graphs, runtime.data.test.x[:64].numpy()
+    g, x = runtime.layout, runtime.data.test.x[:64].numpy()
     rng = np.random.default_rng(0)
     for trial in range(2):
         bits = int8_policy(runtime)
@@ -108,7 +109,7 @@ def test_policy_graphs_are_what_onnxruntime_quantizer_writes(runtime):
 def test_all_int8_export_runs_as_integer_kernels(runtime):
     """onnxruntime's optimised graph of the all-int8 policy: every convolution a QLinearConv, no float Conv, MatMul or
     Gemm fed by a weight DequantizeLinear, no BatchNormalization left; the FP32 policy's graph has no Q/DQ at all."""
-    opt = optimized(runtime.graphs.graph(int8_policy(runtime)))
+    opt = optimized(runtime.layout.graph(int8_policy(runtime)))
     ops = Counter(n.op_type for n in opt.graph.node)
     producer = {o: n for n in opt.graph.node for o in n.output}
     initializers = {t.name for t in opt.graph.initializer}
@@ -117,10 +118,10 @@ def test_all_int8_export_runs_as_integer_kernels(runtime):
             weight = producer.get(n.input[1])
             assert not (weight is not None and weight.op_type == "DequantizeLinear"), n.name
     assert ops["BatchNormalization"] == 0 and ops["Conv"] + ops["FusedConv"] == 0
-    assert ops["QLinearConv"] == sum(layer.op == "conv2d" for layer in runtime.layers)
+    assert ops["QLinearConv"] == sum(unit.op == "conv2d" for unit in runtime.units)
     assert ops["QLinearMatMul"] >= 18 and ops["QGemm"] == 1  # attention matmuls quantized; the head's logits float
     assert len(initializers) > 0
-    fp32 = Counter(n.op_type for n in runtime.graphs.graph(np.full((len(runtime.layers), 2), 32)).graph.node)
+    fp32 = Counter(n.op_type for n in runtime.layout.graph(np.full((len(runtime.units), 2), 32)).graph.node)
     assert fp32["QuantizeLinear"] == fp32["DequantizeLinear"] == 0
 
 
@@ -130,7 +131,7 @@ def test_integer_kernels_match_the_files_reference_semantics(runtime):
     from onnx import version_converter
     from onnx.reference import ReferenceEvaluator
 
-    proto = runtime.graphs.graph(int8_policy(runtime))
+    proto = runtime.layout.graph(int8_policy(runtime))
     x = runtime.data.test.x.numpy()
     fused = ort.logits(ort.session(proto.SerializeToString()), x)
     plain = ort.logits(ort.session(proto.SerializeToString(), optimize=False), x)
@@ -142,13 +143,13 @@ def test_integer_kernels_match_the_files_reference_semantics(runtime):
 def test_quantized_nodes_follow_the_int8_units(runtime):
     """An FP32 policy quantizes nothing; one int8 convolution quantizes its own node only (its SiLU reads a
     float tensor from the next unit's side); two consecutive int8 convolutions also quantize the SiLU between them."""
-    g, n = runtime.graphs, len(runtime.layers)
+    g, n = runtime.layout, len(runtime.units)
     assert g.quantized_nodes(np.full((n, 2), 32)) == set()
-    names = [layer.name for layer in runtime.layers]
+    names = [unit.name for unit in runtime.units]
     first, second = names.index("stages.0.0.conv1_1x1.conv"), names.index("stages.0.0.conv2_kxk.conv")
     one = np.full((n, 2), 32)
     one[first] = 8
-    assert g.quantized_nodes(one) == set(g.units[first])
+    assert g.quantized_nodes(one) == set(g.node_names[first])
     two = one.copy()
     two[second] = 8
     silu = {x for x in g.quantized_nodes(two) if "/conv1_1x1/bn/act/" in x}
@@ -157,7 +158,7 @@ def test_quantized_nodes_follow_the_int8_units(runtime):
 
 def test_runtime_evaluator_scores_the_file(runtime):
     """FP32 is its own reference (KL 0); a policy's metrics are those of its file's logits."""
-    ev, n = runtime.evaluator, len(runtime.layers)
+    ev, n = runtime.evaluator, len(runtime.units)
     fp32 = ev.evaluate(np.full((n, 2), 32), "test")
     assert fp32.kl == 0 and fp32.top1 == pytest.approx(
         100 * (ev.fp32("test")[0].argmax(1) == ev.fp32("test")[1]).float().mean().item()
@@ -165,26 +166,26 @@ def test_runtime_evaluator_scores_the_file(runtime):
     bits = int8_policy(runtime)
     m = ev.evaluate(bits, "test")
     x, y = runtime.data.test.x.numpy(), runtime.data.test.y.numpy()
-    logits = ort.logits(ort.session(runtime.graphs.graph(bits).SerializeToString()), x)
+    logits = ort.logits(ort.session(runtime.layout.graph(bits).SerializeToString()), x)
     assert m.top1 == pytest.approx(100 * (logits.argmax(1) == y).mean()) and m.kl > 0
 
 
 # -- per-unit latency ----------------------------------------------------------------------------------------------
 def test_unit_latency_table_is_measured_once_per_machine(runtime, tmp_path):
     table = runtime.cost.table
-    n = len(runtime.layers)
+    n = len(runtime.units)
     # the table reproduces its two whole-graph timings exactly (the fit), FP32 and all int8
     assert table.latency(np.full((n, 2), 32)) == pytest.approx(table.measured["fp32"], rel=1e-9)
     assert table.latency(int8_policy(runtime)) == pytest.approx(table.measured["int8"], rel=1e-9)
-    assert table.machine == ort.machine() and table.batch_size == 1
-    ln = np.array([layer.op == "layernorm" for layer in runtime.layers])
+    assert table.machine == get("onnxruntime").machine() and table.batch_size == 1
+    ln = np.array([unit.op == "layernorm" for unit in runtime.units])
     assert (table.int8_s[ln] == table.fp32_s[ln]).all()  # no int8 kernel: its FP32 figure in both
     # the cost model prices with it: per unit, and the profile's energy beside it
     assert runtime.cost.policy_cost(int8_policy(runtime)).latency_s == pytest.approx(table.measured["int8"], rel=1e-9)
     # cached under the machine's key: read back, not measured again; unless the machine was too busy for a table
     # worth keeping (its whole-graph timings varied by more than STEADY), which is then used and not cached
     int8 = ~ln
-    first = cached(runtime.graphs, int8, 1, load_profile("cpu").timing, tmp_path, get("onnxruntime"))
+    first = cached(runtime.layout, int8, 1, load_profile("cpu").timing, tmp_path, get("onnxruntime"))
     # measured just now (not read back): plain Python numbers, which every JSON file built on them can hold
     mixed = int8 & (np.arange(n) % 2 == 0)
     assert all(type(v) is float for v in (*first.quantize_s, *first.dequantize_s, first.boundary(mixed)))
@@ -192,21 +193,21 @@ def test_unit_latency_table_is_measured_once_per_machine(runtime, tmp_path):
     if first.spread > STEADY:
         assert files == []
         return
-    assert len(files) == 1 and files[0].parent.name == ort.machine_key()
+    assert len(files) == 1 and files[0].parent.name == get("onnxruntime").machine_key()
     stamp = files[0].stat().st_mtime_ns
-    again = cached(runtime.graphs, int8, 1, load_profile("cpu").timing, tmp_path, get("onnxruntime"))
+    again = cached(runtime.layout, int8, 1, load_profile("cpu").timing, tmp_path, get("onnxruntime"))
     assert files[0].stat().st_mtime_ns == stamp and np.array_equal(again.int8_s, first.int8_s)
     doc = json.loads(files[0].read_text())
-    assert UnitLatency.from_dict(doc).machine["cpu"] == ort.cpu_model()
+    assert UnitLatency.from_dict(doc).machine["cpu"] == machine.cpu_model()
 
 
 # -- the executable space ------------------------------------------------------------------------------------------
 def test_executable_choices_of_the_cpu_profile(runtime):
     cpu = load_profile("cpu")
-    mask = choice_mask(runtime.layers, cpu, "executable")
-    for layer, m in zip(runtime.layers, mask):
+    mask = choice_mask(runtime.units, cpu, "executable")
+    for unit, m in zip(runtime.units, mask):
         cells = {tuple(to_bits(cell).tolist()) for cell in np.argwhere(m)}
-        assert cells == ({(32, 32)} if layer.kind == "layernorm-in" else {(8, 8), (32, 32)}), layer.name
+        assert cells == ({(32, 32)} if unit.kind == "layernorm-in" else {(8, 8), (32, 32)}), unit.name
     assert tied(mask).all()
     moves = neighbours(mask)
     conv = 0
@@ -215,9 +216,9 @@ def test_executable_choices_of_the_cpu_profile(runtime):
     assert tuple(moves[conv, i8[0], i8[1], 3]) == tuple(f)  # a up from W8A8: to FP32
     assert snap(mask[conv], 2, 5) == tuple(i8)
     # a uniform spec in this space: each unit at the pair where the runtime runs it, else FP32
-    weighted = np.array([layer.weighted for layer in runtime.layers])
-    ln = np.array([layer.kind == "layernorm-in" for layer in runtime.layers])
-    w4a8, w8a8 = (uniform_policy(p, mask, runtime.layers) for p in ((4, 8), (8, 8)))
+    weighted = np.array([unit.weighted for unit in runtime.units])
+    ln = np.array([unit.kind == "layernorm-in" for unit in runtime.units])
+    w4a8, w8a8 = (uniform_policy(p, mask, runtime.units) for p in ((4, 8), (8, 8)))
     assert (w4a8[weighted] == 32).all() and (w4a8[~weighted & ~ln] == 8).all()
     assert (w8a8[~ln] == 8).all() and (w8a8[ln] == 32).all()
     assert not runtime.executes((4, 8)) and runtime.executes((8, 8))
@@ -250,7 +251,7 @@ def test_project_moves_to_fp32_where_it_is_cheaper():
 def test_apply_refuses_a_policy_the_runtime_cannot_run(runtime, tmp_path, run_here):
     from hysquant_rl.apps.apply import main
 
-    policy = runtime.policy(np.where(np.array([l.weighted for l in runtime.layers])[:, None], [4, 8], [8, 8]))
+    policy = runtime.policy(np.where(np.array([l.weighted for l in runtime.units])[:, None], [4, 8], [8, 8]))
     path = tmp_path / "w4a8.json"
     policy.save(path)
     out = tmp_path / "run"

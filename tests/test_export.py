@@ -10,7 +10,7 @@ import torch
 
 from hysquant_rl.deploy.checkpoints import FAKEQUANT_FILE, INT_FILE, export_quantized, load_quantized
 from hysquant_rl.errors import HySquantError
-from hysquant_rl.layers import inventory
+from hysquant_rl.inventory import inventory
 from hysquant_rl.policy import QuantPolicy
 from hysquant_rl.provenance import weights_sha256
 from hysquant_rl.quant.model import QuantModel
@@ -29,17 +29,17 @@ def quantized(granularity: str, seed: int = 0) -> SimpleNamespace:
     """A calibrated mobilevit_xxs with the mixed policy applied, and its logits on a fixed batch."""
     torch.manual_seed(seed)
     model = build(SPEC).eval()
-    layers = inventory(model, SHAPE)[0]
-    qmodel = QuantModel(model, [l.name for l in layers], granularity)
+    units = inventory(model, SHAPE)[0]
+    qmodel = QuantModel(model, [l.name for l in units], granularity)
     qmodel.calibrate([torch.randn(8, *SHAPE) for _ in range(3)])
-    bits = [CYCLE[i % len(CYCLE)] for i in range(len(layers))]
-    policy = QuantPolicy.from_bits(layers, bits, SPEC["name"], weights_sha256(model), method="test")
+    bits = [CYCLE[i % len(CYCLE)] for i in range(len(units))]
+    policy = QuantPolicy.from_bits(units, bits, SPEC["name"], weights_sha256(model), method="test")
     x = torch.randn(6, *SHAPE)
     with torch.inference_mode():
         fp32 = qmodel(x)
         qmodel.apply_bits(policy.bits())
         logits = qmodel(x)
-    return SimpleNamespace(qmodel=qmodel, layers=layers, policy=policy, x=x, fp32=fp32, logits=logits)
+    return SimpleNamespace(qmodel=qmodel, units=units, policy=policy, x=x, fp32=fp32, logits=logits)
 
 
 @pytest.fixture(scope="module", params=["tensor", "channel"])
@@ -74,14 +74,14 @@ def test_load_quantized_reproduces_logits_bit_identically(exported):
 def test_load_quantized_uses_the_stored_activation_qparams(exported, tmp_path):
     doc = torch.load(exported.paths["int"], weights_only=True)
     name = next(
-        l.name for l, (_, a) in zip(exported.layers, exported.policy.bits()) if a != 32 and l.op in ("conv2d", "linear")
+        l.name for l, (_, a) in zip(exported.units, exported.policy.bits()) if a != 32 and l.op in ("conv2d", "linear")
     )
     rec = doc["layers"][name]
     rec["a_scale"] = rec["a_scale"] * 2  # not what the range gives: only the stored value can produce it
     rec["a_zero_point"] = rec["a_zero_point"] + 1
     torch.save(doc, tmp_path / INT_FILE)
-    layer = load_quantized(tmp_path / INT_FILE, build).units[exported.policy.names.index(name)]
-    delta, zero = layer.act_qparams(rec["a_bits"])
+    unit = load_quantized(tmp_path / INT_FILE, build).units[exported.policy.names.index(name)]
+    delta, zero = unit.act_qparams(rec["a_bits"])
     assert torch.equal(delta, rec["a_scale"]) and torch.equal(zero, rec["a_zero_point"].float())
 
 
@@ -100,44 +100,44 @@ def test_int_file_holds_codes_scales_and_zero_points(exported):
     full_state = exported.qmodel.model.state_dict()
     saw_full_range = set()
     operands = 0
-    for name, layer in zip(exported.qmodel.names, exported.qmodel.units):
+    for name, unit in zip(exported.qmodel.names, exported.qmodel.units):
         rec = doc["layers"][name]
         if "operands" in rec:  # an activation-only unit: every operand's calibrated scale and zero point
-            assert rec["w_bits"] is None and rec["a_bits"] == layer.a_bits
-            for operand, t in layer.quantizers().items():
+            assert rec["w_bits"] is None and rec["a_bits"] == unit.a_bits
+            for operand, t in unit.quantizers().items():
                 o = rec["operands"][operand]
                 assert torch.equal(o["a_min"], t.act_min) and torch.equal(o["a_max"], t.act_max)
-                if layer.a_bits == 32:
+                if unit.a_bits == 32:
                     assert o["a_scale"] is None and o["a_zero_point"] is None
                 else:
-                    delta, zero = t.act_qparams(layer.a_bits)
+                    delta, zero = t.act_qparams(unit.a_bits)
                     assert torch.equal(o["a_scale"], delta) and torch.equal(o["a_zero_point"].float(), zero)
                     operands += 1
             continue
-        assert (rec["w_bits"], rec["a_bits"]) == (layer.w_bits, layer.a_bits)
-        assert torch.equal(rec["a_min"], layer.act_min) and torch.equal(rec["a_max"], layer.act_max)
+        assert (rec["w_bits"], rec["a_bits"]) == (unit.w_bits, unit.a_bits)
+        assert torch.equal(rec["a_min"], unit.act_min) and torch.equal(rec["a_max"], unit.act_max)
         key = f"{name}.weight"
-        if layer.w_bits == 32:
+        if unit.w_bits == 32:
             assert rec["w_int"] is None and rec["w_scale"] is None and rec["w_zero_point"] is None
             assert torch.equal(doc["state_dict"][key], full_state[key])
         else:
             q, scale, zero = rec["w_int"], rec["w_scale"], rec["w_zero_point"]
             assert key not in doc["state_dict"]  # stored once, as integers
-            assert q.dtype == torch.uint8 and q.shape == layer.weight.shape
-            assert 0 <= int(q.min()) and int(q.max()) <= 2**layer.w_bits - 1
-            if int(q.max()) == 2**layer.w_bits - 1 and int(q.min()) == 0:
-                saw_full_range.add(layer.w_bits)
+            assert q.dtype == torch.uint8 and q.shape == unit.weight.shape
+            assert 0 <= int(q.min()) and int(q.max()) <= 2**unit.w_bits - 1
+            if int(q.max()) == 2**unit.w_bits - 1 and int(q.min()) == 0:
+                saw_full_range.add(unit.w_bits)
             assert zero.dtype == torch.int32 and scale.dtype == torch.float32 and zero.shape == scale.shape
             if exported.granularity == "channel":
-                assert scale.shape == (layer.weight.shape[0],) + (1,) * (layer.weight.dim() - 1)
+                assert scale.shape == (unit.weight.shape[0],) + (1,) * (unit.weight.dim() - 1)
             else:
                 assert scale.numel() == 1
             # eq. 6 on the stored integers is exactly the weight the in-memory model computes with
-            assert torch.equal((q.float() - zero.float()) * scale, layer.quantized_weight(layer.w_bits))
-        if layer.a_bits == 32:
+            assert torch.equal((q.float() - zero.float()) * scale, unit.quantized_weight(unit.w_bits))
+        if unit.a_bits == 32:
             assert rec["a_scale"] is None and rec["a_zero_point"] is None
         else:
-            delta, zero = layer.act_qparams(layer.a_bits)
+            delta, zero = unit.act_qparams(unit.a_bits)
             assert torch.equal(rec["a_scale"], delta) and rec["a_zero_point"].dtype == torch.int32
             assert torch.equal(rec["a_zero_point"].float(), zero)
     assert saw_full_range == {2, 4, 8}  # min-max codes span [0, 2^bits - 1]
@@ -147,7 +147,7 @@ def test_int_file_holds_codes_scales_and_zero_points(exported):
         for k in full_state
         if not any(
             k == f"{l.name}.weight"
-            for l, (w, _) in zip(exported.layers, exported.policy.bits())
+            for l, (w, _) in zip(exported.units, exported.policy.bits())
             if w != 32 and l.weighted
         )
     }
@@ -174,33 +174,33 @@ def test_fakequant_file_is_a_loadable_state_dict_with_activation_qparams(exporte
         assert torch.equal(plain(exported.x), weight_only)
     quantized_acts = [n for n, (_, a) in zip(policy.names, policy.bits()) if a != 32]
     assert list(doc["act_qparams"]) == quantized_acts
-    for name, layer in zip(policy.names, qmodel.units):
+    for name, unit in zip(policy.names, qmodel.units):
         if name in doc["act_qparams"] and "operands" in doc["act_qparams"][name]:
             entry = doc["act_qparams"][name]
-            for operand, t in layer.quantizers().items():
-                delta, zero = t.act_qparams(layer.a_bits)
-                assert entry["bits"] == layer.a_bits and torch.equal(entry["operands"][operand]["scale"], delta)
+            for operand, t in unit.quantizers().items():
+                delta, zero = t.act_qparams(unit.a_bits)
+                assert entry["bits"] == unit.a_bits and torch.equal(entry["operands"][operand]["scale"], delta)
                 assert torch.equal(entry["operands"][operand]["zero_point"].float(), zero)
         elif name in doc["act_qparams"]:
             entry = doc["act_qparams"][name]
-            delta, zero = layer.act_qparams(layer.a_bits)
-            assert entry["bits"] == layer.a_bits and torch.equal(entry["scale"], delta)
+            delta, zero = unit.act_qparams(unit.a_bits)
+            assert entry["bits"] == unit.a_bits and torch.equal(entry["scale"], delta)
             assert entry["zero_point"].dtype == torch.int32 and torch.equal(entry["zero_point"].float(), zero)
 
 
 def test_export_refuses_a_model_that_does_not_match_the_policy(tmp_path):
     torch.manual_seed(0)
     model = build(SPEC).eval()
-    layers = inventory(model, SHAPE)[0]
-    qmodel = QuantModel(model, [l.name for l in layers])
-    policy = QuantPolicy.uniform(layers, 4, 8, SPEC["name"], weights_sha256(model))
+    units = inventory(model, SHAPE)[0]
+    qmodel = QuantModel(model, [l.name for l in units])
+    policy = QuantPolicy.uniform(units, 4, 8, SPEC["name"], weights_sha256(model))
     with pytest.raises(HySquantError, match="differ from the policy"):
         export_quantized(qmodel, policy, SPEC, tmp_path)  # policy not applied
     qmodel.apply_bits(policy.bits())
     with pytest.raises(HySquantError, match="not calibrated"):
         export_quantized(qmodel, policy, SPEC, tmp_path)
     with pytest.raises(HySquantError, match="not the quantized model's layers"):
-        export_quantized(QuantModel(model, [l.name for l in layers[:-1]]), policy, SPEC, tmp_path)
+        export_quantized(QuantModel(model, [l.name for l in units[:-1]]), policy, SPEC, tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 

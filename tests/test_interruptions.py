@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from agents.checkpoint import MANIFEST, read_checkpoint
+from agents.storage import CHECKPOINT_MANIFEST as MANIFEST
+from agents.storage import read_checkpoint
 from tests.conftest import assert_one_error_line
 
 BIN = Path(sys.executable).parent

@@ -25,10 +25,10 @@ from hysquant_rl.apps.lut import run_lut
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.lut.build import build_lut, cache_key, cache_path
 from hysquant_rl.lut.executor import Job, LocalExecutor, RayExecutor, Worker, make_executor
-from hysquant_rl.lut.prune import PruneRules, prune
 from hysquant_rl.lut.replay import PrefixReplay, trunk
 from hysquant_rl.lut.report import write_lut
 from hysquant_rl.lut.table import COLUMNS, LUT
+from hysquant_rl.prune import PruneRules, prune
 from hysquant_rl.settings import RunSettings, parse_configs
 from tests.conftest import run_settings
 
@@ -117,10 +117,10 @@ def test_unknown_hardware_profile_fails_before_the_pipeline(tmp_path):
 def test_rows_are_single_layer_measurements_priced_by_the_cost_model(clean, digits_pipeline):
     _, lut, evaluations, _ = clean
     pipe = digits_pipeline
-    n = len(pipe.layers)
+    n = len(pipe.units)
     assert evaluations == 2 * n and lut.meta["cache"]["status"] == "miss"
     assert list(lut.frame.columns) == list(COLUMNS) and len(lut.frame) == 3 * n
-    assert lut.configs == [(4, 8), (8, 4)] and lut.layer_names == pipe.names
+    assert lut.configs == [(4, 8), (8, 4)] and lut.unit_names == pipe.names
     assert lut.frame["config"].tolist()[:3] == ["FP32", "W4A8", "W8A4"]
     top1 = lut.matrix("top1")
     assert top1.shape == (n, 2)
@@ -129,7 +129,7 @@ def test_rows_are_single_layer_measurements_priced_by_the_cost_model(clean, digi
     np.testing.assert_array_equal(lut.matrix("top1_drop"), fp32.top1 - top1)
     # every row is that layer alone at that configuration, exactly as the Evaluator measures it (18: a LayerNorm
     # input, 20 and 21: the first attention's q k^T and attention x v operands)
-    kinds = [l.kind for l in pipe.layers]
+    kinds = [l.kind for l in pipe.units]
     assert kinds[18:22] == ["layernorm-in", "attention-qkv", "attention-qk", "attention-pv"]
     for i in (0, 5, 18, 20, 21, 40, n - 1):
         for j, (w, a) in enumerate(lut.configs):
@@ -156,7 +156,7 @@ def test_rows_are_single_layer_measurements_priced_by_the_cost_model(clean, digi
     fp_rows = lut.frame[lut.frame["config"] == "FP32"]
     assert (fp_rows[["top1_drop", "top5_drop", "kl"]] == 0).all().all()
     assert set(fp_rows["precision"]) == {pipe.cost.profile.float_precision}
-    assert lut.frame.loc[lut.frame["config"] == "W4A8", "kind"].tolist() == [l.kind for l in pipe.layers]
+    assert lut.frame.loc[lut.frame["config"] == "W4A8", "kind"].tolist() == [l.kind for l in pipe.units]
 
 
 def test_activation_only_units_are_measured_once_per_activation_width(digits_pipeline):
@@ -164,13 +164,13 @@ def test_activation_only_units_are_measured_once_per_activation_width(digits_pip
     the same A8 for it); weighted layers run every configuration."""
     from hysquant_rl.lut.build import _jobs
 
-    layers = digits_pipeline.layers
-    weighted = sum(l.weighted for l in layers)
-    assert (weighted, len(layers) - weighted) == (72, 39)
-    jobs = _jobs(layers, [(4, 4), (4, 8), (8, 4), (8, 8)])
+    units = digits_pipeline.units
+    weighted = sum(l.weighted for l in units)
+    assert (weighted, len(units) - weighted) == (72, 39)
+    jobs = _jobs(units, [(4, 4), (4, 8), (8, 4), (8, 8)])
     assert len(jobs) == 4 * 72 + 2 * 39 and len(set(jobs)) == len(jobs)
-    assert {(w, a) for i, w, a in jobs if not layers[i].weighted} == {(4, 4), (8, 8)}
-    assert len(_jobs(layers, [(4, 8), (8, 8)])) == 2 * 72 + 39
+    assert {(w, a) for i, w, a in jobs if not units[i].weighted} == {(4, 4), (8, 8)}
+    assert len(_jobs(units, [(4, 8), (8, 8)])) == 2 * 72 + 39
 
 
 def test_files_round_trip(clean, tmp_path):
@@ -187,18 +187,18 @@ def test_files_round_trip(clean, tmp_path):
     assert doc["key"]["model"]["weights_sha256"] == lut.meta["model"]["weights_sha256"]
     # a (w, a) pair per Conv2d/Linear, an activation width per activation-only unit: bits 2..8 or FP32
     weighted = sum(a.weighted for a in lut.allowed)
-    assert len(doc["prune"]["allowed"]) == lut.num_layers and doc["prune"]["log10_space_before"] == pytest.approx(
-        weighted * math.log10(64) + (lut.num_layers - weighted) * math.log10(8)
+    assert len(doc["prune"]["allowed"]) == lut.num_units and doc["prune"]["log10_space_before"] == pytest.approx(
+        weighted * math.log10(64) + (lut.num_units - weighted) * math.log10(8)
     )
 
 
 def test_most_sensitive_orders_by_drop_then_kl(clean):
     _, lut, _, _ = clean
     top = lut.most_sensitive(5)
-    assert len(top) == 5 and top["layer"].is_unique
+    assert len(top) == 5 and top["unit"].is_unique
     drop, kl = lut.matrix("top1_drop"), lut.matrix("kl")
     worst = sorted(
-        ((drop[i].max(), kl[i][drop[i] == drop[i].max()].max(), i) for i in range(lut.num_layers)), reverse=True
+        ((drop[i].max(), kl[i][drop[i] == drop[i].max()].max(), i) for i in range(lut.num_units)), reverse=True
     )
     assert top["index"].tolist() == [i for _, _, i in worst[:5]]
     assert top["top1_drop"].tolist() == [d for d, _, _ in worst[:5]]
@@ -225,7 +225,7 @@ def test_cache_key_covers_what_changes_the_numbers(clean, digits_pipeline):
         if override.startswith("hardware"):
             from hysquant_rl.hardware import CostModel
 
-            pipe = dataclasses.replace(pipe, cost=CostModel(pipe.layers, pipe.matmuls, other.hardware))
+            pipe = dataclasses.replace(pipe, cost=CostModel(pipe.units, pipe.matmuls, other.hardware))
         k2 = cache_key(other, pipe, lut.configs)
         assert part(k2) != part(key) and cache_path(other, pipe, k2) != path, override
     other_weights = dataclasses.replace(digits_pipeline, weights_sha256="0" * 64)
@@ -259,7 +259,7 @@ def sub_table(lut: LUT, config: str) -> pd.DataFrame:
 
 def test_interrupted_build_resumes_with_only_the_missing_jobs(clean, digits_pipeline, tmp_path):
     cfg = lut_cfg(tmp_path, "lut.configs=[[8,4]]")  # one configuration (72 jobs) keeps this test short
-    n = len(digits_pipeline.layers)
+    n = len(digits_pipeline.units)
     done = []
 
     def interrupt(result):
@@ -358,7 +358,7 @@ def test_pruning_rules_raise_minimum_bits_from_the_configs_present():
 
 def test_pruned_lut_mask_and_search_space(clean):
     _, lut, _, _ = clean
-    n = lut.num_layers
+    n = lut.num_units
     strict = lut.prune(PruneRules(max_drop=0.0, max_kl=1e-3))  # strict enough to prune this robust model
     w, a = strict.ranges()
     drop, kl = strict.matrix("top1_drop"), strict.matrix("kl")
@@ -413,7 +413,7 @@ def test_trunk_splits_chains_and_keeps_residual_blocks_whole():
 
 def test_executor_runs_any_policy_and_replay_falls_back(digits_pipeline):
     pipe = digits_pipeline
-    n = len(pipe.layers)
+    n = len(pipe.units)
     policies = [[(8, 8)] * n, [(4, 8)] * (n // 2) + [(8, 4)] * (n - n // 2), [FP] * 40 + [(4, 4)] * (n - 40)]
     jobs = [Job(np.array(b), "search_val", tag=k) for k, b in enumerate(policies)] + [Job([FP] * n, "test", tag="fp")]
     with make_executor(run_settings("lut"), pipe) as ex:
@@ -426,7 +426,7 @@ def test_executor_runs_any_policy_and_replay_falls_back(digits_pipeline):
     assert off.evaluate(jobs[2]).metrics == results[2].metrics and "search_val" not in off._replays
     assert not PrefixReplay(pipe.evaluator, pipe.names, "search_val", budget_mb=0).available
     tiny = PrefixReplay(pipe.evaluator, pipe.names, "search_val", budget_mb=2.0)  # room for the late blocks only
-    assert tiny.available and 0 < len(tiny.starts) < len(set(tiny.layer_element) - {0})
+    assert tiny.available and 0 < len(tiny.starts) < len(set(tiny.unit_element) - {0})
     late = [FP] * (n - 2) + [(4, 4)] * 2
     assert tiny.start(late) > 0 and tiny.evaluate(late, tiny.start(late)) == pipe.evaluator.evaluate(late)
     assert tiny.start(jobs[2].bits) == 0  # layer 40's block did not fit: such a job runs the full pass
@@ -456,9 +456,9 @@ def test_two_ray_workers_build_exactly_the_single_process_lut(clean, digits_pipe
     cfg = lut_cfg(tmp_path, "lut.workers=2", "lut.configs=[[4,8]]")  # threads=1: explicit in each actor
     with RayExecutor(cfg) as ex:
         lut = build_lut(cfg, digits_pipeline, executor=ex)
-        assert ex.evaluations == len(digits_pipeline.layers)
+        assert ex.evaluations == len(digits_pipeline.units)
         # the same actors serve search policies: results as they complete, tags intact
-        n = len(digits_pipeline.layers)
+        n = len(digits_pipeline.units)
         policies = {w: [(w, 8)] * n for w in (3, 5, 6)}
         got = {r.job.tag: r.metrics for r in ex.map(Job(b, tag=w) for w, b in policies.items())}
     pd.testing.assert_frame_equal(lut.frame, sub_table(clean[1], "W4A8"), check_exact=True)
@@ -479,7 +479,7 @@ def test_hysquant_lut_app_writes_and_logs(clean, tmp_path, run_here):
         r"sensitivity ranks of the activation-only units \(1 = most sensitive of 111\): attention-qk \d+", text
     )
     assert "search space: 10^165.3 policies before pruning" in text  # 72 x log10(64) + 39 x log10(8)
-    assert f"{lut.num_layers} layers x 2 configurations" in text
+    assert f"{lut.num_units} layers x 2 configurations" in text
     for name in ("lut.csv", "lut.json", "lut_heatmap.png"):
         assert (out / name).exists()
     pd.testing.assert_frame_equal(LUT.load(out).frame, lut.frame, check_exact=True)

@@ -86,7 +86,7 @@ def checkpoint_of(overrides: list[str]):
 
 
 def test_embedded_model_accuracy(digits_pipeline):
-    m = digits_pipeline.evaluator.evaluate([(32, 32)] * len(digits_pipeline.layers), "test")
+    m = digits_pipeline.evaluator.evaluate([(32, 32)] * len(digits_pipeline.units), "test")
     assert m.top1 >= 97.0
 
 

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from hysquant_rl.deploy import graph_of, ort
+from hysquant_rl.deploy import ort
 from hysquant_rl.deploy.simulated_onnx import ONNX_FILE
 from hysquant_rl.deploy.simulated_onnx import export_simulated as export_onnx
 from hysquant_rl.errors import HySquantError
-from hysquant_rl.layers import inventory
+from hysquant_rl.inventory import inventory
+from hysquant_rl.pipeline import deployable
 from hysquant_rl.policy import QuantPolicy
 from hysquant_rl.provenance import weights_sha256
 from hysquant_rl.quant.model import QuantModel
@@ -26,7 +27,7 @@ CYCLE = [(8, 8), (4, 8), (2, 4), (6, 5), (32, 8), (8, 32), (3, 3), (32, 32)]
 
 
 def _policy(pipe, spec: str):
-    n = len(pipe.layers)
+    n = len(pipe.units)
     bits = {"FP32": [(32, 32)] * n, "W8A8": [(8, 8)] * n, "W4A8": [(4, 8)] * n}.get(spec)
     return pipe.policy(bits or [CYCLE[i % len(CYCLE)] for i in range(n)], method=spec)
 
@@ -62,7 +63,7 @@ def test_onnxruntime_runs_the_export_with_the_fake_quant_logits(digits_pipeline,
         return
     bits = policy.bits()
     tensors = sum(len(u.quantizers()) for u, (_, a) in zip(pipe.qmodel.units, bits) if a != 32)
-    weights = sum(1 for l, (w, _) in zip(pipe.layers, bits) if l.weighted and w != 32)
+    weights = sum(1 for l, (w, _) in zip(pipe.units, bits) if l.weighted and w != 32)
     counts = _nodes(path)
     assert counts["QuantizeLinear"] == tensors and counts["DequantizeLinear"] == tensors + weights
     codes = [onnx.numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == onnx.TensorProto.UINT8]
@@ -84,14 +85,14 @@ def test_weight_codes_are_the_int_export_codes(digits_pipeline, tmp_path):
     model = onnx.load(str(export_onnx(pipe.qmodel, policy, pipe.data.input_shape, tmp_path)))
     stored = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
     found = 0
-    for unit, layer, (w, _) in zip(pipe.qmodel.units, pipe.layers, policy.bits()):
-        if not layer.weighted or w == 32:
+    for quantizer, unit, (w, _) in zip(pipe.qmodel.units, pipe.units, policy.bits()):
+        if not unit.weighted or w == 32:
             continue
-        codes = unit.weight_qparams(w)[0].numpy()
+        codes = quantizer.weight_qparams(w)[0].numpy()
         match = [a for a in stored.values() if a.dtype == np.uint8 and a.shape == codes.shape and (a == codes).all()]
-        assert match and int(codes.max()) <= 2**w - 1, layer.name
+        assert match and int(codes.max()) <= 2**w - 1, unit.name
         found += 1
-    assert found == sum(1 for l, (w, _) in zip(pipe.layers, policy.bits()) if l.weighted and w != 32)
+    assert found == sum(1 for l, (w, _) in zip(pipe.units, policy.bits()) if l.weighted and w != 32)
 
 
 def test_log2_softmax_channel_ranges_and_shifted_zero_points(small_model, tmp_path):
@@ -123,7 +124,7 @@ def test_log2_softmax_channel_ranges_and_shifted_zero_points(small_model, tmp_pa
 def test_export_refuses_what_it_cannot_write(digits_pipeline, tmp_path):
     pipe = digits_pipeline
     policy = _policy(pipe, "W8A8")
-    pipe.qmodel.apply_bits([(4, 4)] * len(pipe.layers))
+    pipe.qmodel.apply_bits([(4, 4)] * len(pipe.units))
     with pytest.raises(HySquantError, match="differ from the policy"):
         export_onnx(pipe.qmodel, policy, pipe.data.input_shape, tmp_path)
     assert list(tmp_path.iterdir()) == []
@@ -146,7 +147,7 @@ def _check(pipe, **timing):
     from hysquant_rl.hardware.profile import Timing
 
     timing = Timing(**{"pause_s": 0.01, **timing})
-    return RuntimeCheck(graph_of(pipe), pipe.data.input_shape, pipe.cost, timing, "simulated", get("onnxruntime"))
+    return RuntimeCheck(deployable(pipe), pipe.data.input_shape, pipe.cost, timing, "simulated", get("onnxruntime"))
 
 
 def test_onnxruntime_backend_times_the_exported_graph(digits_pipeline, tmp_path):
@@ -156,7 +157,7 @@ def test_onnxruntime_backend_times_the_exported_graph(digits_pipeline, tmp_path)
     import time
 
     pipe = digits_pipeline
-    bits = np.array([(8, 8)] * len(pipe.layers))
+    bits = np.array([(8, 8)] * len(pipe.units))
     check = _check(pipe, threads=1, warmup=3, repeats=30, max_cv=10.0)
     m = check.measure(bits)
     assert m.runs == 30 and m.threads == 1 and m.batch_size == pipe.cost.batch_size
@@ -180,7 +181,7 @@ def test_onnxruntime_backend_times_the_exported_graph(digits_pipeline, tmp_path)
         session.run(None, {"images": x})
         times.append(time.perf_counter() - start)
     assert statistics.median(times) / 3 < m.latency_s < 3 * statistics.median(times)
-    fp32 = check.measure(np.array([(32, 32)] * len(pipe.layers)))  # a different graph: another entry
+    fp32 = check.measure(np.array([(32, 32)] * len(pipe.units)))  # a different graph: another entry
     assert len(check.measurements) == 2 and fp32 is not m
 
 
@@ -188,7 +189,7 @@ def test_onnxruntime_backend_refuses_an_unsteady_timing(digits_pipeline):
     with pytest.raises(
         HySquantError, match=r"onnxruntime timing too unsteady: CV \d\.\d+ > hardware.timing.max_cv 1e-09"
     ):
-        _check(digits_pipeline, repeats=30, warmup=1, max_cv=1e-9).measure([(8, 8)] * len(digits_pipeline.layers))
+        _check(digits_pipeline, repeats=30, warmup=1, max_cv=1e-9).measure([(8, 8)] * len(digits_pipeline.units))
 
 
 @pytest.mark.parametrize("runtime, fix", [("onnxruntime", "pip install onnx"), ("openvino", "pip install openvino")])
@@ -224,7 +225,7 @@ def test_search_checked_on_onnxruntime(tmp_path, digits_pipeline):
     ]
     run = run_settings("search", overrides)
     base = digits_pipeline
-    pipe = replace(base, cost=CostModel(base.layers, base.matmuls, run.hardware, other=base.cost.other))
+    pipe = replace(base, cost=CostModel(base.units, base.matmuls, run.hardware, other=base.cost.other))
     search = search_settings([*overrides, "search.method=ilp", "search.reference=[W8A8]"])
     summary = run_search(run, search, tmp_path, pipe)
     rounds = summary["rounds"]

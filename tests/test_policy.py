@@ -16,7 +16,7 @@ import hysquant_rl.policy as policy_mod
 import hysquant_rl.provenance as provenance
 from hysquant_rl.bits import parse_uniform
 from hysquant_rl.errors import HySquantError
-from hysquant_rl.layers import inventory
+from hysquant_rl.inventory import inventory
 from hysquant_rl.policy import FORMAT, VERSION, QuantPolicy, complete, validate
 from hysquant_rl.provenance import weights_sha256
 from hysquant_rl.quant.model import QuantModel
@@ -56,13 +56,13 @@ def model() -> Tiny:
 
 
 @pytest.fixture
-def layers(model):
+def units(model):
     return inventory(model, (1, 8, 8))[0]
 
 
 @pytest.fixture
-def policy(model, layers) -> QuantPolicy:
-    return QuantPolicy.from_bits(layers, [(8, 8), (4, 8), (32, 32)], NAME, weights_sha256(model), method="test", seed=3)
+def policy(model, units) -> QuantPolicy:
+    return QuantPolicy.from_bits(units, [(8, 8), (4, 8), (32, 32)], NAME, weights_sha256(model), method="test", seed=3)
 
 
 # -- weights_sha256 ----------------------------------------------------------------------------------------
@@ -111,9 +111,9 @@ def test_weights_sha256_changes_with_any_weight_buffer_dtype_or_shape(model):
 
 
 # -- construction ------------------------------------------------------------------------------------------
-def test_from_bits_records_layers_identity_and_provenance(policy, layers, model):
+def test_from_bits_records_layers_identity_and_provenance(policy, units, model):
     assert policy.names == ["conv", "pw", "fc"]
-    assert [e["kind"] for e in policy.layers] == [l.kind for l in layers]  # kinds as the inventory names them
+    assert [e["kind"] for e in policy.units] == [l.kind for l in units]  # kinds as the inventory names them
     assert policy.bits() == [(8, 8), (4, 8), (32, 32)]
     assert policy.model == {"name": NAME, "weights_sha256": weights_sha256(model), "num_layers": 3}
     prov = policy.provenance
@@ -122,18 +122,18 @@ def test_from_bits_records_layers_identity_and_provenance(policy, layers, model)
     assert prov["created"].endswith("+00:00")
 
 
-def test_from_bits_accepts_numpy_ints_and_rejects_bad_bits(layers):
-    p = QuantPolicy.from_bits(layers, [(np.int64(8), np.int32(4))] * 3, NAME, "0" * 64)
+def test_from_bits_accepts_numpy_ints_and_rejects_bad_bits(units):
+    p = QuantPolicy.from_bits(units, [(np.int64(8), np.int32(4))] * 3, NAME, "0" * 64)
     assert p.bits() == [(8, 4)] * 3 and all(type(b) is int for pair in p.bits() for b in pair)
     with pytest.raises(HySquantError, match="2 .* pairs for 3 layers"):
-        QuantPolicy.from_bits(layers, [(8, 8)] * 2, NAME, "0" * 64)
+        QuantPolicy.from_bits(units, [(8, 8)] * 2, NAME, "0" * 64)
     for bad in [(9, 8), (8, 1), (4.0, 8), (True, 8), ("8", 8)]:
         with pytest.raises(HySquantError, match="out of range"):
-            QuantPolicy.from_bits(layers, [(8, 8), bad, (8, 8)], NAME, "0" * 64)
+            QuantPolicy.from_bits(units, [(8, 8), bad, (8, 8)], NAME, "0" * 64)
 
 
-def test_uniform_gives_every_layer_the_same_bits(layers):
-    p = QuantPolicy.uniform(layers, 4, 8, NAME, "0" * 64, seed=1)
+def test_uniform_gives_every_layer_the_same_bits(units):
+    p = QuantPolicy.uniform(units, 4, 8, NAME, "0" * 64, seed=1)
     assert p.bits() == [(4, 8)] * 3
     assert p.provenance["method"] == "uniform" and p.provenance["seed"] == 1
 
@@ -160,10 +160,10 @@ def test_git_commit_only_reports_this_packages_checkout(monkeypatch):
 
 
 # -- save / load -------------------------------------------------------------------------------------------
-def test_save_load_round_trip(tmp_path, layers, model):
+def test_save_load_round_trip(tmp_path, units, model):
     metrics = {"search_val": {"top1": np.float64(87.25)}, "latency_ms": torch.tensor(1.5), "curve": np.arange(3)}
     p = QuantPolicy.from_bits(
-        layers,
+        units,
         [(2, 2), (4, 8), (32, 8)],
         NAME,
         weights_sha256(model),
@@ -197,7 +197,7 @@ def test_save_is_atomic_and_leaves_no_temp_file(tmp_path, policy, monkeypatch):
     # A crash before the rename leaves the old file whole and no temporary file behind.
     path.write_text(first)
 
-    def crash(src, dst):
+    def crash(src, dst, **dir_fds):
         raise OSError("disk gone")
 
     monkeypatch.setattr(policy_mod.os, "replace", crash)
@@ -244,26 +244,26 @@ def test_load_errors_name_the_file_and_the_problem(tmp_path, content, match):
 
 
 # -- validate ----------------------------------------------------------------------------------------------
-def test_validate_accepts_a_fitting_policy_silently(policy, layers, model):
+def test_validate_accepts_a_fitting_policy_silently(policy, units, model):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert validate(policy, layers, NAME, weights_sha256(model)) is None
+        assert validate(policy, units, NAME, weights_sha256(model)) is None
 
 
 def _rename(p: QuantPolicy) -> None:
-    p.layers[0]["name"] = "nope.a"
+    p.units[0]["name"] = "nope.a"
 
 
 def _drop(p: QuantPolicy) -> None:
-    del p.layers[2]
+    del p.units[2]
 
 
 def _duplicate(p: QuantPolicy) -> None:
-    p.layers.append(dict(p.layers[1]))
+    p.units.append(dict(p.units[1]))
 
 
 def _swap(p: QuantPolicy) -> None:
-    p.layers[0], p.layers[1] = p.layers[1], p.layers[0]
+    p.units[0], p.units[1] = p.units[1], p.units[0]
 
 
 @pytest.mark.parametrize(
@@ -273,10 +273,10 @@ def _swap(p: QuantPolicy) -> None:
         (_drop, ["1 missing layer (fc)", "2 layers in the policy, 3 in the model", "num_layers=3 but 2 layers"], 3),
         (_duplicate, ["1 duplicated layer (pw)", "4 layers in the policy, 3 in the model", "num_layers=3 but 4"], 3),
         (_swap, ["layers out of forward order (position 0 is pw, the model runs conv there)"], 1),
-        (lambda p: p.layers[0].update(w_bits=9), ["layer conv w_bits=9 out of range (2..8 or 32)"], 1),
-        (lambda p: p.layers[1].update(a_bits=1), ["layer pw a_bits=1 out of range (2..8 or 32)"], 1),
-        (lambda p: p.layers[2].update(a_bits=4.5), ["layer fc a_bits=4.5 out of range"], 1),
-        (lambda p: p.layers[2].update(w_bits="8"), ["layer fc w_bits='8' out of range"], 1),
+        (lambda p: p.units[0].update(w_bits=9), ["layer conv w_bits=9 out of range (2..8 or 32)"], 1),
+        (lambda p: p.units[1].update(a_bits=1), ["layer pw a_bits=1 out of range (2..8 or 32)"], 1),
+        (lambda p: p.units[2].update(a_bits=4.5), ["layer fc a_bits=4.5 out of range"], 1),
+        (lambda p: p.units[2].update(w_bits="8"), ["layer fc w_bits='8' out of range"], 1),
         (
             lambda p: p.model.update(weights_sha256="f" * 64),
             ["made for other weights (sha256 ffffffffffff... != ", "re-run the search for these weights"],
@@ -286,10 +286,10 @@ def _swap(p: QuantPolicy) -> None:
         (lambda p: p.model.update(num_layers=5), ["num_layers=5 but 3 layers are listed"], 1),
     ],
 )
-def test_validate_catches_each_problem(policy, layers, model, mutate, fragments, n_problems):
+def test_validate_catches_each_problem(policy, units, model, mutate, fragments, n_problems):
     mutate(policy)
     with pytest.raises(HySquantError) as info:
-        validate(policy, layers, NAME, weights_sha256(model))
+        validate(policy, units, NAME, weights_sha256(model))
     message = str(info.value)
     assert message.startswith(f"policy does not fit model {NAME}: ") and "\n" not in message
     for fragment in fragments:
@@ -297,14 +297,14 @@ def test_validate_catches_each_problem(policy, layers, model, mutate, fragments,
     assert len(message.split("; ")) == n_problems  # nothing else reported
 
 
-def test_validate_lists_every_problem_in_one_message(policy, layers, model):
+def test_validate_lists_every_problem_in_one_message(policy, units, model):
     _rename(policy)
-    policy.layers[1]["w_bits"] = 9
-    policy.layers[2]["a_bits"] = 0
+    policy.units[1]["w_bits"] = 9
+    policy.units[2]["a_bits"] = 0
     policy.model["weights_sha256"] = "a" * 64
     policy.model["name"] = "other"
     with pytest.raises(HySquantError) as info:
-        validate(policy, layers, NAME, weights_sha256(model))
+        validate(policy, units, NAME, weights_sha256(model))
     problems = str(info.value).split(": ", 1)[1].split("; ")
     assert len(problems) == 6
     assert any(p.startswith("made for model other") for p in problems)
@@ -314,18 +314,18 @@ def test_validate_lists_every_problem_in_one_message(policy, layers, model):
     assert "layer fc a_bits=0 out of range (2..8 or 32)" in problems
 
 
-def test_validate_truncates_long_name_lists(layers, model):
-    p = QuantPolicy.from_bits(layers, [(8, 8)] * 3, NAME, weights_sha256(model))
-    p.layers += [{"name": f"extra{i}", "kind": "conv", "w_bits": 8, "a_bits": 8} for i in range(12)]
-    p.model["num_layers"] = len(p.layers)
+def test_validate_truncates_long_name_lists(units, model):
+    p = QuantPolicy.from_bits(units, [(8, 8)] * 3, NAME, weights_sha256(model))
+    p.units += [{"name": f"extra{i}", "kind": "conv", "w_bits": 8, "a_bits": 8} for i in range(12)]
+    p.model["num_layers"] = len(p.units)
     with pytest.raises(HySquantError, match=r"12 unknown layers \(extra0, .*extra7, \.\.\. 4 more\)"):
-        validate(p, layers, NAME, weights_sha256(model))
+        validate(p, units, NAME, weights_sha256(model))
 
 
-def test_validate_refuses_a_layer_of_another_kind(policy, layers, model):
-    policy.layers[1]["kind"] = "renamed-kind"
-    with pytest.raises(HySquantError, match=rf"1 layer of another kind \(pw \(renamed-kind -> {layers[1].kind}\)\)"):
-        validate(policy, layers, NAME, weights_sha256(model))
+def test_validate_refuses_a_layer_of_another_kind(policy, units, model):
+    policy.units[1]["kind"] = "renamed-kind"
+    with pytest.raises(HySquantError, match=rf"1 layer of another kind \(pw \(renamed-kind -> {units[1].kind}\)\)"):
+        validate(policy, units, NAME, weights_sha256(model))
 
 
 # -- parse_uniform -----------------------------------------------------------------------------------------

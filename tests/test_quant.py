@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from hysquant_rl.errors import HySquantError
-from hysquant_rl.layers import inventory
+from hysquant_rl.inventory import inventory
 from hysquant_rl.quant import QuantModel, dequantize, fake_quantize, qparams, quantize
 from hysquant_rl.quant.calibrate import histogram, mse_range, percentile_range
 from hysquant_rl.quant.quantizer import minmax
@@ -73,8 +73,8 @@ def test_per_channel_ranges():
 
 
 def _wrap(model, granularity="tensor"):
-    layers, _ = inventory(model, (1, 32, 32))
-    qm = QuantModel(model, [l.name for l in layers], granularity)
+    units, _ = inventory(model, (1, 32, 32))
+    qm = QuantModel(model, [l.name for l in units], granularity)
     torch.manual_seed(1)
     qm.calibrate([torch.randn(16, 1, 32, 32) for _ in range(2)])
     return qm

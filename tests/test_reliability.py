@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 import torch
 
-from agents.checkpoint import MANIFEST, PARTS, read_checkpoint, write_checkpoint
+from agents.storage import CHECKPOINT_MANIFEST as MANIFEST
+from agents.storage import CHECKPOINT_PARTS as PARTS
+from agents.storage import read_checkpoint, write_checkpoint
 from hysquant_rl.apps import LOCK_FILE, lock_run_dir, os_error_message, unlock_run_dir
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.io import WriteError, save_json

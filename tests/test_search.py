@@ -10,14 +10,14 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from agents.checkpoint import read_checkpoint
+from agents.storage import read_checkpoint
 from envs import HySquantEnv
 from hysquant_rl.apps.search import run_search
 from hysquant_rl.bits import grid_sum, to_bits, to_index
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.lut.build import build_lut
-from hysquant_rl.lut.prune import box_mask
 from hysquant_rl.policy import QuantPolicy, validate
+from hysquant_rl.prune import box_mask
 from hysquant_rl.search.allocation import MIP_REL_GAP, proxy_grid, solve_ilp
 from hysquant_rl.search.budget import resolve, within
 from hysquant_rl.search.problem import SearchProblem, build_problem
@@ -50,8 +50,8 @@ def test_env_passes_checker(digits_pipeline, lut):
 def test_reward_equals_formula(digits_pipeline, lut):
     p = problem(digits_pipeline, lut, reward_metric="kl", reward_scale=10.0)
     env = HySquantEnv(p)
-    w8a8 = np.full((len(digits_pipeline.layers), 2), 8)
-    info = env.finish(w8a8)  # W8A8 misses the 0.6x energy budget: projected first
+    w8a8 = np.full((len(digits_pipeline.units), 2), 8)
+    info = env.problem.finish(w8a8)  # W8A8 misses the 0.6x energy budget: projected first
     assert info["feasible"] and info["totals"]["energy_mj"] <= p.limits["energy_mj"]
     kl = digits_pipeline.evaluator.evaluate(info["bits"], "search_val").kl
     assert info["reward"] == pytest.approx(10.0 * (-kl - 0.0), rel=1e-9)
@@ -59,7 +59,7 @@ def test_reward_equals_formula(digits_pipeline, lut):
     p2 = problem(
         digits_pipeline, lut, reward_metric="top1", reward_scale=0.1, budget_mode="penalty", penalty_weight=5.0
     )
-    info = HySquantEnv(p2).finish(w8a8)
+    info = p2.finish(w8a8)
     m = digits_pipeline.evaluator.evaluate(w8a8, "search_val")
     excess = info["totals"]["energy_mj"] / p2.limits["energy_mj"] - 1
     assert np.array_equal(info["bits"], w8a8) and not info["feasible"] and excess > 0
@@ -72,19 +72,19 @@ def test_nan_evaluation_is_skipped(digits_pipeline, lut):
         lut,
         evaluate=lambda bits: {"top1": float("nan"), "top5": 0.0, "kl": float("nan"), "loss": float("nan")},
     )
-    info = HySquantEnv(p).finish(np.full((len(digits_pipeline.layers), 2), 4))
+    info = p.finish(np.full((len(digits_pipeline.units), 2), 4))
     assert info["skipped"] and np.isfinite(info["reward"]) and not info["feasible"]
 
 
 def test_actions_map_into_allowed_range(digits_pipeline, lut):
     rng = np.random.default_rng(0)
-    n = len(digits_pipeline.layers)
+    n = len(digits_pipeline.units)
     w_rng = np.stack([rng.integers(2, 6, n), np.full(n, 8)], 1)
     a_rng = np.stack([rng.integers(2, 9, n), np.full(n, 8)], 1)  # pruning raises minima; maxima stay 8
     mask = box_mask(w_rng.tolist(), a_rng.tolist())  # the integer ranges, and FP32 on either operand
     env = HySquantEnv(problem(digits_pipeline, lut, mask=mask))
     tied = env.problem.tied  # activation-only units: w follows a
-    for l in range(len(digits_pipeline.layers)):
+    for l in range(len(digits_pipeline.units)):
         for a in (0.0, 0.3, 0.7, 1.0):
             i = to_index(env.to_bits(l, np.array([a, a])))
             assert mask[l, i[0], i[1]]
@@ -94,7 +94,7 @@ def test_actions_map_into_allowed_range(digits_pipeline, lut):
         assert tuple(env.to_bits(l, np.array([0.0, 0.0]))) == (w_rng[l][0], a_rng[l][0])
         for bits in ((w_rng[l][0], a_rng[l][0]), (w_rng[l][1], a_rng[l][1]), (5, 6), (32, 8), (32, 32)):
             expect = tuple(b if b == 32 else int(np.clip(b, *r)) for b, r in zip(bits, (w_rng[l], a_rng[l])))
-            assert tuple(env.to_bits(l, env.to_action(l, np.array(expect)))) == expect
+            assert tuple(env.to_bits(l, env._actions(np.array([expect]), np.array([l]))[0])) == expect
     start = np.stack([np.full(len(w_rng), 6), a_rng[:, 1]], 1)
     warm = HySquantEnv(problem(digits_pipeline, lut, warm_start=start, mask=box_mask(w_rng.tolist(), a_rng.tolist())))
     assert tuple(warm.to_bits(0, np.array([0.5, 0.5]))) == tuple(start[0])  # 0.5 = the warm start
@@ -125,7 +125,7 @@ def test_ten_episode_search_and_resume(tmp_path, digits_pipeline):
     assert state["episodes_done"] == 10 and [e["bits"] for e in state["history"][:5]] == first
     assert summary["episodes"] == 10
     policy = QuantPolicy.load(out / "best_policy.json")
-    validate(policy, digits_pipeline.layers, digits_pipeline.spec.name, digits_pipeline.weights_sha256)
+    validate(policy, digits_pipeline.units, digits_pipeline.spec.name, digits_pipeline.weights_sha256)
     budget = summary["budgets"]["energy_mj"]
     assert policy.metrics["cost"]["energy_mj"] <= budget and summary["policies"]["best policy"]["holds"]["energy_mj"]
     events = EventAccumulator(str(out / "tb")).Reload()
@@ -137,9 +137,9 @@ def test_ten_episode_search_and_resume(tmp_path, digits_pipeline):
     # activation-only kind has its own histogram of its quantized units
     last = events.Histograms("policy/w_bits")[-1].histogram_value
     bits = np.array(state["history"][-1]["bits"])
-    weighted = np.array([l.weighted for l in digits_pipeline.layers])
+    weighted = np.array([l.weighted for l in digits_pipeline.units])
     assert last.num == (weighted & (bits[:, 0] != 32)).sum() and last.max <= 8
-    pv = np.array([l.kind == "attention-pv" for l in digits_pipeline.layers])
+    pv = np.array([l.kind == "attention-pv" for l in digits_pipeline.units])
     assert events.Histograms("policy/a_bits/attention-pv")[-1].histogram_value.num == (pv & (bits[:, 1] != 32)).sum()
     for name in ("model_int.pt", "model_fakequant.pt", "summary.md", "lut.csv", "lut_heatmap.png"):
         assert (out / name).exists(), name
@@ -152,10 +152,10 @@ def test_warm_start_agent_starts_at_the_warm_start(digits_pipeline, lut):
     from agents.factory import make_agent
 
     p = problem(digits_pipeline, lut)
-    start = np.stack([np.full(p.num_layers, 6), np.full(p.num_layers, 8)], 1)
+    start = np.stack([np.full(p.num_units, 6), np.full(p.num_units, 8)], 1)
     p.warm_start = np.clip(start, 2, 8)
     env = HySquantEnv(p)
-    agent = make_agent(search_settings().agent, env, p.num_layers, seed=0, local_sigma=0.1)
+    agent = make_agent(search_settings().agent, env, p.num_units, seed=0, local_sigma=0.1)
     obs, _ = env.reset()
     action, _ = agent.predict(obs, deterministic=True)
     assert np.allclose(action, 0.5)
@@ -174,7 +174,7 @@ def test_callback_copies_the_episode_reward_onto_every_transition(digits_pipelin
     p = problem(digits_pipeline, lut)
     env = HySquantEnv(p)
     settings = dataclasses.replace(search_settings().agent, gradient_steps=0, warmup_episodes=0)
-    agent = make_agent(settings, env, p.num_layers, seed=0)
+    agent = make_agent(settings, env, p.num_units, seed=0)
     rewards, checkpoints, evaluated = [], [], []
     store = EpisodeStore(HySquantEnv(p).trajectory, normalize=False)
 
@@ -182,9 +182,9 @@ def test_callback_copies_the_episode_reward_onto_every_transition(digits_pipelin
         rewards.append(info["reward"])
         evaluated.append(info["bits"])
 
-    callback = SearchCallback(p.num_layers, on_episode, lambda: checkpoints.append(1), 2, store)
-    agent.learn(4 * p.num_layers, callback=callback)
-    buf, n = agent.replay_buffer, p.num_layers
+    callback = SearchCallback(p.num_units, on_episode, lambda: checkpoints.append(1), 2, store)
+    agent.learn(4 * p.num_units, callback=callback)
+    buf, n = agent.replay_buffer, p.num_units
     assert len(rewards) == 4 and all(r != 0.0 for r in rewards) and len(checkpoints) == 2  # after episodes 2, 4
     expected = np.repeat(np.asarray(rewards, dtype=np.float32)[:, None], n, axis=1)
     np.testing.assert_array_equal(buf.rewards[: 4 * n, 0].reshape(4, n), expected)
@@ -234,7 +234,9 @@ def test_bad_search_input(tmp_path, digits_pipeline):
         run_search(run, search_settings(QUICK + ["resume=true"]), tmp_path / "b", digits_pipeline)
     with pytest.raises(HySquantError, match=r"search.proxy='loss' is unknown: use one of kl, top1_drop"):
         search_settings(["search.method=ilp", "search.proxy=loss"])
-    with pytest.raises(HySquantError, match=r"unknown search.method='annealing': use one of rl, uniform"):
+    with pytest.raises(
+        HySquantError, match=r"unknown search.method='annealing': use one of uniform, greedy, ilp, random, local"
+    ):
         run_search(run, search_settings(["search.method=annealing"]), tmp_path / "d", digits_pipeline)
 
 
@@ -253,7 +255,7 @@ def test_baseline_methods(tmp_path, digits_pipeline, lut, method, proxy):
     assert summary["policies"]["best policy"]["holds"]["energy_mj"]
     assert policy.metrics["cost"]["energy_mj"] <= summary["budgets"]["energy_mj"]
     if method == "uniform":  # one (w, a) on every layer; an activation-only unit takes the a
-        weighted = np.array([l.weighted for l in digits_pipeline.layers])
+        weighted = np.array([l.weighted for l in digits_pipeline.units])
         assert (bits[weighted] == bits[0]).all() and (bits[~weighted] == bits[0, 1]).all()
         # brute force: the pairs every unit allows whose uniform policy meets the budget (the cost model's totals),
         # with no such pair above on either operand, are the candidates: one episode each
@@ -276,10 +278,10 @@ def test_baseline_methods(tmp_path, digits_pipeline, lut, method, proxy):
         assert summary["episodes"] == 4
     if method == "ilp":  # the MILP's policy is optimal: checked by an exact dynamic program, not by the solver
         p = problem(digits_pipeline, lut, proxy=proxy_grid(lut.configs, lut.matrix(proxy)))
-        limit = p.layer_limits()["energy_mj"]
+        limit = p.unit_limits()["energy_mj"]
         # the MILP optimises the additive grids (a unit priced as if its consumer quantizes its input); the episode
         # then fits its policy to the exact totals (a unit before an FP32 one writes float): the policy evaluated
-        ilp = solve_ilp(p.proxy, p.mask, p.costs, p.layer_limits())
+        ilp = solve_ilp(p.proxy, p.mask, p.costs, p.unit_limits())
         p.exact_totals = lambda b: digits_pipeline.cost.policy_cost(b).totals()
         assert np.array_equal(bits, p.fitted(ilp))
         bits = ilp
@@ -327,7 +329,7 @@ def test_candidates_are_new_allowed_and_near(digits_pipeline, lut):
 
     p = problem(digits_pipeline, lut)
     rng = np.random.default_rng(0)
-    chosen = np.full((p.num_layers, 2), 8)
+    chosen = np.full((p.num_units, 2), 8)
     fitted = p.fitted(chosen)
     found, repeat = p.candidates(chosen, rng, k=3)
     assert np.array_equal(found[0], fitted) and not repeat and len(found) == 3
@@ -337,7 +339,7 @@ def test_candidates_are_new_allowed_and_near(digits_pipeline, lut):
     assert repeat and len(found) == 5 and len({policy_key(b) for b in found}) == 5
     for bits in found:
         assert policy_key(bits) not in seen and policy_key(bits) not in p.cache
-        assert p.mask[np.arange(p.num_layers), to_index(bits[:, 0]), to_index(bits[:, 1])].all()
+        assert p.mask[np.arange(p.num_units), to_index(bits[:, 0]), to_index(bits[:, 1])].all()
         assert all(within(p.totals(bits), p.limits).values())
         assert 0 < np.abs(bits - fitted).sum() <= 12  # moved, locally (projection may lower a few units)
 
@@ -359,7 +361,7 @@ def test_critic_picks_among_new_candidates(digits_pipeline, lut):
     for use in (None, scorer):
         env.scorer = use
         env.reset()
-        for _ in range(p.num_layers):
+        for _ in range(p.num_units):
             _, _, done, infos = env.step(action)
         assert done[0]
         chosen, bits = infos[0]["chosen"], infos[0]["bits"]
@@ -400,8 +402,8 @@ def test_warm_start_moves_to_the_best_policy(tmp_path, digits_pipeline, lut):
     assert np.array_equal(best, np.array(top["bits"])) and recorder.best["reward"] == top["reward"]
     buf, env = method.agent.replay_buffer, method.single
     for (start, column), bits in method.store.episodes.items():
-        idx = (start + np.arange(p.num_layers)) % buf.buffer_size
+        idx = (start + np.arange(p.num_units)) % buf.buffer_size
         stored = method.agent.policy.unscale_action(buf.actions[idx, column])
-        offsets = np.array([env.to_bits(l, stored[l]) for l in range(p.num_layers)])
+        offsets = np.array([env.to_bits(l, stored[l]) for l in range(p.num_units)])
         near = np.abs(bits - p.warm_start) <= p.offset_range  # inside the offset range the buffer is exact
         assert (offsets[near] == bits[near]).all()

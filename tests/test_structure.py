@@ -23,17 +23,20 @@ def modules() -> dict[str, Path]:
     return {module_name(p): p for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))}
 
 
-def runtime_imports(path: Path, known: set[str]) -> set[str]:
+def runtime_imports(path: Path, known: set[str], typing: bool = False) -> set[str]:
     """Our modules that ``path`` imports at run time, anywhere in the file (function-level imports too), leaving out
-    ``if TYPE_CHECKING:`` blocks. ``from pkg import sub`` counts as importing the module ``pkg.sub`` when it is one."""
+    ``if TYPE_CHECKING:`` blocks unless ``typing``. ``from pkg import sub`` counts as importing the module ``pkg.sub``
+    when it is one."""
     tree = ast.parse(path.read_text())
-    skip = {
-        id(node)
-        for branch in ast.walk(tree)
-        if isinstance(branch, ast.If) and "TYPE_CHECKING" in ast.unparse(branch.test)
-        for stmt in branch.body
-        for node in ast.walk(stmt)
-    }
+    skip = set()
+    if not typing:
+        skip = {
+            id(node)
+            for branch in ast.walk(tree)
+            if isinstance(branch, ast.If) and "TYPE_CHECKING" in ast.unparse(branch.test)
+            for stmt in branch.body
+            for node in ast.walk(stmt)
+        }
     found = set()
     for node in ast.walk(tree):
         if id(node) in skip:
@@ -46,9 +49,51 @@ def runtime_imports(path: Path, known: set[str]) -> set[str]:
     return {m for m in found if m in known}
 
 
-def import_graph() -> dict[str, set[str]]:
+def import_graph(typing: bool = False) -> dict[str, set[str]]:
     mods = modules()
-    return {name: runtime_imports(path, set(mods)) - {name} for name, path in mods.items()}
+    return {name: runtime_imports(path, set(mods), typing) - {name} for name, path in mods.items()}
+
+
+FLOORS = (
+    # 0, the ground floor: torch-free vocabulary, the bit-width grid and search space, pruning rules, files
+    ("hysquant_rl", "hysquant_rl.errors", "hysquant_rl.bits", "hysquant_rl.registry", "hysquant_rl.budget_kinds"),
+    ("hysquant_rl.units", "hysquant_rl.io", "hysquant_rl.space", "hysquant_rl.prune", "hysquant_rl.machine"),
+    # 2: pricing, settings, the policy format (torch-free)
+    ("hysquant_rl.hardware", "hysquant_rl.settings", "hysquant_rl.policy", "hysquant_rl.provenance"),
+    # 3: the model, its units and its data
+    ("hysquant_rl.inventory", "hysquant_rl.models", "hysquant_rl.data", "hysquant_rl.train"),
+    ("hysquant_rl.quant", "hysquant_rl.evaluate"),  # 4: quantization and evaluation
+    ("hysquant_rl.deploy",),  # 5: runtimes and exports
+    ("hysquant_rl.pipeline",),  # 6: everything measured on a model once
+    ("hysquant_rl.lut",),  # 7
+    ("hysquant_rl.search",),  # 8
+    ("hysquant_rl.bench",),  # 9
+    ("envs",),  # 10: the Gymnasium adapter
+    ("agents",),  # 11
+    ("hysquant_rl.apps",),  # 12: the only layer that sees a Hydra config
+)
+
+
+def floor(module: str) -> int:
+    """The floor of ``module``: that of the longest prefix :data:`FLOORS` names."""
+    best, found = -1, -1
+    for level, prefixes in enumerate(FLOORS):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best:
+                best, found = len(prefix), level
+    assert found >= 0, f"{module} is on no floor of FLOORS: add it"
+    return found
+
+
+def test_no_import_runs_back_up_the_layers():
+    """Data flows one way: no module imports (at run time or for type checking) a module of a higher floor."""
+    up = [
+        f"{name} (floor {floor(name)}) -> {dep} (floor {floor(dep)})"
+        for name, deps in import_graph(typing=True).items()
+        for dep in sorted(deps)
+        if floor(dep) > floor(name)
+    ]
+    assert not up, "imports up the layers: " + "; ".join(up)
 
 
 def test_no_import_circles():

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from agents.artefact import load_agent, save_agent
 from agents.conditioned import ConditionedAgent, Target, train_agent
+from agents.storage import load_agent, save_agent
 from envs import HySquantEnv
 from envs.hysquant_env import CONDITION_FEATURES
 from hysquant_rl.bits import GRID, to_index
 from hysquant_rl.errors import HySquantError
-from hysquant_rl.lut.prune import box_mask
+from hysquant_rl.prune import box_mask
 from hysquant_rl.search.baselines import LocalSearch
 from hysquant_rl.search.problem import policy_key
 from hysquant_rl.search.surrogate import MIN_BETA, Surrogate, SurrogateSearch, evaluated, trust_region
@@ -86,7 +86,7 @@ def test_trajectory_is_what_stepping_the_episode_sees():
         obs, nxt, actions = env.trajectory(bits)
         seen, _ = env.reset()
         rows = [seen]
-        for l in range(p.num_layers - 1):
+        for l in range(p.num_units - 1):
             seen, *_ = env.step(actions[l])
             rows.append(seen)
         np.testing.assert_array_equal(np.stack(rows), obs)

@@ -14,7 +14,10 @@ the sweep goes on; the sweep's exit status is the number of jobs that failed.
 
 One app per run directory: each job holds an exclusive ``fcntl.flock`` on ``<run dir>/.hysquant.lock`` (the kernel
 releases it when the process ends, however it ends); a second app in the same directory is refused in one line
-naming the holder's PID.
+naming the holder's PID. A run directory is never written through a link: the lock file is opened without following
+one (:func:`hysquant_rl.io.open_in_place`), and Hydra's own files (``.hydra/*.yaml``, ``<app>.log``) are checked
+before Hydra writes them; a ``hydra.run.dir`` with characters Hydra's override grammar reserves (``; & | ( ) ,``,
+non-ASCII letters, a newline) is passed to Hydra quoted, so it names exactly the folder given.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import functools
 import importlib.resources
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +38,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from hysquant_rl.errors import HySquantError
-from hysquant_rl.io import WriteError
+from hysquant_rl.io import UnsafeFile, WriteError, check_in_place, open_in_place, sweep_temp_dirs
 
 log = logging.getLogger("hysquant_rl")
 CONF_DIR = str(importlib.resources.files("hysquant_rl.conf"))
@@ -73,9 +77,12 @@ def app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[]
 
     def deco(fn: Callable[[DictConfig], Any]) -> Callable[[], Any]:
         failed: list[str] = []
+        given: list[list[str]] = []  # the command line as given, while Hydra runs with its run directory quoted
 
         @functools.wraps(fn)
         def task(cfg: DictConfig) -> Any:
+            if given:  # what a job records of its command line is what the user typed
+                sys.argv = given[0]
             here, taken = run_dir(), False
             try:
                 taken = lock_run_dir(here, f"hysquant-{config_name}")  # False: main() holds it already
@@ -99,8 +106,9 @@ def app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[]
         @functools.wraps(fn)
         def main() -> Any:
             failed.clear()
+            sweep_temp_dirs()  # temporary folders of processes that were killed (kill -9, Ray's workers)
             args = sys.argv[1:]
-            folder = _check_output_dirs(args)
+            folder, quoted = _check_output_dirs(args, config_name)
             taken = False
             if folder is not None and not {"-m", "--multirun"} & set(args):
                 try:  # before Hydra writes its .hydra/ and log file into a directory another run is using
@@ -108,9 +116,14 @@ def app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[]
                 except HySquantError as e:
                     report(str(e))
                     sys.exit(2)
+            argv = sys.argv
+            given[:] = [argv]
+            sys.argv = [argv[0], *quoted]  # what Hydra parses: run directories quoted for its grammar
             try:
                 result = run()
             finally:
+                sys.argv = argv
+                given.clear()
                 if taken:
                     unlock_run_dir(folder)
             if failed:
@@ -144,7 +157,10 @@ def lock_run_dir(folder: Path, app: str) -> bool:
         return False
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        # never through a link or into a hard link's other name: the note below truncates and writes the file
+        fd = open_in_place(
+            folder / LOCK_FILE, "remove it (a run directory's lock is an ordinary file), or pass another hydra.run.dir"
+        )
     except OSError as e:
         raise HySquantError(
             f"cannot write the run directory {folder} ({e.strerror or e}): choose a directory that can be written"
@@ -180,34 +196,72 @@ def unlock_run_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _check_output_dirs(args: list[str]) -> Path | None:
+def _check_output_dirs(args: list[str], app: str) -> tuple[Path | None, list[str]]:
     """Create the run (or sweep) directory given on the command line now, so that one that cannot be written is
-    one line, not the traceback of Hydra creating it; returns the run directory given (None: Hydra's default). A
-    value that still carries quote characters or an unresolved ``${...}`` would make a folder of that literal name:
-    refused in one line, before anything is created."""
-    given = None
+    one line, not the traceback of Hydra creating it; returns the run directory given (None: Hydra's default) and
+    the arguments with each such value quoted for Hydra's override grammar (where ``; & | ( ) , # ~``, non-ASCII
+    letters or a newline would be a parse error or a sweep), so that it names exactly the folder given. Refused in one
+    line, before anything is created: a value that still carries quote characters or an unresolved ``${...}`` (it
+    would make a folder of that literal name), a name that is not valid UTF-8 (no file Hydra writes could record it),
+    and a directory whose Hydra files are links or not regular files (:func:`check_hydra_files`)."""
+    given, quoted = None, []
     for arg in args:
         key, _, value = arg.partition("=")
-        if key in ("hydra.run.dir", "hydra.sweep.dir") and value:
-            problem = ""
-            if any(q in value for q in "'\"`"):
-                problem = "carries quote characters, which would become part of the folder's name: pass it unquoted"
-            elif "${" in value:
-                problem = (
-                    "holds an unresolved interpolation, which would become a folder of that literal name: pass a"
-                    f" literal path (the shell can add the time: {key}=outputs/run_$(date +%Y-%m-%d_%H-%M-%S))"
-                )
-            if problem:
-                report(f"{key}={value} {problem}")
-                sys.exit(2)
+        if key not in ("hydra.run.dir", "hydra.sweep.dir") or not value:
+            quoted.append(arg)
+            continue
+        problem = ""
+        if any(q in value for q in "'\"`"):
+            problem = "carries quote characters, which would become part of the folder's name: pass it unquoted"
+        elif "${" in value:
+            problem = (
+                "holds an unresolved interpolation, which would become a folder of that literal name: pass a"
+                f" literal path (the shell can add the time: {key}=outputs/run_$(date +%Y-%m-%d_%H-%M-%S))"
+            )
+        else:
             try:
-                Path(value).mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                report(f"cannot create {key}={value} ({e.strerror or e}): choose a directory that can be written")
-                sys.exit(2)
-            if key == "hydra.run.dir":
-                given = Path(value)
-    return given
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                problem = "is not valid UTF-8 (bytes of another encoding): rename the folder in UTF-8 or pass another"
+        if problem:
+            report(f"{key}={value!r} {problem}" if "\n" in value else f"{key}={value} {problem}")
+            sys.exit(2)
+        try:
+            check_hydra_files(Path(value), app, sweep=key == "hydra.sweep.dir")
+        except UnsafeFile as e:
+            what = e.problem.split(",")[0]  # a symbolic link, a hard link (2 names ...), a FIFO (named pipe), ...
+            report(f"{e.path} is {what}, which Hydra would write through: remove it, or pass another {key}")
+            sys.exit(2)
+        try:
+            Path(value).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            report(f"cannot create {key}={value} ({e.strerror or e}): choose a directory that can be written")
+            sys.exit(2)
+        if key == "hydra.run.dir":
+            given = Path(value)
+        trailing = len(value) - len(value.rstrip("\\"))  # backslashes before the closing quote are doubled
+        quoted.append(f"{key}='{value}{chr(92) * trailing}'")
+    return given, quoted
+
+
+HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")  # what Hydra writes into <run dir>/.hydra/
+
+
+def check_hydra_files(folder: Path, app: str, sweep: bool = False) -> None:
+    """Raise :class:`UnsafeFile` where Hydra would write through a link in ``folder``: its ``.hydra/`` folder, the
+    files it rewrites there, and the log it appends to (``<app>.log``); for a sweep directory its ``multirun.yaml`` and
+    each job folder already there (``0/``, ``1/``, ...)."""
+    if sweep:
+        check_in_place(folder / "multirun.yaml")
+        jobs = [p for p in folder.iterdir() if re.fullmatch(r"\d+", p.name)] if folder.is_dir() else []
+        for job in jobs:
+            check_in_place(job, folder=True)
+            check_hydra_files(job, app)
+        return
+    check_in_place(folder / ".hydra", folder=True)
+    for name in HYDRA_FILES:
+        check_in_place(folder / ".hydra" / name)
+    check_in_place(folder / f"{app}.log")
 
 
 def report(message: str) -> None:

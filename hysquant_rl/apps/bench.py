@@ -132,8 +132,8 @@ def learner() -> Any:
     """The budget-conditioned agent of ``agents/`` as the bench's :class:`~hysquant_rl.bench.transfer_run.Learner`."""
     from types import SimpleNamespace
 
-    from agents.artefact import load_agent, save_agent
     from agents.conditioned import train_agent
+    from agents.storage import load_agent, save_agent
 
     return SimpleNamespace(train=train_agent, save=save_agent, load=load_agent)
 

@@ -16,47 +16,42 @@ from typing import Any
 from omegaconf import DictConfig
 
 from hysquant_rl.apps import app, plain, run_dir
+from hysquant_rl.budget_kinds import BY_KEY, KEYS
 from hysquant_rl.errors import HySquantError
-from hysquant_rl.io import save_json
-from hysquant_rl.search.baselines import BASELINES
+from hysquant_rl.io import UnsafeFile, read_json, save_json
+from hysquant_rl.search.baselines import METHODS
 from hysquant_rl.settings import TRANSFER_METHOD, RunSettings, SearchSettings
 
-METHOD_NAMES = ("rl", *BASELINES, TRANSFER_METHOD)
+METHODS.lazy("rl", "agents.rl:RLSearch")  # the agents live above the library: named here, imported when chosen
+METHODS.lazy(TRANSFER_METHOD, "agents.conditioned_search:ConditionedSearch")
 
 
 def make_method(search: SearchSettings, *args: Any) -> Any:
-    """The ``search.method`` registry: the RL agent or the budget-conditioned one (``agents/``), or a baseline,
-    built on the run's problem."""
-    if search.method == "rl":
-        from agents.rl import RLSearch
-
-        return RLSearch(search, *args)
-    if search.method == TRANSFER_METHOD:
-        from agents.conditioned_search import ConditionedSearch
-
-        return ConditionedSearch(search, *args)
-    return BASELINES[search.method](search, *args)
+    """The ``search.method`` of :data:`~hysquant_rl.search.baselines.METHODS` (a baseline or control, the RL agent or
+    the budget-conditioned one), built on the run's problem."""
+    return METHODS.get(search.method)(search, *args)
 
 
 def check_method(search: SearchSettings) -> None:
     """The method (and for an agent the agent, and a trained agent's folder and budget) exist: checked before any
     work."""
-    if search.method not in METHOD_NAMES:
-        raise HySquantError(f"unknown search.method={search.method!r}: use one of {', '.join(METHOD_NAMES)}")
+    if search.method not in METHODS:
+        METHODS.get(search.method)  # one line naming the methods
     if search.method in ("rl", TRANSFER_METHOD):
         from agents.factory import check_agent
 
         check_agent(search.agent.name)
     if search.method == TRANSFER_METHOD and search.transfer.agent is not None:
-        from agents.artefact import read_manifest
+        from agents.storage import read_manifest
 
         folder = Path(search.transfer.agent)
         key = read_manifest(folder).get("identity", {}).get("budget key")
-        (ours,) = [k for k in ("latency_ms", "energy_mj", "size_mb") if any(search.budget.given(k))]
+        (ours,) = [k for k in KEYS if any(search.budget.given(k))]
         if key != ours:
             raise HySquantError(
                 f"the agent in {folder} answers {key} budgets, this run sets {ours}: set that budget instead"
-                f" (budget={str(key).split('_')[0]}), or train an agent for this one (search.transfer.agent=null)"
+                f" (budget={BY_KEY[key].name if key in BY_KEY else key}), or train an agent for this one"
+                " (search.transfer.agent=null)"
             )
 
 
@@ -84,7 +79,7 @@ def run_search(run: RunSettings, search: SearchSettings, out: Path, pipe: Any = 
     finally:
         if executor is not None:
             executor.close()
-    summary = finish(search, pipe, result, out, start, run.export_onnx, run.export_openvino)
+    summary = finish(search, pipe, result, out, start, run.export)
     if result.unchecked is not None:  # everything is written; the exit status says the check is missing
         raise type(result.unchecked)(
             f"{result.unchecked} -- the search's results are written to {out} without the hardware check"
@@ -103,7 +98,7 @@ def record_or_restore(settings: dict[str, Any], out: Path, given: list[str]) -> 
     if not settings.get("resume"):
         save_json(settings, path)
         return settings
-    if not path.exists():
+    if not (path.exists() or path.is_symlink()):
         raise HySquantError(
             f"resume=true but {out} holds no interrupted run ({RECORD} is missing): pass"
             " hydra.run.dir=<the interrupted run's directory>"
@@ -111,13 +106,15 @@ def record_or_restore(settings: dict[str, Any], out: Path, given: list[str]) -> 
     damaged = f"the run's settings file {path}, which resume=true restores, is damaged"
     new_run = "start a new run directory (another hydra.run.dir, without resume=true)"
     try:
-        recorded = json.loads(path.read_text(encoding="utf-8"))
+        recorded = read_json(path, "settings")  # a regular file, never through a link, NaN refused, bounded
         if not isinstance(recorded, dict):
             raise ValueError(f"expected a JSON object, got {type(recorded).__name__}")
         RunSettings.from_mapping(recorded)
         SearchSettings.from_mapping(recorded)
     except RecursionError:
         raise HySquantError(f"{damaged} (JSON nested too deeply): {new_run}") from None
+    except UnsafeFile as e:
+        raise HySquantError(f"{damaged} ({e.problem}): {new_run}") from None
     except HySquantError as e:
         raise HySquantError(f"{damaged}: it holds a value that is refused now ({e}); {new_run}") from None
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
@@ -155,8 +152,8 @@ def _main(cfg: DictConfig) -> dict[str, Any]:
     check_method(SearchSettings.from_mapping(settings))
     settings = record_or_restore(settings, out, list(HydraConfig.get().overrides.task))
     if settings.get("resume") and settings["search"]["method"] == "rl":
-        from agents.checkpoint import check_resumable
         from agents.rl import CHECKPOINT_DIR
+        from agents.storage import check_resumable
 
         check_resumable(out / CHECKPOINT_DIR)  # missing, damaged or foreign: one line before the model and LUT
     return run_search(RunSettings.from_mapping(settings), SearchSettings.from_mapping(settings), out)

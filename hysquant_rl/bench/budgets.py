@@ -3,11 +3,11 @@ latency or energy), named ``latency 0.20`` in the tables and run directories."""
 
 from __future__ import annotations
 
-from hysquant_rl.search.budget import UNITS
+from hysquant_rl.budget_kinds import BY_NAME, KINDS
 
-BUDGET_KEYS = {"latency": "latency_ms", "energy": "energy_mj"}  # budget kind of a plan -> budget key
+BUDGET_KEYS = {k: BY_NAME[k].key for k in ("latency", "energy")}  # budget kind of a plan -> budget key
 # every budget of the search config off, before a run sets its own
-CLEAR_BUDGETS = [f"budget.{k}=null" for k in UNITS] + [f"budget.{k.split('_')[0]}_ratio=null" for k in UNITS]
+CLEAR_BUDGETS = [f"budget.{k.key}=null" for k in KINDS] + [f"budget.{k.ratio_key}=null" for k in KINDS]
 
 
 def budget_label(kind: str, fraction: float) -> str:

@@ -8,8 +8,8 @@ from typing import Any
 
 from hysquant_rl.bench.budgets import BUDGET_KEYS
 from hysquant_rl.bench.plan import regime_budgets
+from hysquant_rl.budget_kinds import BY_KEY
 from hysquant_rl.io import atomic_write
-from hysquant_rl.search.budget import UNITS
 
 MARKERS = "osD^v<>PX*"  # one per method, in bench.methods' order
 
@@ -74,9 +74,9 @@ def _points(ax: Any, methods: list[str], rows: list[dict[str, Any]], refs: list[
                 alpha=0.8,
                 capsize=2,
             )
-    for limit in {t["limit"] for t in rows if t["unit"] == UNITS[key]}:
+    for limit in {t["limit"] for t in rows if t["unit"] == BY_KEY[key].unit}:
         ax.axvline(limit, color="0.85", lw=0.8, zorder=0)
-    ax.set_xlabel(f"modelled {kind} ({UNITS[key]})")
+    ax.set_xlabel(f"modelled {kind} ({BY_KEY[key].unit})")
     ax.set_ylabel("test top-1 (%)")
     ax.grid(alpha=0.3)
 

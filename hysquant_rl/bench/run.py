@@ -22,14 +22,15 @@ import numpy as np
 from hysquant_rl.bench.budgets import BUDGET_KEYS, CLEAR_BUDGETS, budget_label, budget_limit
 from hysquant_rl.bench.plan import Plan, Throughput
 from hysquant_rl.bench.stats import Paired, learning, mcnemar, se_paired, se_top1
-from hysquant_rl.bits import FP32_BITS, parse_uniform
+from hysquant_rl.bits import FP32_BITS, mean_bits, parse_uniform
+from hysquant_rl.budget_kinds import BY_KEY
 from hysquant_rl.errors import HySquantError, NoPolicyError
 from hysquant_rl.hardware import CostModel
 from hysquant_rl.io import save_json
 from hysquant_rl.lut.build import build_lut
 from hysquant_rl.lut.table import LUT, read_document
 from hysquant_rl.pipeline import Pipeline, build
-from hysquant_rl.search.budget import UNITS, span, within
+from hysquant_rl.search.budget import span, within
 from hysquant_rl.search.loop import MethodFactory, SearchResult, search
 from hysquant_rl.search.problem import policy_key
 from hysquant_rl.settings import RunSettings, SearchSettings
@@ -74,7 +75,7 @@ def regime_pipe(
     """The regime of batch size ``batch``: its settings, ``base`` (the same model, calibration and FP32 logits) priced
     at that batch size, and its LUT (cached per batch size; its build time recorded in ``result``'s speed)."""
     settings = RunSettings.from_mapping(configure([f"hardware.batch_size={batch}"]))
-    pipe = replace(base, cost=CostModel(base.layers, base.matmuls, settings.hardware, other=base.cost.other))
+    pipe = replace(base, cost=CostModel(base.units, base.matmuls, settings.hardware, other=base.cost.other))
     lut = build_lut(settings, pipe)  # its rows carry this regime's costs: one cached table per batch size
     result["speed"]["lut_build_s"][str(batch)] = lut_build_seconds(lut)
     return settings, pipe, lut
@@ -102,7 +103,7 @@ class Hits:
 def header(plan: Plan, run: RunSettings, base: Pipeline, hits: Hits) -> dict[str, Any]:
     """``bench.json`` before any search: the model, data, device, plan and quantizer; FP32's top-1 [%] on test and
     search-val, and the standard error of one policy's search-val top-1 [points]; empty runs."""
-    n = len(base.layers)
+    n = len(base.units)
     fp32 = np.full((n, 2), FP32_BITS)
     val_size, val_top1 = len(hits.labels["search_val"]), hits(fp32, "search_val")[0]["top1"]
     return {
@@ -142,7 +143,7 @@ class Runner:
         base = self.base
         low, w8a8 = span(pipe.cost, lut.mask())
         for spec in self.plan.references:  # the uniform reference points of the plot
-            bits = [parse_uniform(spec)] * len(base.layers)
+            bits = [parse_uniform(spec)] * len(base.units)
             top1 = self.hits(np.array(bits), "test")[0]["top1"]
             self.result["uniform"].append(
                 {"regime": batch, "policy": spec, "test_top1": top1, **pipe.cost.policy_cost(bits).totals()}
@@ -154,7 +155,7 @@ class Runner:
                 "regime": batch,
                 "budget": budget_label(kind, f),
                 "limit": limit,
-                "unit": UNITS[key],
+                "unit": BY_KEY[key].unit,
                 "limit_ratio_of_w8a8": limit / w8a8[key],
             }
             for name in self.plan.methods:
@@ -178,7 +179,7 @@ class Runner:
             batch,
             budget,
             limit,
-            UNITS[key],
+            BY_KEY[key].unit,
             name,
             seed,
         )
@@ -234,8 +235,7 @@ def found_record(found: SearchResult, hits: Hits, key: str, limit: float) -> dic
         "episodes": len(found.recorder.history),
         "wall_s": found.wall_s,
         "eval_s": p.eval_time_s,
-        "mean_w_bits": float(found.bits[p.weighted, 0].mean()),
-        "mean_a_bits": float(found.bits[:, 1].mean()),
+        **mean_bits(found.bits, p.weighted),  # over the integer operands, as summary.json and TensorBoard
     }
 
 
@@ -253,7 +253,7 @@ def lut_build_seconds(lut: LUT) -> float | None:
 
 def measure_throughput(pipe: Pipeline, t: Throughput) -> dict[str, Any]:
     """Evaluation throughput [images/s] on ``t.split``: FP32 and the uniform ``t.policy``, and their ratio."""
-    n = len(pipe.layers)
+    n = len(pipe.units)
     fp32 = [(FP32_BITS, FP32_BITS)] * n
     quant = [parse_uniform(t.policy)] * n
     pipe.evaluator.evaluate(quant, t.split)  # warm the caches, as a search would have

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hysquant_rl.budget_kinds import ENERGY, LATENCY
 from hysquant_rl.io import records
 from hysquant_rl.search.ranking import kendall, prospective_pairs
 
@@ -19,7 +20,7 @@ Paired = dict[tuple[int, str], list[dict[str, Any]]]  # per (regime, budget): on
 
 def aggregate(runs: pd.DataFrame) -> list[dict[str, Any]]:
     """Mean and sample std over seeds per (regime, budget, method); std is NaN for one run."""
-    cols = ["test_top1", "search_val_top1", "latency_ms", "energy_mj", "evaluations", "wall_s"]
+    cols = ["test_top1", "search_val_top1", LATENCY, ENERGY, "evaluations", "wall_s"]
     g = runs.groupby(["regime", "budget", "method"], sort=False)
     table = g[cols].agg(["mean", "std"])  # NaN rows (no policy found) are skipped
     table.columns = [f"{c}_{s}" for c, s in table.columns]

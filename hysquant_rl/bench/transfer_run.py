@@ -39,7 +39,7 @@ Answers = dict[tuple[int, str, int, str], np.ndarray]  # (seed, budget, k, arm) 
 
 
 class Learner(Protocol):
-    """The budget-conditioned agent as the bench uses it (``agents/conditioned.py``, ``agents/artefact.py``): train
+    """The budget-conditioned agent as the bench uses it (``agents/conditioned.py``, ``agents/storage.py``): train
     one over budgets, save it, load a fresh copy. The agent answers (``answer``), scores policies for a target
     (``score``, ``target``), and names the nearest training budget (``nearest``; its ``best`` episode)."""
 

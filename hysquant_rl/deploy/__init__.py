@@ -1,27 +1,24 @@
-"""What leaves the search for a runtime, and the checks a found policy is measured by.
+"""What leaves the search for a runtime: the exports, and one plug-in per runtime.
 
-* :mod:`~hysquant_rl.deploy.checkpoints`: PyTorch files of a quantized model (fake-quant and integer weights) in the
-  paper's simulation, which reload to the same logits.
-* :mod:`~hysquant_rl.deploy.simulated_onnx`: the paper's quantization as an ONNX QDQ graph, for any bit-widths.
-* :mod:`~hysquant_rl.deploy.runtime_graph`: the *runtime* layout, the graph a runtime executes as integer kernels
-  (onnxruntime's own quantizer's layout, or NNCF's placement for OpenVINO), derived per policy in milliseconds;
-  :mod:`~hysquant_rl.deploy.runtime_eval` evaluates a policy's accuracy on it.
-* :mod:`~hysquant_rl.deploy.timing`: a policy's graph timed on this CPU (backends ``onnxruntime``, ``openvino``);
-  :mod:`~hysquant_rl.deploy.unit_latency`: per-unit latency measured on the runtime, cached per machine;
-  :mod:`~hysquant_rl.deploy.cuda`: kernels timed on a local CUDA GPU (backend ``measured``).
-* :mod:`~hysquant_rl.deploy.runtimes`: the registry of runtimes; :mod:`~hysquant_rl.deploy.ort` (onnxruntime, and the
-  identity of the machine a figure was measured on) and :mod:`~hysquant_rl.deploy.openvino` (OpenVINO's CPU plugin,
-  and its own model files).
+* :mod:`~hysquant_rl.deploy.runtimes`: the :class:`~hysquant_rl.deploy.runtimes.Runtime` interface and the registry
+  of runtime plug-ins, one module each with its ``conf/runtime/<name>.yaml``: onnxruntime (:mod:`~.ort`), OpenVINO
+  (:mod:`~.openvino`), ExecuTorch with XNNPACK (:mod:`~.executorch`); :mod:`hysquant_rl.machine`: the CPU a
+  measurement was made on and what it executes (VNNI, bf16).
+* :mod:`~hysquant_rl.deploy.runtime_graph`: the ONNX runtime layouts (onnxruntime's own quantizer's, NNCF's
+  placement for OpenVINO), a policy's graph derived in milliseconds; :mod:`~.runtime_eval` evaluates a policy's
+  accuracy on its runtime; :mod:`~.timing` times a policy's file; :mod:`~.unit_latency` measures each unit's latency
+  on the runtime, cached per machine.
+* :mod:`~hysquant_rl.deploy.export`: the files a user takes away, written as a set; :mod:`~.checkpoints` and
+  :mod:`~.simulated_onnx`: the paper's simulated files (PyTorch, and its QDQ graph for any bit-widths);
+  :mod:`~.cuda`: kernels timed on a local CUDA GPU (backend ``measured``).
 
-Pricing (:mod:`hysquant_rl.hardware`) never imports this package: a cost model is numbers, a runtime is here.
-:func:`make_check` picks what a policy is checked on, for a pipeline: a :class:`Check`.
+Pricing (:mod:`hysquant_rl.hardware`) never imports this package: a cost model is numbers, a runtime is here. Nothing
+above this package names a runtime: the pipeline asks :func:`~hysquant_rl.deploy.runtimes.get` for the one the
+settings name.
 """
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
@@ -29,7 +26,6 @@ import numpy as np
 if TYPE_CHECKING:
     from hysquant_rl.deploy.timing import Measurement
     from hysquant_rl.hardware.cost import PolicyCost
-    from hysquant_rl.pipeline import Pipeline
 
 
 @runtime_checkable
@@ -52,44 +48,4 @@ class TimedCheck(Check, Protocol):
     def measure(self, bits: np.ndarray) -> Measurement: ...
 
 
-def make_check(pipe: Pipeline) -> Check:
-    """What a policy of ``pipe`` is checked on, by its profile's ``backend``: ``modelled``: the pipeline's own cost
-    model; ``measured``: kernels timed on the local CUDA GPU (:class:`~hysquant_rl.deploy.cuda.MeasuredCostModel`);
-    ``onnxruntime`` or ``openvino``: the policy's graph timed on this CPU by that runtime
-    (:class:`~hysquant_rl.deploy.timing.RuntimeCheck`), in the runtime's layout in the executable space and in the
-    paper's layout in the simulated one."""
-    from hysquant_rl.hardware.profile import RUNTIMES
-
-    profile = pipe.cost.profile
-    if profile.backend == "measured":
-        from hysquant_rl.deploy.cuda import MeasuredCostModel
-
-        return MeasuredCostModel(pipe.layers, pipe.matmuls, profile, other=pipe.cost.other)
-    if profile.backend not in RUNTIMES:
-        return pipe.cost
-    from hysquant_rl.deploy.runtimes import get
-    from hysquant_rl.deploy.timing import RuntimeCheck
-
-    space = "executable" if pipe.graphs is not None else "simulated"
-    return RuntimeCheck(graph_of(pipe), pipe.data.input_shape, pipe.cost, profile.timing, space, get(profile.backend))
-
-
-def graph_of(pipe: Pipeline) -> Callable[[np.ndarray], bytes]:
-    """A policy (L, 2) of ``pipe`` -> its serialised ONNX graph, the file a user deploys: the runtime layout in the
-    executable space, the paper's simulated layout otherwise."""
-    if pipe.graphs is not None:
-        graphs = pipe.graphs
-        return lambda bits: graphs.graph(bits).SerializeToString()
-
-    def simulated(bits: np.ndarray) -> bytes:
-        from hysquant_rl.deploy.simulated_onnx import export_simulated
-
-        policy = pipe.policy(bits)
-        pipe.qmodel.apply_bits(policy.bits())
-        with tempfile.TemporaryDirectory() as tmp:
-            return Path(export_simulated(pipe.qmodel, policy, pipe.data.input_shape, tmp)).read_bytes()
-
-    return simulated
-
-
-__all__ = ["Check", "TimedCheck", "graph_of", "make_check"]
+__all__ = ["Check", "TimedCheck"]

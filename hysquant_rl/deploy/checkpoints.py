@@ -126,31 +126,31 @@ def _operand_record(t: ActivationQuant, bits: int) -> dict[str, Any]:
     }
 
 
-def _layer_record(layer: Unit) -> dict[str, Any]:
+def _unit_record(unit: Unit) -> dict[str, Any]:
     """The int-file entry of one unit (see the module docstring)."""
-    if not isinstance(layer, QuantMixin):
-        operands = layer.quantizers()
+    if not isinstance(unit, QuantMixin):
+        operands = unit.quantizers()
         return {
             "w_bits": None,
-            "a_bits": layer.a_bits,
-            "operands": {name: _operand_record(t, layer.a_bits) for name, t in operands.items()},
+            "a_bits": unit.a_bits,
+            "operands": {name: _operand_record(t, unit.a_bits) for name, t in operands.items()},
         }
     record: dict[str, Any] = {
-        "w_bits": layer.w_bits,
-        "a_bits": layer.a_bits,
+        "w_bits": unit.w_bits,
+        "a_bits": unit.a_bits,
         "w_int": None,
         "w_scale": None,
         "w_zero_point": None,
         "a_scale": None,
         "a_zero_point": None,
-        "a_min": None if layer.act_min is None else layer.act_min.detach().clone(),
-        "a_max": None if layer.act_max is None else layer.act_max.detach().clone(),
+        "a_min": None if unit.act_min is None else unit.act_min.detach().clone(),
+        "a_max": None if unit.act_max is None else unit.act_max.detach().clone(),
     }
-    if layer.w_bits != FP32_BITS:
-        q, delta, zero = layer.weight_qparams(layer.w_bits)
+    if unit.w_bits != FP32_BITS:
+        q, delta, zero = unit.weight_qparams(unit.w_bits)
         record.update(w_int=q, w_scale=delta, w_zero_point=_int32(zero))
-    if layer.a_bits != FP32_BITS:
-        delta, zero = layer.act_qparams(layer.a_bits)
+    if unit.a_bits != FP32_BITS:
+        delta, zero = unit.act_qparams(unit.a_bits)
         record.update(a_scale=delta.detach().clone(), a_zero_point=_int32(zero))
     return record
 
@@ -179,7 +179,7 @@ def export_quantized(
         **_hybrid_settings(qmodel),
     }
     state = qmodel.model.state_dict()
-    records = {name: _layer_record(unit) for name, unit in zip(qmodel.names, qmodel.units)}
+    records = {name: _unit_record(unit) for name, unit in zip(qmodel.names, qmodel.units)}
     coded = {f"{name}.weight" for name, r in records.items() if r.get("w_int") is not None}
 
     fake_state = dict(state)
@@ -239,11 +239,11 @@ def _read(path: Path, fmt: str, device: torch.device) -> dict[str, Any]:
     return doc
 
 
-def _install(layer: Unit, record: Mapping[str, Any]) -> None:
+def _install(unit: Unit, record: Mapping[str, Any]) -> None:
     """Make ``layer`` fake-quantize exactly with the stored parameters (its weight is already the
     dequantized one; activation ranges are restored too, so other bit-widths still work)."""
     if "operands" in record:
-        for name, t in layer.quantizers().items():
+        for name, t in unit.quantizers().items():
             o = record["operands"][name]
             act_range = None if o["a_min"] is None else (o["a_min"], o["a_max"])
             acts = {} if o["a_scale"] is None else {record["a_bits"]: (o["a_scale"], o["a_zero_point"].float())}
@@ -252,12 +252,12 @@ def _install(layer: Unit, record: Mapping[str, Any]) -> None:
     act_range = None if record["a_min"] is None else (record["a_min"], record["a_max"])
     weights, codes = {}, {}
     if record["w_int"] is not None:
-        weights[record["w_bits"]] = layer.weight.detach().clone()
+        weights[record["w_bits"]] = unit.weight.detach().clone()
         codes[record["w_bits"]] = (record["w_int"], record["w_scale"], record["w_zero_point"].float())
     acts = {}
     if record["a_scale"] is not None:
         acts[record["a_bits"]] = (record["a_scale"], record["a_zero_point"].float())
-    layer.install(act_range, weights, acts, codes)
+    unit.install(act_range, weights, acts, codes)
 
 
 def load_quantized(

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.hardware.cost import CostModel
 from hysquant_rl.hardware.profile import DeviceProfile
-from hysquant_rl.units import AttentionMatmul, LayerInfo, OtherOps
+from hysquant_rl.units import AttentionMatmul, OtherOps, UnitInfo
 
 NO_CUDA = "hardware.backend=measured needs a CUDA GPU; use hardware.backend=modelled"
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -52,17 +52,17 @@ _CONV_KINDS = ("conv", "depthwise", "pointwise")
 Kernel = Callable[[], Any]
 
 
-def is_linear(layer: LayerInfo) -> bool:
+def is_linear(unit: UnitInfo) -> bool:
     """Whether an inventoried layer is a Linear (else a Conv2d), from its kind or, for a classifier or an
     unnamed layer, from its shapes: a Linear's last input dim is in_features and its rows are the tokens."""
-    if layer.kind in _CONV_KINDS:
+    if unit.kind in _CONV_KINDS:
         return False
-    if layer.kind.startswith(("attention", "mlp")):
+    if unit.kind.startswith(("attention", "mlp")):
         return True
     return (
-        layer.input_shape[-1] == layer.in_channels
-        and layer.output_shape[-1] == layer.out_channels
-        and layer.tokens * layer.in_channels == layer.in_elems
+        unit.input_shape[-1] == unit.in_channels
+        and unit.output_shape[-1] == unit.out_channels
+        and unit.tokens * unit.in_channels == unit.in_elems
     )
 
 
@@ -78,40 +78,40 @@ def _round_up(x: int, multiple: int) -> int:
 
 
 def float_kernel(
-    layer: LayerInfo, batch: int, dtype: torch.dtype, device: torch.device, gen: torch.Generator
+    unit: UnitInfo, batch: int, dtype: torch.dtype, device: torch.device, gen: torch.Generator
 ) -> tuple[Kernel, str]:
     """The layer as a float kernel on ``device``: (callable, description of what it runs)."""
-    bias = layer.params > layer.weight_elems
-    if is_linear(layer):
-        k, n = layer.in_channels, layer.out_channels
-        m = batch * layer.in_elems // k
+    bias = unit.params > unit.weight_elems
+    if is_linear(unit):
+        k, n = unit.in_channels, unit.out_channels
+        m = batch * unit.in_elems // k
         x = torch.randn(m, k, device=device, dtype=dtype, generator=gen)
         w = torch.randn(n, k, device=device, dtype=dtype, generator=gen)
         b = torch.randn(n, device=device, dtype=dtype, generator=gen) if bias else None
         return (lambda: F.linear(x, w, b)), f"F.linear {dtype} ({m}x{k}) @ ({k}x{n})"
-    c, h, wd = layer.input_shape
-    _, ho, wo = layer.output_shape
+    c, h, wd = unit.input_shape
+    _, ho, wo = unit.output_shape
     pad = (
-        _padding(h, ho, layer.kernel[0], layer.stride[0], layer.name),
-        _padding(wd, wo, layer.kernel[1], layer.stride[1], layer.name),
+        _padding(h, ho, unit.kernel[0], unit.stride[0], unit.name),
+        _padding(wd, wo, unit.kernel[1], unit.stride[1], unit.name),
     )
     x = torch.randn(batch, c, h, wd, device=device, dtype=dtype, generator=gen)
     x = x.contiguous(memory_format=torch.channels_last)  # the tensor-core layout of cuDNN
-    w = torch.randn(layer.out_channels, c // layer.groups, *layer.kernel, device=device, dtype=dtype, generator=gen)
+    w = torch.randn(unit.out_channels, c // unit.groups, *unit.kernel, device=device, dtype=dtype, generator=gen)
     w = w.contiguous(memory_format=torch.channels_last)
-    b = torch.randn(layer.out_channels, device=device, dtype=dtype, generator=gen) if bias else None
-    fn = lambda: F.conv2d(x, w, b, stride=layer.stride, padding=pad, groups=layer.groups)  # noqa: E731
-    return fn, f"F.conv2d {dtype} channels_last {tuple(x.shape)} k{layer.kernel} s{layer.stride} g{layer.groups}"
+    b = torch.randn(unit.out_channels, device=device, dtype=dtype, generator=gen) if bias else None
+    fn = lambda: F.conv2d(x, w, b, stride=unit.stride, padding=pad, groups=unit.groups)  # noqa: E731
+    return fn, f"F.conv2d {dtype} channels_last {tuple(x.shape)} k{unit.kernel} s{unit.stride} g{unit.groups}"
 
 
-def int8_kernel(layer: LayerInfo, batch: int, device: torch.device, gen: torch.Generator) -> tuple[Kernel | None, str]:
+def int8_kernel(unit: UnitInfo, batch: int, device: torch.device, gen: torch.Generator) -> tuple[Kernel | None, str]:
     """A Linear layer as ``torch._int_mm`` on ``device``: (callable, description), or (None, why not)."""
-    if not is_linear(layer):
+    if not is_linear(unit):
         return None, "convolution: PyTorch has no int8 convolution on CUDA"
     if not hasattr(torch, "_int_mm"):
         return None, "torch._int_mm is not available in this PyTorch"
-    k, n = layer.in_channels, layer.out_channels
-    m = batch * layer.in_elems // k
+    k, n = unit.in_channels, unit.out_channels
+    m = batch * unit.in_elems // k
     mp, kp, np_ = max(m, 17), _round_up(k, 8), _round_up(n, 8)  # _int_mm: rows > 16, K and N multiples of 8
     x = torch.randint(-128, 128, (mp, kp), device=device, dtype=torch.int8, generator=gen)
     w = torch.randint(-128, 128, (np_, kp), device=device, dtype=torch.int8, generator=gen)
@@ -210,7 +210,7 @@ class MeasuredCostModel(CostModel):
 
     def __init__(
         self,
-        layers: Sequence[LayerInfo],
+        units: Sequence[UnitInfo],
         matmuls: Sequence[AttentionMatmul],
         profile: DeviceProfile,
         batch_size: int | None = None,
@@ -226,7 +226,7 @@ class MeasuredCostModel(CostModel):
         if warmup < 0 or repeats < 1 or energy_window_s <= 0:
             raise HySquantError("measured backend: warmup >= 0, repeats >= 1 and energy_window_s > 0 are required")
         self.warmup, self.repeats, self.energy_window_s, self.seed = warmup, repeats, energy_window_s, seed
-        super().__init__(layers, matmuls, profile, batch_size, other)
+        super().__init__(units, matmuls, profile, batch_size, other)
 
     def _measure(self, fn: Kernel, meter: EnergyMeter) -> tuple[float, float | None]:
         latency = median_latency(fn, self.warmup, self.repeats)
@@ -248,17 +248,17 @@ class MeasuredCostModel(CostModel):
         latency, energy = self._latency.copy(), self._energy.copy()
         self.timed: list[dict[str, Any]] = []
         try:
-            for i, layer in enumerate(self.layers):
-                if not layer.weighted:  # attention operands and LayerNorm inputs: no isolated kernel timed yet
-                    self.timed.append({"name": layer.name, "modelled": "activation-only unit: roofline cost"})
+            for i, unit in enumerate(self.units):
+                if not unit.weighted:  # attention operands and LayerNorm inputs: no isolated kernel timed yet
+                    self.timed.append({"name": unit.name, "modelled": "activation-only unit: roofline cost"})
                     continue
-                fl_fn, fl_desc = float_kernel(layer, batch, dtype, device, gen)
+                fl_fn, fl_desc = float_kernel(unit, batch, dtype, device, gen)
                 t_float, e_float = self._measure(fl_fn, meter)
                 record: dict[str, Any] = {
-                    "name": layer.name,
+                    "name": unit.name,
                     "float": {"kernel": fl_desc, "latency_s": t_float, "energy_j": e_float},
                 }
-                int_fn, int_desc = int8_kernel(layer, batch, device, gen)
+                int_fn, int_desc = int8_kernel(unit, batch, device, gen)
                 t_int, e_int = t_float, e_float
                 if int_fn is not None:
                     t_int, e_int = self._measure(int_fn, meter)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hysquant_rl.deploy.ort import INPUT, OUTPUT
+from hysquant_rl.deploy.runtimes import INPUT, OUTPUT
 from hysquant_rl.errors import HySquantError
 
 OPSET = 17  # LayerNormalization as one op; per-axis QuantizeLinear/DequantizeLinear (13+)

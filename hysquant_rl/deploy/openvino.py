@@ -1,5 +1,6 @@
-"""OpenVINO, the second CPU runtime (``hardware.runtime=openvino``, ``hardware.backend=openvino``): a policy's ONNX
-graph compiled by OpenVINO's CPU plugin, run, profiled node by node, and saved as OpenVINO's own model files.
+"""OpenVINO's CPU plugin as a runtime plug-in (``conf/runtime/openvino.yaml``; ``hardware.backend=openvino``): a
+policy's ONNX graph compiled by OpenVINO's CPU plugin, run, profiled node by node, and saved as OpenVINO's own model
+files (``export.openvino=true``: ``model.xml`` and ``model.bin`` beside ``model.onnx``).
 
 OpenVINO reads the ONNX QDQ graph of :mod:`hysquant_rl.deploy.runtime_graph`'s ``openvino`` layout directly: its ONNX
 frontend turns each QuantizeLinear/DequantizeLinear pair on an activation into a ``FakeQuantize`` and each int8 weight
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from hysquant_rl.deploy.graph_runtime import GraphRuntime
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.hardware.profile import runtime_version
 
@@ -39,14 +41,15 @@ def _core() -> Any:
     return openvino.Core()
 
 
-def config(threads: int, profile: bool = False) -> dict[str, Any]:
-    """The CPU plugin's settings for a compiled model: ``threads`` inference threads, one stream, the latency hint, f32
-    for every float op (see the module docstring) and, with ``profile``, per-node performance counters."""
+def config(threads: int, profile: bool = False, precision: str = "f32") -> dict[str, Any]:
+    """The CPU plugin's settings for a compiled model: ``threads`` inference threads, one stream, the latency hint,
+    ``precision`` for every float op (f32: see the module docstring; ``bf16`` is what the benchmark measures against
+    it) and, with ``profile``, per-node performance counters."""
     return {
         "INFERENCE_NUM_THREADS": int(threads),
         "NUM_STREAMS": 1,
         "PERFORMANCE_HINT": "LATENCY",
-        "INFERENCE_PRECISION_HINT": "f32",
+        "INFERENCE_PRECISION_HINT": precision,
         "PERF_COUNT": bool(profile),
     }
 
@@ -76,8 +79,10 @@ class Session:
     """A model compiled by OpenVINO's CPU plugin, with onnxruntime's session interface: ``run(names, feed)`` -> a list
     with the logits (B, classes) float32 (every exported graph has one input and one output)."""
 
-    def __init__(self, model: str | os.PathLike | bytes | Any, threads: int = 1, profile: bool = False) -> None:
-        self.compiled = _core().compile_model(read(model), "CPU", config(threads, profile))
+    def __init__(
+        self, model: str | os.PathLike | bytes | Any, threads: int = 1, profile: bool = False, precision: str = "f32"
+    ) -> None:
+        self.compiled = _core().compile_model(read(model), "CPU", config(threads, profile, precision))
         self.request = self.compiled.create_infer_request()
 
     def run(self, names: Any, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -117,7 +122,9 @@ def profile_nodes(model: bytes, feed: dict[str, np.ndarray], threads: int, runs:
 
 def precisions(model: str | os.PathLike | bytes | Any, threads: int = 1) -> dict[str, dict[str, int]]:
     """How the CPU plugin runs ``model``'s compute layers: {layer type: {runtime precision: count}} of its
-    Convolution, FullyConnected and MatMul layers (``u8``/``i8``: integer kernels; ``f32``, ``bf16``: float)."""
+    Convolution, FullyConnected, MatMul and Subgraph (fused attention) layers (``u8``/``i8``: integer kernels;
+    ``f32``, ``bf16``: float). A Subgraph's runtime precision is its narrowest input's, which hides a float operand:
+    ``Subgraph inputs`` counts each Subgraph's input precisions too (``i8,i8,f32``: q and k int8, v float)."""
     out: dict[str, dict[str, int]] = {}
     for op in Session(model, threads).compiled.get_runtime_model().get_ordered_ops():
         info = op.get_rt_info()
@@ -126,23 +133,67 @@ def precisions(model: str | os.PathLike | bytes | Any, threads: int = 1) -> dict
             precision = info["runtimePrecision"].astype(str)
             out.setdefault(kind, {})
             out[kind][precision] = out[kind].get(precision, 0) + 1
+        if kind == "Subgraph":
+            inputs = ",".join(i.get_element_type().get_type_name() for i in op.inputs())
+            out.setdefault("Subgraph inputs", {})
+            out["Subgraph inputs"][inputs] = out["Subgraph inputs"].get(inputs, 0) + 1
     return out
 
 
 def save(model: str | os.PathLike | bytes, out_dir: str | os.PathLike) -> Path:
     """Write OpenVINO's model files of an ONNX graph into ``out_dir`` (``model.xml`` and ``model.bin``, weights not
-    compressed to fp16: the int8 weights stay int8, the float ones f32) and return the ``.xml`` path. Written under
-    temporary names and renamed, so that a reader never sees half a model."""
+    compressed to fp16: the int8 weights stay int8, the float ones f32) and return the ``.xml`` path. OpenVINO's own
+    write errors (a full disk, a folder that cannot be written) are one :class:`~hysquant_rl.io.WriteError` naming the
+    file. Callers write into a fresh folder and move the files into place as a set
+    (:func:`hysquant_rl.deploy.export.export`)."""
+    import errno
+
     import openvino
 
+    from hysquant_rl.io import WriteError
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{XML_FILE}.{os.getpid()}.tmp.xml"
     try:
-        openvino.save_model(read(model), str(tmp), compress_to_fp16=False)
-        tmp.with_suffix(".bin").replace(out / Path(XML_FILE).with_suffix(".bin"))
-        tmp.replace(out / XML_FILE)
-    finally:
-        tmp.unlink(missing_ok=True)
-        tmp.with_suffix(".bin").unlink(missing_ok=True)
+        openvino.save_model(read(model), str(out / XML_FILE), compress_to_fp16=False)
+    except RuntimeError as e:  # OpenVINO's writer says "basic_ios::clear" (ENOSPC) or "Check 'bin_file' failed"
+        cause = " ".join(str(e).split())[:160]
+        raise WriteError(errno.EIO, f"OpenVINO could not write its model files: {cause}", str(out / XML_FILE)) from None
     return out / XML_FILE
+
+
+class OpenVINO(GraphRuntime):
+    """OpenVINO's CPU plugin: NNCF's placement in an ONNX QDQ graph (:mod:`hysquant_rl.deploy.runtime_graph`, layout
+    ``openvino``), FakeQuantize fused into its neighbours (no boundary nodes of its own), performance counters per
+    compiled node; ``export.openvino=true`` adds its ``model.xml``/``model.bin``."""
+
+    name = "openvino"
+    files = (XML_FILE, "model.bin")
+
+    def capabilities(self) -> dict[str, Any]:
+        return {**super().capabilities(), "openvino": capabilities()}
+
+    def session(self, model, threads: int = 1) -> Session:
+        return Session(model, threads)
+
+    def profile_nodes(self, model, feed, threads, runs):
+        return profile_nodes(model, feed, threads, runs)
+
+    def anchors(self, layout, calib_images):
+        import nncf
+
+        images = np.asarray(calib_images, dtype=np.float32)
+        dataset = nncf.Dataset([images[i : i + 64] for i in range(0, len(images), 64)])
+        graph = layout.float.SerializeToString()
+        return {
+            "NNCF int8 (default)": nncf.quantize(read(graph), dataset),
+            "NNCF int8 (transformer)": nncf.quantize(read(graph), dataset, model_type=nncf.ModelType.TRANSFORMER),
+        }
+
+    def export(self, layout, policy, out, files):
+        paths = super().export(layout, policy, out, files)
+        if files:
+            paths["openvino"] = save(paths["onnx"], out)
+        return paths
+
+
+RUNTIME = OpenVINO

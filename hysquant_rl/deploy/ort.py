@@ -1,30 +1,27 @@
-"""onnxruntime: sessions on its CPU provider, batched logits, its per-node profiler, and the identity of the machine a
-measurement was made on (for every runtime: :mod:`hysquant_rl.deploy.runtimes`).
+"""onnxruntime's CPU provider as a runtime plug-in (``conf/runtime/onnxruntime.yaml``): sessions, its per-node
+profiler, and its own quantizer's layout (:mod:`hysquant_rl.deploy.runtime_graph`, layout ``onnxruntime``).
 
-A runtime measurement (a latency, a per-unit latency table) is only valid on the machine and runtime that made it:
-:func:`machine` names both (CPU model, logical CPUs, the runtime and its version), and every cache of measurements is
-keyed by it, so that constants measured on one machine are never used silently on another.
+:func:`session` and :func:`profile_nodes` are also what other modules use to run an ONNX graph as written (the
+reference semantics of a QDQ graph: ``optimize=False``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import platform
 import statistics
 import tempfile
 from collections import defaultdict
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hysquant_rl.deploy.graph_runtime import GraphRuntime
+from hysquant_rl.deploy.runtimes import INPUT, OUTPUT, logits
 from hysquant_rl.errors import HySquantError
-from hysquant_rl.hardware.profile import runtime_version
 
-INPUT, OUTPUT = "images", "logits"  # the names of every exported graph's input (B, C, H, W) and output (B, classes)
+__all__ = ["INPUT", "OUTPUT", "RUNTIME", "OnnxRuntime", "logits", "profile_nodes", "session"]
 
 
 def _ort() -> Any:
@@ -62,7 +59,7 @@ def session(model: str | os.PathLike | bytes, threads: int = 1, optimize: bool =
 
 def profile_nodes(model: bytes, feed: dict[str, np.ndarray], threads: int, runs: int) -> dict[str, tuple[str, float]]:
     """(op type, median seconds) of each node of ``model`` over ``runs`` profiled runs (after 5 unprofiled ones)."""
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix="hysquant-profile-") as tmp:
         sess = session(model, threads, profile=str(Path(tmp) / "profile"))
         for _ in range(runs + 5):
             sess.run(None, feed)
@@ -78,50 +75,58 @@ def profile_nodes(model: bytes, feed: dict[str, np.ndarray], threads: int, runs:
     return {name: (ops[name], statistics.median(t[5:] or t)) for name, t in times.items()}
 
 
-def logits(sess: Any, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Logits (N, classes) float32 of ``images`` (N, C, H, W) from an onnxruntime session, in batches."""
+class OnnxRuntime(GraphRuntime):
+    """onnxruntime's CPU provider: its own quantizer's QDQ layout, fused into QLinearConv, QLinearMatMul, QGemm and the
+    QLinear ops between them; QuantizeLinear and DequantizeLinear are nodes of their own where an int8 segment begins
+    or ends."""
+
+    name = "onnxruntime"
+    boundary_ops = ("QuantizeLinear", "DequantizeLinear")
+
+    def session(self, model: bytes | str | os.PathLike, threads: int = 1) -> Any:
+        return session(model, threads)
+
+    def profile_nodes(self, model, feed, threads, runs):
+        return profile_nodes(model, feed, threads, runs)
+
+    def anchors(self, layout, calib_images):
+        return {"quantize_static int8": quantize_static_int8(layout.float_path, calib_images, self.int8_weights())}
+
+
+def quantize_static_int8(float_path: str | os.PathLike, images: np.ndarray, int8_weights: bool = True) -> bytes:
+    """onnxruntime's ``quantize_static`` of the FP32 graph at ``float_path`` as its documentation has a user run it on
+    this CPU: QDQ, per-channel QInt8 weights (``reduce_range`` without VNNI), QUInt8 activations, every op type, MinMax
+    on ``images`` (N, C, H, W) in batches of 64."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
     images = np.asarray(images, dtype=np.float32)
-    out = [sess.run([OUTPUT], {INPUT: images[i : i + batch_size]})[0] for i in range(0, len(images), batch_size)]
-    return np.concatenate(out)
 
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter([{INPUT: images[i : i + 64]} for i in range(0, len(images), 64)])
 
-@lru_cache(maxsize=1)
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``; the platform's processor string elsewhere)."""
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.it, None)
+
+    import logging
+
+    quiet, logging.getLogger().disabled = logging.getLogger().disabled, True  # its notes on every call
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+        with tempfile.TemporaryDirectory(prefix="hysquant-anchor-") as tmp:
+            path = Path(tmp) / "quantize_static.onnx"
+            quantize_static(
+                str(float_path),
+                str(path),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                reduce_range=not int8_weights,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+            )
+            return path.read_bytes()
+    finally:
+        logging.getLogger().disabled = quiet
 
 
-@lru_cache(maxsize=1)
-def has_vnni() -> bool:
-    """Whether the CPU has a VNNI dot product (``avx512_vnni`` or ``avx_vnni`` in ``/proc/cpuinfo``; ARM's int8 dot
-    products count too). Without it onnxruntime's u8 x s8 kernels sum pairs of products in saturating 16-bit
-    registers, which full 8-bit weights overflow: onnxruntime's quantization guide prescribes 7-bit weights
-    (``reduce_range``) on such a CPU, and the runtime layout follows it."""
-    if platform.machine().lower() in ("aarch64", "arm64"):
-        return True
-    try:
-        flags = next(
-            (line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), ""
-        ).split()
-    except OSError:
-        return False
-    return "avx512_vnni" in flags or "avx_vnni" in flags
-
-
-def machine(runtime: str = "onnxruntime") -> dict[str, Any]:
-    """What a measurement on ``runtime`` depends on besides the model: CPU model, logical CPUs, whether it has VNNI,
-    runtime and version."""
-    return {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "vnni": has_vnni(), "runtime": runtime_version(runtime)}
-
-
-def machine_key(runtime: str = "onnxruntime") -> str:
-    """A short, file-name-safe key of :func:`machine` (caches of measurements are kept per machine and runtime)."""
-    m = machine(runtime)
-    text = f"{m['cpu']}|{m['logical_cpus']}|{m['vnni']}|{m['runtime']}"
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+RUNTIME = OnnxRuntime

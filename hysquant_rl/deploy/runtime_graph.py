@@ -8,7 +8,12 @@ What a runtime runs fast is its own quantizer's layout. There are two (``layout`
   int8 symmetric per-channel weights behind a DequantizeLinear (7-bit on a CPU without VNNI: OpenVINO's u8 x s8
   kernels saturate there too, as NNCF's overflow fix says), BatchNorm folded, nothing on their outputs (OpenVINO
   fuses the requantization into the kernel before the next quantized unit); every other op stays float. Built by the
-  same ``quantize_static`` as below, limited to those op types with their outputs left unquantized.
+  same ``quantize_static`` as below, limited to those op types with their outputs left unquantized. The operands of
+  a MatMul of two activations (attention's q k^T and p v) are int8 symmetric, zero point 0 (:func:`matmul_operands`),
+  as NNCF's ``ModelType.TRANSFORMER`` forces them: the CPU plugin runs such a MatMul as an integer kernel only on
+  u8/i8 x i8 inputs without a zero point, and only then tokenizes MatMul-Softmax-MatMul into an int8 MHA ``Subgraph``
+  (on a CPU with VNNI or AMX; elsewhere the two MatMuls run as integer kernels of their own); a Softmax output keeps
+  uint8 [0, 1] (zero point 0).
 * ``onnxruntime`` (described from here on), onnxruntime's own: int8 symmetric per-channel
 weights (zero point 0; 7-bit on a CPU without VNNI, as onnxruntime's quantization guide prescribes, else its u8 x s8
 kernels saturate), BatchNorm folded into its convolution, biases in int32 at scale ``s_x * s_w``, uint8
@@ -62,21 +67,21 @@ from torch import nn
 
 from hysquant_rl.bits import FP32_BITS
 from hysquant_rl.deploy.onnx_trace import check, onnx_module, trace
-from hysquant_rl.deploy.ort import INPUT, has_vnni
+from hysquant_rl.deploy.runtimes import INPUT
 from hysquant_rl.errors import HySquantError
-from hysquant_rl.hardware.profile import RUNTIMES
-from hysquant_rl.io import atomic_write
+from hysquant_rl.io import atomic_write, private_temp_dir
 
 if TYPE_CHECKING:
     from hysquant_rl.policy import QuantPolicy
-    from hysquant_rl.units import LayerInfo
+    from hysquant_rl.units import UnitInfo
 
 log = logging.getLogger(__name__)
 
 ONNX_FILE = "model.onnx"
-LAYOUT_VERSION = 2  # bump when the rules that derive a policy's graph change: caches keyed by the layout go stale
+LAYOUT_VERSION = 3  # bump when the rules that derive a policy's graph change: caches keyed by the layout go stale
 FLOAT_ONLY_OPS = ("LayerNormalization",)  # no integer kernel on onnxruntime's CPU provider: always float
 _Q, _DQ = "QuantizeLinear", "DequantizeLinear"
+LAYOUTS = ("onnxruntime", "openvino")  # the ONNX layouts: onnxruntime's own, NNCF's placement for OpenVINO
 _CALIBRATORS = {"minmax": "MinMax", "percentile": "Percentile"}  # quant.calibrator -> onnxruntime's method
 
 
@@ -155,7 +160,7 @@ class Graph:
         self.floats = floats
 
 
-def unit_nodes(proto: Any, layers: Sequence[LayerInfo]) -> list[list[str]]:
+def unit_nodes(proto: Any, units: Sequence[UnitInfo]) -> list[list[str]]:
     """For each unit (forward order), the names of the graph nodes that are that unit (see the module docstring).
     Raises a one-line error naming a unit the graph does not show."""
     g = Graph(proto.graph)
@@ -163,14 +168,14 @@ def unit_nodes(proto: Any, layers: Sequence[LayerInfo]) -> list[list[str]]:
     for n in proto.graph.node:
         by_module.setdefault(module_path(n.name), []).append(n)
     out = []
-    for layer in layers:
+    for unit in units:
         found: list[str] = []
-        if layer.op in ("conv2d", "linear"):
-            found = [n.name for n in by_module.get(layer.name, []) if n.op_type in ("Conv", "MatMul", "Gemm", "Add")]
-        elif layer.op == "layernorm":
-            found = [n.name for n in by_module.get(layer.name, []) if n.op_type == "LayerNormalization"]
-        elif layer.op == "matmul":
-            attention, _, which = layer.name.rpartition(".")
+        if unit.op in ("conv2d", "linear"):
+            found = [n.name for n in by_module.get(unit.name, []) if n.op_type in ("Conv", "MatMul", "Gemm", "Add")]
+        elif unit.op == "layernorm":
+            found = [n.name for n in by_module.get(unit.name, []) if n.op_type == "LayerNormalization"]
+        elif unit.op == "matmul":
+            attention, _, which = unit.name.rpartition(".")
             nodes = by_module.get(attention, [])
             softmax = [n for n in nodes if n.op_type == "Softmax"]
             reads_softmax = {c for s in softmax for c in g.consumers.get(s.output[0], [])}
@@ -182,7 +187,7 @@ def unit_nodes(proto: Any, layers: Sequence[LayerInfo]) -> list[list[str]]:
                 found = [s.name for s in softmax] + [m for m in matmuls if m in reads_softmax]
         if not found:
             raise HySquantError(
-                f"unit {layer.name} ({layer.kind}) has no node in the exported graph: the runtime layout knows timm's"
+                f"unit {unit.name} ({unit.kind}) has no node in the exported graph: the runtime layout knows timm's"
                 " Conv2d, Linear, Attention and LayerNorm modules; use search.space=simulated for this model"
             )
         out.append(found)
@@ -190,6 +195,34 @@ def unit_nodes(proto: Any, layers: Sequence[LayerInfo]) -> list[list[str]]:
 
 
 # -- calibration and the template --------------------------------------------------------------------------------
+_VIEWS = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten")  # shape-only ops: a tensor's values pass unchanged
+_NON_NEGATIVE = ("Softmax", "Sigmoid", "Relu")  # outputs >= 0 by construction
+
+
+def matmul_operands(proto: Any) -> dict[str, list[dict[str, Any]]]:
+    """onnxruntime's ``TensorQuantOverrides`` of the ``openvino`` layout: int8 symmetric (zero point 0) for each
+    activation operand of a MatMul whose two inputs are both activations (attention's q k^T and p v), which is what
+    OpenVINO's CPU plugin needs to run it as an integer kernel (u8/i8 x i8, no zero point) and to tokenize
+    MatMul-Softmax-MatMul into an int8 ``Subgraph``; NNCF's ``ModelType.TRANSFORMER`` forces these quantizers
+    symmetric for the same reason. The first operand when it is non-negative by construction (a Softmax output,
+    through shape-only ops) keeps onnxruntime's uint8, whose zero point is 0 there (u8, NNCF's unsigned symmetric)."""
+    from onnxruntime.quantization import QuantType
+
+    g = Graph(proto.graph)
+    overrides: dict[str, list[dict[str, Any]]] = {}
+    for node in proto.graph.node:
+        if node.op_type != "MatMul" or any(x in g.initializers for x in node.input):
+            continue
+        for port, tensor in enumerate(node.input[:2]):
+            source = tensor
+            while source in g.producer and g.nodes[g.producer[source]].op_type in _VIEWS:
+                source = g.nodes[g.producer[source]].input[0]
+            if port == 0 and source in g.producer and g.nodes[g.producer[source]].op_type in _NON_NEGATIVE:
+                continue
+            overrides[tensor] = [{"quant_type": QuantType.QInt8, "symmetric": True}]
+    return overrides
+
+
 def quantize(
     float_path: Path,
     out: Path,
@@ -201,10 +234,13 @@ def quantize(
     nodes: Sequence[str] | None = None,
     exclude: Sequence[str] = (),
     layout: str = "onnxruntime",
+    int8_weights: bool = True,
 ) -> None:
     """onnxruntime's ``quantize_static`` of the FP32 graph at ``float_path`` into ``out``, in the runtime layout's
-    settings (QDQ, per-channel int8 weights, uint8 activations, float logits; on a CPU without VNNI, 7-bit weights,
-    :func:`hysquant_rl.deploy.ort.has_vnni`; ``openvino``: only Conv, MatMul and Gemm, their outputs float).
+    settings (QDQ, per-channel int8 weights, uint8 activations, float logits; without ``int8_weights`` (a CPU without
+    VNNI: :meth:`hysquant_rl.deploy.runtimes.GraphRuntime.int8_weights`), 7-bit weights; ``openvino``: only Conv,
+    MatMul and Gemm, their outputs float, the operands of a MatMul of two activations int8 symmetric:
+    :func:`matmul_operands`).
     ``images`` (N, C, H, W) calibrate the activation ranges, which are cached in ``ranges`` (a later call without
     images reuses them); ``nodes`` limits the quantized nodes (None: every node but ``exclude``)."""
     from onnxruntime.quantization import (
@@ -227,13 +263,14 @@ def quantize(
             f"quant.calibrator={calibrator} has no onnxruntime counterpart: use minmax or percentile for"
             " search.space=executable, or search.space=simulated"
         )
-    if layout not in RUNTIMES:  # one layout per runtime, named after it
-        raise HySquantError(f"unknown runtime layout {layout!r}: use one of {', '.join(RUNTIMES)}")
+    if layout not in LAYOUTS:  # one layout per runtime, named after it
+        raise HySquantError(f"unknown runtime layout {layout!r}: use one of {', '.join(LAYOUTS)}")
     options: dict[str, Any] = {"OpTypesToExcludeOutputQuantization": ["Gemm"]}  # the logits stay float
     op_types = None
     if layout == "openvino":
         op_types = ["Conv", "MatMul", "Gemm"]
         options["OpTypesToExcludeOutputQuantization"] = op_types
+        options["TensorQuantOverrides"] = matmul_operands(onnx_module().load(str(float_path)))
     if calibrator == "percentile":
         options["CalibPercentile"] = percentile
     logging.getLogger().disabled, quiet = True, logging.getLogger().disabled  # its notes on every call
@@ -244,7 +281,7 @@ def quantize(
             None if images is None else Reader(np.asarray(images, dtype=np.float32)),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
-            reduce_range=not has_vnni(),
+            reduce_range=not int8_weights,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             op_types_to_quantize=op_types,
@@ -269,42 +306,48 @@ class RuntimeGraphs:
         calib_images: (N, C, H, W) calibration images (the calibration split).
         calibrator, percentile: ``quant.calibrator`` and ``quant.percentile``.
         layout: ``onnxruntime`` or ``openvino`` (the runtime's: see the module docstring).
+        int8_weights: whether weights use all 8 bits (else 7: a CPU without VNNI).
     """
 
     def __init__(
         self,
         model: nn.Module,
-        layers: Sequence[LayerInfo],
+        units: Sequence[UnitInfo],
         input_shape: Sequence[int],
         calib_images: np.ndarray,
         calibrator: str = "minmax",
         percentile: float = 99.99,
         layout: str = "onnxruntime",
+        int8_weights: bool = True,
     ) -> None:
         from hysquant_rl.quant.model import float_copy
 
         onnx = onnx_module()
         start = time.perf_counter()
-        self.layout = layout
-        self.layers = list(layers)
+        self.layout, self.int8_weights = layout, int8_weights
+        self.units = list(units)
         self.input_shape = tuple(input_shape)
         self.float = float_graph(float_copy(model), input_shape)
-        self.units = unit_nodes(self.float, self.layers)
-        self._tmp = tempfile.TemporaryDirectory(prefix="hysquant-runtime-")
-        tmp = Path(self._tmp.name)
-        self.float_path, self.ranges = tmp / "float.onnx", tmp / "ranges.json"
-        onnx.save(self.float, str(self.float_path))
+        self.node_names = unit_nodes(self.float, self.units)
+        # The files onnxruntime's calibration needs live only while the layout is built (hysquant-runtime-<PID>-*):
+        # removed at the end of this call, by the folder's finalizer on an error, and by the next run's sweep after
+        # a kill -9 (a Ray worker that Ray ends included); float_path and ranges are written again on use.
+        built = private_temp_dir("runtime")
+        tmp = Path(built.name)
+        float_path, ranges = tmp / "float.onnx", tmp / "ranges.json"
+        onnx.save(self.float, str(float_path))
         self.float_only = [n.name for n in self.float.graph.node if n.op_type in FLOAT_ONLY_OPS]
         template = tmp / "template.onnx"
         quantize(
-            self.float_path,
+            float_path,
             template,
-            self.ranges,
+            ranges,
             images=calib_images,
             calibrator=calibrator,
             percentile=percentile,
             exclude=self.float_only,
             layout=layout,
+            int8_weights=int8_weights,
         )
         self.template = onnx.load(str(template))
         identity = f"{LAYOUT_VERSION}:{layout}".encode()
@@ -318,12 +361,22 @@ class RuntimeGraphs:
         if shared:
             unshared = tmp / "unshared.onnx"
             producers = sorted({self._g.producer[t] for t in shared})
-            quantize(self.float_path, unshared, self.ranges, exclude=[*self.float_only, *producers], layout=layout)
+            quantize(
+                float_path,
+                unshared,
+                ranges,
+                exclude=[*self.float_only, *producers],
+                layout=layout,
+                int8_weights=int8_weights,
+            )
             own = {t.name: t for t in onnx.load(str(unshared)).graph.initializer}
             for t in shared:
                 names = (f"{t}_scale", f"{t}_zero_point")
                 if all(n in own for n in names):
                     self._own_params[t] = [own[n] for n in names]
+        self._ranges = ranges.read_bytes() if ranges.is_file() else None
+        self._kept: tempfile.TemporaryDirectory | None = None
+        built.cleanup()
         log.info(
             "%s runtime layout: %d nodes, template of %d quantized ops, built in %.1f s",
             layout,
@@ -332,13 +385,34 @@ class RuntimeGraphs:
             time.perf_counter() - start,
         )
 
+    @property
+    def float_path(self) -> Path:
+        """The FP32 graph as a file (for :func:`quantize` again: tests, benchmarks), see :meth:`_file`."""
+        return self._file("float.onnx")
+
+    @property
+    def ranges(self) -> Path:
+        """The calibrated activation ranges as a file (for :func:`quantize` again), see :meth:`_file`."""
+        return self._file("ranges.json")
+
+    def _file(self, name: str) -> Path:
+        """``float.onnx`` or ``ranges.json`` in a private temporary folder of this process, written on first use and
+        removed at exit (swept by a later run if this process is killed)."""
+        if self._kept is None:
+            self._kept = private_temp_dir("runtime")
+            folder = Path(self._kept.name)
+            onnx_module().save(self.float, str(folder / "float.onnx"))
+            if self._ranges is not None:
+                (folder / "ranges.json").write_bytes(self._ranges)
+        return Path(self._kept.name) / name
+
     def _index(self) -> None:
         """What the derivation reads of the template and the FP32 graph."""
         self._g = Graph(self.template.graph)
         self._f = Graph(self.float.graph)
         g = self._g
         self._order = [n.name for n in self.float.graph.node]  # forward (topological) order
-        unit_of = {name: u for u, names in enumerate(self.units) for name in names}
+        unit_of = {name: u for u, names in enumerate(self.node_names) for name in names}
         self._unit_of = unit_of
         # nodes the template quantizes: some input is read through a DequantizeLinear
         self._quantizable = {
@@ -368,9 +442,9 @@ class RuntimeGraphs:
         residual Add, Concat, pooling or reshape. An op after the last int8 unit of a segment stays float (onnxruntime
         fuses it there, e.g. SiLU into QuickGelu and a residual Add into the LayerNorm after it)."""
         bits = np.asarray(bits)
-        if len(bits) != len(self.units):
-            raise HySquantError(f"a policy of {len(bits)} units for a graph of {len(self.units)}")
-        int8 = {name for u, names in enumerate(self.units) if bits[u, 1] != FP32_BITS for name in names}
+        if len(bits) != len(self.node_names):
+            raise HySquantError(f"a policy of {len(bits)} units for a graph of {len(self.node_names)}")
+        int8 = {name for u, names in enumerate(self.node_names) if bits[u, 1] != FP32_BITS for name in names}
         chosen: set[str] = set()
         quantized_tensors: set[str] = set()
         f = self._f
@@ -399,6 +473,10 @@ class RuntimeGraphs:
         """The ``ModelProto`` of a policy (L, 2) in the runtime layout (see the module docstring)."""
         return self.derive(self.quantized_nodes(bits))
 
+    def artefact(self, bits: Sequence[tuple[int, int]] | np.ndarray) -> bytes:
+        """The policy's graph, serialised: what a runtime opens."""
+        return self.graph(bits).SerializeToString()
+
     def derive(self, chosen: set[str]) -> Any:
         """The template with only ``chosen`` nodes quantized (what ``quantize_static(nodes_to_quantize=chosen)``
         writes): other nodes read their float inputs back, and Q/DQ nodes nothing reads are removed."""
@@ -411,7 +489,7 @@ class RuntimeGraphs:
 
         def kept(tensor: str) -> bool:  # a quantized activation whose producer or some consumer is chosen
             producer = g.producer.get(tensor)
-            if producer in chosen:
+            if producer in chosen and self.layout != "openvino":  # openvino: no op's output is quantized
                 return True
             dqs = g.consumers.get(g.nodes[self._q_of[tensor]].output[0], [])
             return any(c in chosen for dq in dqs for c in g.consumers.get(g.nodes[dq].output[0], []))

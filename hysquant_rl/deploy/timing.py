@@ -1,5 +1,5 @@
-"""Backends ``onnxruntime`` and ``openvino``: a policy's latency measured by timing, on this machine's CPU, the graph a
-user deploys.
+"""Runtime backends (``hardware.backend=<runtime>``): a policy's latency measured by timing, on this machine's CPU, the
+file a user deploys.
 
 :class:`RuntimeCheck` gets a policy's graph (in the executable space its runtime's layout,
 :mod:`hysquant_rl.deploy.runtime_graph`; in the simulated space the paper's layout,
@@ -26,14 +26,14 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from hysquant_rl.deploy import ort
-from hysquant_rl.deploy.runtimes import Runtime
+from hysquant_rl import machine
+from hysquant_rl.deploy.runtimes import INPUT, Runtime
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.hardware.cost import CostModel, PolicyCost
 from hysquant_rl.hardware.profile import Timing
@@ -85,6 +85,26 @@ def cv(times: Sequence[float]) -> float:
     return statistics.stdev(times) / statistics.fmean(times)
 
 
+def interleaved(
+    sessions: Mapping[str, Any], feed: dict[str, np.ndarray], warmup: int, repeats: int, rounds: int
+) -> dict[str, list[float]]:
+    """Seconds per run of each session, side by side: the medians of ``rounds`` interleaved rounds of ``repeats`` runs
+    each (after ``warmup`` runs in the first round, 2 in the others), so that a slow spell of the machine falls on
+    every model alike. A model's figure is the median of its round medians (:func:`side_by_side`)."""
+    medians: dict[str, list[float]] = {k: [] for k in sessions}
+    for r in range(rounds):
+        for k, sess in sessions.items():
+            medians[k].append(statistics.median(run_times(sess, feed, warmup if r == 0 else 2, repeats)))
+    return medians
+
+
+def side_by_side(rounds: Mapping[str, Sequence[float]]) -> tuple[dict[str, float], float]:
+    """Each model's seconds (the median of its round medians, :func:`interleaved`) and how steady the machine was: the
+    largest coefficient of variation of a model's round medians."""
+    spread = max((cv(v) for v in rounds.values() if len(v) > 1), default=0.0)
+    return {k: statistics.median(v) for k, v in rounds.items()}, spread
+
+
 class RuntimeCheck:
     """Latency of a policy measured on this machine's CPU by ``runtime``; the rest from ``cost`` (the cost model).
     ``backend`` is the runtime's name.
@@ -109,11 +129,11 @@ class RuntimeCheck:
         self.backend = self.engine.name
         self.runtime = self.engine.version()
         self.graph_of, self.cost, self.timing, self.space = graph_of, cost, timing, space
-        self.device = f"{ort.cpu_model()} ({self.runtime}, {space} layout)"
+        self.device = f"{machine.describe()} ({self.runtime}, {space} layout)"
         self.batch_size = cost.batch_size
         self.input_shape = tuple(input_shape)
         images = np.random.default_rng(seed).standard_normal((cost.batch_size, *input_shape)).astype(np.float32)
-        self.feed = {ort.INPUT: images}  # a fixed batch of the cost model's size
+        self.feed = {INPUT: images}  # a fixed batch of the cost model's size
         self.measurements: dict[bytes, Measurement] = {}
 
     def open(self, bits: np.ndarray | Sequence[tuple[int, int]]) -> Any:

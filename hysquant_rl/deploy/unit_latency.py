@@ -17,10 +17,10 @@ A policy that mixes FP32 and int8 units also pays Q/DQ nodes where an int8 segme
 change with neighbours: the sum is a model of the whole graph, whose error ``benchmarks/deployment.py`` measures
 (Spearman and MAPE over policies); the hardware-feedback loop times the found policy's whole graph.
 
-The table depends on the machine (CPU model, logical CPUs, the runtime and its version:
-:func:`hysquant_rl.deploy.ort.machine`), the model's graph, the batch size and the threads; it is cached under
-``<paths.cache>/runtime/<machine key>/`` and measured again on another machine or runtime. Every figure built on it
-names the machine it was measured on.
+The table depends on the machine (CPU model, logical CPUs, VNNI and bf16, the runtime and its version:
+:meth:`hysquant_rl.deploy.runtimes.Runtime.machine`), the model's graph, the batch size and the threads; it is cached
+under ``<paths.cache>/runtime/<machine key>/`` and measured again on another machine or runtime. Every figure built on
+it names the machine it was measured on.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import json
 import logging
 import os
 import re
-import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -40,22 +39,23 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hysquant_rl import machine
 from hysquant_rl.bits import FP32_BITS, FP32_INDEX
-from hysquant_rl.deploy import ort
 from hysquant_rl.deploy.runtime_graph import Graph, RuntimeGraphs
-from hysquant_rl.deploy.runtimes import Runtime
-from hysquant_rl.deploy.timing import cv, run_times
+from hysquant_rl.deploy.runtimes import INPUT, Runtime
+from hysquant_rl.deploy.timing import interleaved, side_by_side
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.hardware.cost import Boundaries, CostModel, PolicyCost
 from hysquant_rl.io import save_json
-from hysquant_rl.search.space import choice_mask
+from hysquant_rl.space import choice_mask
 
 if TYPE_CHECKING:
     from hysquant_rl.hardware.profile import DeviceProfile, Timing
-    from hysquant_rl.units import AttentionMatmul, LayerInfo, OtherOps
+    from hysquant_rl.units import AttentionMatmul, OtherOps, UnitInfo
 
 log = logging.getLogger(__name__)
-FORMAT, VERSION = "hysquant-unit-latency", 4
+FORMAT, VERSION = "hysquant-unit-latency", 5
+CACHE_BYTES = 16 << 20  # a per-unit table is a few kB; a larger file is not one
 STEADY = 0.15  # a table is cached only when its whole-graph round medians vary less than this (CV)
 _SUFFIXES = re.compile(
     r"(_token_\d+|_nchwc|/QuickGeluFusion/?|_(De)?QuantizeLinear(_\d+)?|/duplicated|_q|/WithoutBiases)+$"
@@ -105,6 +105,49 @@ class UnitLatency:
         int8 = np.asarray(bits)[:, 1] != FP32_BITS
         return float(self.fixed_s + np.where(int8, self.int8_s, self.fp32_s).sum() + self.boundary(int8))
 
+    def check(
+        self, int8: np.ndarray, graph_sha256: str, batch_size: int, threads: int, machine: dict[str, Any]
+    ) -> None:
+        """Raise ValueError naming what is wrong unless this table is one measured for the units ``int8`` (L,) marks as
+        int8-capable, of the layout
+        ``graph_sha256`` at ``batch_size`` and ``threads`` on ``machine`` (:meth:`Runtime.machine`), with finite,
+        non-negative latencies below an hour, edges between existing units, and columns that reproduce the two
+        whole-graph timings it was scaled to (a table edited by hand, damaged, or measured elsewhere fails)."""
+        if self.graph_sha256 != graph_sha256:
+            raise ValueError("it was measured on another layout of the model")
+        if (self.batch_size, self.threads) != (batch_size, threads):
+            raise ValueError(f"it was measured at batch {self.batch_size} on {self.threads} thread(s)")
+        if self.machine != machine:
+            raise ValueError(f"it was measured on {self.machine.get('cpu')} ({self.machine.get('runtime')})")
+        units = len(int8)
+        for name in ("fp32_s", "int8_s"):
+            column = getattr(self, name)
+            if column.shape != (units,):
+                raise ValueError(f"{name} holds {column.size} values for {units} units")
+        numbers = np.concatenate(
+            [self.fp32_s, self.int8_s, [self.fixed_s, *self.quantize_s, *self.dequantize_s, *self.measured.values()]]
+        )
+        if len(self.quantize_s) != 2 or len(self.dequantize_s) != 2 or set(self.measured) != {"fp32", "int8"}:
+            raise ValueError("its boundary prices or whole-graph timings are incomplete")
+        if not (np.isfinite(numbers).all() and (numbers >= 0).all() and (numbers < 3600).all()):
+            raise ValueError("it holds latencies that are not finite numbers in [0, 3600) s")
+        if not all(m > 0 for m in self.measured.values()):
+            raise ValueError("its whole-graph timings are not positive")
+        for edge in self.edges:
+            if len(edge) != 3 or not all(isinstance(e, int) and not isinstance(e, bool) for e in edge):
+                raise ValueError(f"edge {edge!r} is not [unit, unit, elements]")
+            if not (0 <= edge[0] < units and 0 <= edge[1] < units and edge[2] >= 0):
+                raise ValueError(f"edge {edge!r} names a unit that does not exist")
+        for name, bits in (
+            ("fp32", np.full((units, 2), FP32_BITS)),
+            ("int8", np.where(int8[:, None], 8, np.full((units, 2), FP32_BITS))),
+        ):
+            if name == "int8" and not int8.any():
+                continue
+            modelled, timed = self.latency(bits), self.measured[name]
+            if abs(modelled - timed) > 1e-6 * timed + 1e-9:
+                raise ValueError(f"its {name} column sums to {modelled:.4g} s, not the {timed:.4g} s it was scaled to")
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["fp32_s"], d["int8_s"] = self.fp32_s.tolist(), self.int8_s.tolist()
@@ -119,12 +162,18 @@ class UnitLatency:
         return cls(**fields)
 
 
+def layout_key(layout: Any, int8: np.ndarray) -> str:
+    """What a per-unit table is a table of: the layout (its ``sha256``: the model's weights and calibration in the
+    runtime's layout) and which units it measured at int8 (``int8`` (L,) bool)."""
+    return hashlib.sha256(layout.sha256.encode() + np.asarray(int8, dtype=bool).tobytes()).hexdigest()
+
+
 def owners(graphs: RuntimeGraphs) -> dict[str, int]:
     """Original node name -> the unit (index) that owns it: a unit's own nodes, and in forward order every other node
     owned by the unit of its most recently produced input (-1: no unit, e.g. the graph input's reshapes)."""
     g = Graph(graphs.float.graph)
     order = {name: i for i, name in enumerate(n.name for n in graphs.float.graph.node)}
-    own = {name: u for u, names in enumerate(graphs.units) for name in names}
+    own = {name: u for u, names in enumerate(graphs.node_names) for name in names}
     for node in graphs.float.graph.node:
         if node.name in own:
             continue
@@ -138,7 +187,7 @@ def edges(graphs: RuntimeGraphs, own: dict[str, int]) -> list[tuple[int, int, st
     to unit u's nodes (u != v)."""
     g = Graph(graphs.float.graph)
     out = []
-    for v, names in enumerate(graphs.units):
+    for v, names in enumerate(graphs.node_names):
         for name in names:
             for x in g.nodes[name].input:
                 if not x or x in g.initializers or x not in g.floats or x not in g.producer:
@@ -182,8 +231,8 @@ def attribute(
     seconds): an optimised node's name, stripped of the runtime's suffixes, is an exported node's or tensor's name.
     An OpenVINO FakeQuantize belongs to the unit that reads its tensor (it is there because that unit is int8)."""
     g = Graph(graphs.float.graph)
-    unit_of = {name: u for u, names in enumerate(graphs.units) for name in names}
-    per_unit = np.zeros(len(graphs.units))
+    unit_of = {name: u for u, names in enumerate(graphs.node_names) for name in names}
+    per_unit = np.zeros(len(graphs.node_names))
     rest, qdq = 0.0, []
     for name, (op, seconds) in profile.items():
         base = exported_name(name)
@@ -202,23 +251,6 @@ def attribute(
     return per_unit, rest, qdq
 
 
-def whole_graph(
-    models: dict[str, bytes],
-    feed: dict[str, np.ndarray],
-    timing: Timing,
-    runtime: Runtime,
-    rounds: int = 5,
-) -> tuple[dict[str, float], float]:
-    """Median seconds of each model's run on ``runtime``, over ``rounds`` interleaved rounds of ``timing.repeats``
-    runs, and how steady the machine was: the largest coefficient of variation of a model's round medians."""
-    sessions = {k: runtime.session(v, timing.threads) for k, v in models.items()}
-    medians: dict[str, list[float]] = {k: [] for k in models}
-    for _ in range(rounds):
-        for k, sess in sessions.items():
-            medians[k].append(statistics.median(run_times(sess, feed, timing.warmup, timing.repeats)))
-    return {k: statistics.median(v) for k, v in medians.items()}, max(cv(v) for v in medians.values())
-
-
 def tensor_sizes(graphs: RuntimeGraphs, names: set[str], feed: dict[str, np.ndarray]) -> dict[str, int]:
     """Elements of each named tensor of the FP32 graph at the batch of ``feed`` (the graph run once with them as
     outputs)."""
@@ -229,7 +261,13 @@ def tensor_sizes(graphs: RuntimeGraphs, names: set[str], feed: dict[str, np.ndar
     wanted = sorted(n for n in names if n in known and n not in {o.name for o in proto.graph.output})
     for n in wanted:
         proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(n))
-    values = ort.session(proto.SerializeToString(), 1, optimize=False).run(wanted, feed)
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads, options.log_severity_level = 1, 3
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = onnxruntime.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    values = sess.run(wanted, feed)
     sizes = {n: int(v.size) for n, v in zip(wanted, values)}
     sizes.update({i: int(feed[i].size) for i in feed})
     return sizes
@@ -257,12 +295,12 @@ def measure(
     """The latency model of ``graphs`` at ``batch_size`` images on ``runtime`` (see the module docstring); ``int8``
     (L,) bool marks the units that can run at W8A8 on this runtime."""
     start = time.perf_counter()
-    n = len(graphs.units)
+    n = len(graphs.node_names)
     fp32_bits = np.full((n, 2), FP32_BITS)
     int8_bits = np.where(int8[:, None], np.array([8, 8]), FP32_BITS)
     models = {"fp32": graphs.graph(fp32_bits).SerializeToString(), "int8": graphs.graph(int8_bits).SerializeToString()}
     x = np.random.default_rng(seed).standard_normal((batch_size, *graphs.input_shape)).astype(np.float32)
-    feed = {ort.INPUT: x}
+    feed = {INPUT: x}
     own = owners(graphs)
     links = edges(graphs, own)
     runs = max(10, min(50, int(2.0 / max(1e-4, 0.0005 * batch_size))))  # about 2 s of profiled runs per graph
@@ -270,7 +308,8 @@ def measure(
         k: attribute(runtime.profile_nodes(m, feed, timing.threads, runs), graphs, own, runtime.boundary_ops)
         for k, m in models.items()
     }
-    wall, spread = whole_graph(models, feed, timing, runtime)
+    sessions = {k: runtime.session(v, timing.threads) for k, v in models.items()}
+    wall, spread = side_by_side(interleaved(sessions, feed, timing.warmup, timing.repeats, rounds=5))
     (units32, rest32, _), (units8, _, qdq8) = profiled["fp32"], profiled["int8"]
     sizes = tensor_sizes(graphs, {t for *_, t in links} | {t for _, t, _ in qdq8}, feed)
     # the FP32 graph's profile scaled to its wall time gives the FP32 column and the fixed part (what no unit owns)
@@ -287,8 +326,8 @@ def measure(
         batch_size,
         timing.threads,
         {k: float(v) for k, v in wall.items()},
-        ort.machine(runtime.name),
-        hashlib.sha256(models["int8"]).hexdigest(),
+        runtime.machine(),
+        layout_key(graphs, int8),
         [[u, v, sizes.get(t, 0)] for u, v, t in links],
         quantize_s,
         dequantize_s,
@@ -299,7 +338,7 @@ def measure(
     table.int8_s[:] = np.where(int8, units8 * (k if k > 0 else scale), fp32_s)
     log.info(
         "per-unit latency measured on %s by %s at batch %d (%d thread(s), %.1f s): FP32 %.4g ms, int8 %.4g ms",
-        ort.cpu_model(),
+        machine.cpu_model(),
         runtime.name,
         batch_size,
         timing.threads,
@@ -311,28 +350,29 @@ def measure(
 
 
 def cached(
-    graphs: RuntimeGraphs,
+    graphs: Any,
     int8: np.ndarray,
     batch_size: int,
     timing: Timing,
     cache_dir: str | os.PathLike,
     runtime: Runtime,
 ) -> UnitLatency:
-    """:func:`measure`'s table, read from ``cache_dir/runtime/<machine key>/`` when it was measured there (on this
-    machine, by the same runtime) for the same graph, batch size and threads, else measured now and written there (a
-    cache that cannot be written only costs a warning)."""
-    int8_bits = np.where(int8[:, None], np.array([8, 8]), FP32_BITS)
-    sha = hashlib.sha256(graphs.graph(int8_bits).SerializeToString()).hexdigest()
-    key = ort.machine_key(runtime.name)
-    path = Path(cache_dir) / "runtime" / key / f"{sha[:16]}_b{batch_size}_t{timing.threads}.json"
-    if path.exists():
+    """The runtime's per-unit table (:meth:`~hysquant_rl.deploy.runtimes.Runtime.unit_latency`), read from
+    ``cache_dir/runtime/<machine key>/`` when it was measured there (on this machine, by the same runtime) for the same
+    layout, batch size and threads and passes :meth:`UnitLatency.check`, else measured now and written there (a cache
+    that cannot be written only costs a warning; one that fails its checks is named in a warning and replaced)."""
+    from hysquant_rl.io import read_regular
+
+    sha = layout_key(graphs, int8)
+    path = Path(cache_dir) / "runtime" / runtime.machine_key() / f"{sha[:16]}_b{batch_size}_t{timing.threads}.json"
+    if path.exists() or path.is_symlink():
         try:
-            table = UnitLatency.from_dict(json.loads(path.read_text()))
-            if table.graph_sha256 == sha and len(table.fp32_s) == len(int8):
-                return table
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            log.warning("per-unit latency cache %s is unreadable (%s): measuring again", path, e)
-    table = measure(graphs, int8, batch_size, timing, runtime)
+            table = UnitLatency.from_dict(json.loads(read_regular(path, limit=CACHE_BYTES)))
+            table.check(int8, sha, batch_size, timing.threads, runtime.machine())
+            return table
+        except (OSError, ValueError, KeyError, TypeError, HySquantError) as e:
+            log.warning("per-unit latency cache %s cannot be used (%s): measuring again", path, str(e)[:200])
+    table = runtime.unit_latency(graphs, int8, batch_size, timing)
     if table.spread > STEADY:
         log.warning(
             "per-unit latency measured on a busy machine (round medians vary by CV %.3f > %g): used for this run, not"
@@ -356,23 +396,23 @@ class RuntimeCostModel(CostModel):
 
     def __init__(
         self,
-        layers: Sequence[LayerInfo],
+        units: Sequence[UnitInfo],
         matmuls: Sequence[AttentionMatmul],
         profile: DeviceProfile,
         table: UnitLatency,
         other: OtherOps | None = None,
     ) -> None:
-        if len(table.fp32_s) != len(layers):
-            raise HySquantError(f"a per-unit latency table of {len(table.fp32_s)} units for {len(layers)} units")
+        if len(table.fp32_s) != len(units):
+            raise HySquantError(f"a per-unit latency table of {len(table.fp32_s)} units for {len(units)} units")
         self.table = table
         self.backend = f"{str(table.machine['runtime']).split()[0]} per-unit"
-        super().__init__(layers, matmuls, profile, table.batch_size, other)
+        super().__init__(units, matmuls, profile, table.batch_size, other)
         self.device = f"{profile.name}: {table.machine['cpu']} ({table.machine['runtime']})"
 
     def _tabulate(self) -> None:
         super()._tabulate()
         # deployable: exactly the runtime's executable cells (FP32 included); an activation-only unit's w is its a
-        cells = choice_mask(self.layers, self.profile, "executable")
+        cells = choice_mask(self.units, self.profile, "executable")
         a_idx = np.broadcast_to(np.arange(cells.shape[2])[None, None, :], cells.shape)
         self._deployable = cells[np.arange(len(cells))[:, None, None], self._w_eff, a_idx]
         self._float_only[:] = False

@@ -8,14 +8,13 @@ runtime) is :mod:`hysquant_rl.deploy`'s; nothing here imports it.
 
 from __future__ import annotations
 
-from hysquant_rl.hardware.cost import BUDGET_UNITS, CostModel, LayerCost, PolicyCost
+from hysquant_rl.hardware.cost import CostModel, PolicyCost, UnitCost
 from hysquant_rl.hardware.profile import DeviceProfile, known_profiles, load_profile
 
 __all__ = [
-    "BUDGET_UNITS",
     "CostModel",
     "DeviceProfile",
-    "LayerCost",
+    "UnitCost",
     "PolicyCost",
     "known_profiles",
     "load_profile",

@@ -50,7 +50,7 @@ Latency and energy are per inference of one batch of ``batch_size`` images. Atte
 (``quant.scope=linear``, or an attention module the inventory does not recognise) are priced once at the float
 precision, with q/k/v/scores/probabilities moving in fp16 (3 kernels), and added to every policy as the ``fixed``
 part, with ``kernel_overhead_s`` for each of the model's kernels that are not units (activations, residual adds)
-and ``view_overhead_s`` for each view (reshapes, transposes), counted by :func:`hysquant_rl.layers.other_ops`.
+and ``view_overhead_s`` for each view (reshapes, transposes), counted by :func:`hysquant_rl.inventory.other_ops`.
 Overheads cost time, not energy.
 BatchNorm, activations, reshapes and (under ``scope=linear``) LayerNorm are not priced (they fuse into
 neighbouring kernels on a deployed model, or are not in the inventory).
@@ -61,30 +61,17 @@ gather and a sum (tens of microseconds), as the RL search calls it thousands of 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 from hysquant_rl.bits import CHOICES, FP32_BITS, GRID, GRID_BITS, check_bits
+from hysquant_rl.budget_kinds import in_budget_units
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.hardware.profile import DeviceProfile
-from hysquant_rl.units import AttentionMatmul, LayerInfo, OtherOps
-
-BUDGET_UNITS: dict[str, tuple[str, float, float, str]] = {  # budget key -> (SI field, x multiplier / divisor, unit)
-    "latency_ms": ("latency_s", 1e3, 1.0, "ms"),
-    "energy_mj": ("energy_j", 1e3, 1.0, "mJ"),
-    "size_mb": ("size_bytes", 1.0, 1e6, "MB"),
-}
-"""The cost model's SI units (s, J, byte) -> the units budgets and reports use (ms, mJ, MB = 1e6 bytes)."""
-
-
-def in_budget_units(si: Callable[[str], Any]) -> dict[str, Any]:
-    """Latency [ms], energy [mJ] and size [MB] (:data:`BUDGET_UNITS`) from ``si(field)``, the value (a number or an
-    array) of the SI field ``latency_s``, ``energy_j`` or ``size_bytes``: the one conversion from SI units."""
-    return {key: si(field) * mul / div for key, (field, mul, div, _) in BUDGET_UNITS.items()}
-
+from hysquant_rl.units import AttentionMatmul, OtherOps, UnitInfo
 
 BIAS_BITS = 32  # biases stay 32-bit (int32 accumulator scale in integer kernels)
 INT8_BYTES = 1  # an activation a quantized consumer reads, as the producer's epilogue writes it
@@ -96,7 +83,7 @@ _INDEX[list(CHOICES)] = np.arange(len(CHOICES))
 
 
 @dataclass(frozen=True)
-class LayerCost:
+class UnitCost:
     """Cost of one layer (or one fixed unit) at one (w_bits, a_bits), per inference of ``batch_size`` images.
 
     ``ops``, ``bytes_moved``, ``compute_s`` and ``memory_s`` are the roofline model's terms (modelled under
@@ -140,9 +127,9 @@ class PolicyCost:
     size_bytes: float  # weights + biases of the quantized layers [byte]
     bitops: int  # per image, quantized layers only
     deployable: bool  # every layer's pair runs as real kernels on the device
-    layer_latency_s: np.ndarray  # (n_layers,) [s]
-    layer_energy_j: np.ndarray  # (n_layers,) [J]
-    layer_deployable: np.ndarray  # (n_layers,) bool
+    unit_latency_s: np.ndarray  # (n_units,) [s]
+    unit_energy_j: np.ndarray  # (n_units,) [J]
+    unit_deployable: np.ndarray  # (n_units,) bool
     fixed_latency_s: float  # attention matmuls, policy-independent [s]
     fixed_energy_j: float  # [J]
 
@@ -152,7 +139,7 @@ class PolicyCost:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for k in ("layer_latency_s", "layer_energy_j", "layer_deployable"):
+        for k in ("unit_latency_s", "unit_energy_j", "unit_deployable"):
             d[k] = d[k].tolist()
         return d
 
@@ -176,7 +163,7 @@ class Boundaries:
 
 
 class CostModel:
-    """Modelled costs of ``layers`` (forward order, as :func:`hysquant_rl.layers.inventory` returns them) and
+    """Modelled costs of ``layers`` (forward order, as :func:`hysquant_rl.inventory.inventory` returns them) and
     ``matmuls`` on ``profile`` at ``batch_size`` images per inference (default: the profile's).
 
     Subclasses (the measured backend) replace the latency/energy tables in :meth:`_price`; the totals are
@@ -187,7 +174,7 @@ class CostModel:
 
     def __init__(
         self,
-        layers: Sequence[LayerInfo],
+        units: Sequence[UnitInfo],
         matmuls: Sequence[AttentionMatmul],
         profile: DeviceProfile,
         batch_size: int | None = None,
@@ -196,9 +183,9 @@ class CostModel:
         batch = profile.batch_size if batch_size is None else batch_size
         if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
             raise HySquantError(f"batch_size must be a positive integer, got {batch!r}")
-        if not layers:
+        if not units:
             raise HySquantError("the cost model needs at least one quantizable layer")
-        self.layers = list(layers)
+        self.units = list(units)
         self.matmuls = list(matmuls)
         self.profile = profile
         self.batch_size = int(batch)
@@ -208,8 +195,8 @@ class CostModel:
         self._price()
 
     @property
-    def num_layers(self) -> int:
-        return len(self.layers)
+    def num_units(self) -> int:
+        return len(self.units)
 
     # -- tables ----------------------------------------------------------------------------------------
     def _tabulate(self) -> None:
@@ -217,42 +204,42 @@ class CostModel:
         p, batch = self.profile, self.batch_size
         bits = np.array(CHOICES, dtype=np.float64)
         traffic_bits = np.where(bits == FP32_BITS, p.float_bits, bits)  # an FP32 operand moves as fp16
-        weights = np.array([l.weight_elems for l in self.layers], dtype=np.float64)
-        bias = np.array([l.params - l.weight_elems for l in self.layers], dtype=np.float64)
-        in_elems = np.array([l.in_elems for l in self.layers], dtype=np.float64)
-        out_elems = np.array([l.out_elems for l in self.layers], dtype=np.float64)
-        macs = np.array([l.macs for l in self.layers], dtype=np.int64)
+        weights = np.array([l.weight_elems for l in self.units], dtype=np.float64)
+        bias = np.array([l.params - l.weight_elems for l in self.units], dtype=np.float64)
+        in_elems = np.array([l.in_elems for l in self.units], dtype=np.float64)
+        out_elems = np.array([l.out_elems for l in self.units], dtype=np.float64)
+        macs = np.array([l.macs for l in self.units], dtype=np.int64)
 
         # (w, a) -> compute precision, its peak, power per op, deployability; per unit, since an activation-only
         # unit's pair is (a, a) whatever w says (w_eff), and a LayerNorm input deploys wherever a moves
         self._precision = [[p.compute_precision(w, a) for a in CHOICES] for w in CHOICES]
         peak = np.array([[p.peak(c) for c in row] for row in self._precision])  # (8, 8) op/s
         deployable = np.array([[p.is_deployable(w, a) for a in CHOICES] for w in CHOICES])
-        n, k = len(self.layers), len(CHOICES)
-        weighted = np.array([l.weighted for l in self.layers])
+        n, k = len(self.units), len(CHOICES)
+        weighted = np.array([l.weighted for l in self.units])
         self._w_eff = np.where(weighted[:, None, None], np.arange(k)[None, :, None], np.arange(k)[None, None, :])
         self._w_eff = np.broadcast_to(self._w_eff, (n, k, k))
         a_idx = np.broadcast_to(np.arange(k)[None, None, :], (n, k, k))
         peak_u = peak[self._w_eff, a_idx]  # (n, w, a)
         self._deployable = deployable[self._w_eff, a_idx].copy()  # (n, w, a)
         moves = np.array([a == FP32_BITS or a in p.deployable_activation_bits for a in CHOICES])
-        norm = np.array([l.op == "layernorm" for l in self.layers])
+        norm = np.array([l.op == "layernorm" for l in self.units])
         self._deployable[norm] = moves[None, :]
         # ops without integer kernels on this device compute in float and deploy only unquantized
-        self._float_only = np.array([l.op != "layernorm" and l.op not in p.integer_ops for l in self.layers])
+        self._float_only = np.array([l.op != "layernorm" and l.op not in p.integer_ops for l in self.units])
         fp32 = len(CHOICES) - 1  # CHOICES ends with FP32_BITS
         peak_u[self._float_only] = p.peak(p.float_precision)
         self._deployable[self._float_only] = (self._w_eff == fp32)[self._float_only] & (a_idx == fp32)[self._float_only]
 
         elem_out = np.array([p.float_bits / 8, INT8_BYTES])
         # q k^T writes its scores for the float softmax whatever the consumer quantizes
-        scores = np.array([l.kind == "attention-qk" for l in self.layers])
+        scores = np.array([l.kind == "attention-qk" for l in self.units])
         weight_bytes = weights[:, None] * traffic_bits / 8 + bias[:, None] * BIAS_BITS / 8  # (n, w)
         input_bytes = batch * in_elems[:, None] * traffic_bits / 8  # (n, a)
         output_bytes = batch * out_elems[:, None] * np.where(scores[:, None], elem_out[0], elem_out)  # (n, consumer)
         # attention-pv: the softmax before it reads the fp16 scores and writes probabilities at a bits, a
         # memory-bound kernel of its own (serial: it does not overlap the matmul)
-        probs = np.array([l.sequences * l.heads * l.tokens**2 if l.kind == "attention-pv" else 0 for l in self.layers])
+        probs = np.array([l.sequences * l.heads * l.tokens**2 if l.kind == "attention-pv" else 0 for l in self.units])
         softmax_bytes = batch * probs[:, None] * (p.float_bits + traffic_bits[None, :]) / 8  # (n, a)
         # the Q/DQ boundary of a quantized input, and a weight dequantized on each run, as kernels of their own
         quantized = bits != FP32_BITS
@@ -265,7 +252,7 @@ class CostModel:
         dequantizes = weighted[:, None, None] & quantized[None, :, None] & float_compute & (p.qdq_kernels > 0)
         dq_weight_bytes = weights[:, None, None] * (p.float_bits + traffic_bits[None, :, None]) / 8 * dequantizes
         serial_bytes = (softmax_bytes + qdq_bytes)[:, None, :] + dq_weight_bytes  # (n, w, a)
-        own = np.array([2 if l.kind == "attention-pv" else 1 for l in self.layers])
+        own = np.array([2 if l.kind == "attention-pv" else 1 for l in self.units])
         self.kernels = own[:, None, None] + boundary[None, None, :] + dequantizes  # (n, w, a)
         # serial kernels: their memory time (also part of _memory_s), and their latency, where a Q/DQ kernel that
         # converts fewer elements per second than the bandwidth allows takes its element time
@@ -290,7 +277,7 @@ class CostModel:
         self._joules_per_op = p.compute_power_w / peak_u  # (n, w, a) J/op, paper eq. 10 less memory power
         self._size = weights[:, None] * bits / 8 + bias[:, None] * BIAS_BITS / 8  # (n, w)
         self._bitops = macs[:, None, None] * (np.array(CHOICES)[self._w_eff] * np.array(CHOICES)[a_idx])  # (n, w, a)
-        self._rows = np.arange(len(self.layers))
+        self._rows = np.arange(len(self.units))
         self._row_offset = self._rows * (len(CHOICES) ** 2 * 2)  # flat offset of each layer's (w, a, c) block
 
     def _price(self) -> None:
@@ -308,7 +295,7 @@ class CostModel:
         self.fixed_latency_s = float(sum(c.latency_s for c in self.fixed_items)) + overhead
         self.fixed_energy_j = float(sum(c.energy_j for c in self.fixed_items))
 
-    def _attention_cost(self, m: AttentionMatmul) -> LayerCost:
+    def _attention_cost(self, m: AttentionMatmul) -> UnitCost:
         """Roofline of one attention module at the float precision: q k^T, softmax, attention x v, each a
         kernel with its own max(compute, memory); every operand at the float precision (fp16: 2 bytes)."""
         p, batch = self.profile, self.batch_size
@@ -327,7 +314,7 @@ class CostModel:
         compute_s, memory_s = ops / peak, nbytes / p.memory_bandwidth
         latency = sum(max(o / peak, b / p.memory_bandwidth) + p.kernel_overhead_s for o, b in kernels)
         energy = ops * p.compute_power_w / raw + p.memory_power_w * memory_s
-        return LayerCost(
+        return UnitCost(
             name=m.name,
             w_bits=FP32_BITS,
             a_bits=FP32_BITS,
@@ -346,16 +333,16 @@ class CostModel:
         )
 
     # -- queries ---------------------------------------------------------------------------------------
-    def layer_cost(self, i: int, w_bits: int, a_bits: int, consumer_quantized: bool) -> LayerCost:
+    def unit_cost(self, i: int, w_bits: int, a_bits: int, consumer_quantized: bool) -> UnitCost:
         """Cost of layer ``i`` at (w_bits, a_bits); ``consumer_quantized``: the next layer quantizes its input
         activation, so this layer's output is written as int8 (1 byte) instead of fp16."""
-        if not 0 <= i < self.num_layers:
-            raise HySquantError(f"layer index {i} is out of range 0..{self.num_layers - 1}")
+        if not 0 <= i < self.num_units:
+            raise HySquantError(f"layer index {i} is out of range 0..{self.num_units - 1}")
         w = _INDEX[check_bits(w_bits, "weight bit-width")]
         a = _INDEX[check_bits(a_bits, "activation bit-width")]
         c = int(bool(consumer_quantized))
-        return LayerCost(
-            name=self.layers[i].name,
+        return UnitCost(
+            name=self.units[i].name,
             w_bits=int(w_bits),
             a_bits=int(a_bits),
             precision=self.profile.float_precision if self._float_only[i] else self._precision[self._w_eff[i, w, a]][a],
@@ -372,29 +359,29 @@ class CostModel:
             backend=self.backend,
         )
 
-    def config_cost(self, i: int, w_bits: int, a_bits: int) -> LayerCost:
+    def config_cost(self, i: int, w_bits: int, a_bits: int) -> UnitCost:
         """Layer ``i`` inside a chain where every layer runs at (w_bits, a_bits): its consumer is quantized
         when ``a_bits < 32`` and it is not the last layer. Summed over all layers plus the fixed part, this is
         :meth:`policy_cost` of the uniform policy (the LUT's rows)."""
-        return self.layer_cost(i, w_bits, a_bits, a_bits != FP32_BITS and i < self.num_layers - 1)
+        return self.unit_cost(i, w_bits, a_bits, a_bits != FP32_BITS and i < self.num_units - 1)
 
     def _indices(self, bits: Sequence[tuple[int, int]] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Flat indices into the (layer, w, a, consumer) tables and into the (w, a) tables, per layer."""
         arr = np.asarray(bits)
-        if arr.shape != (self.num_layers, 2):
+        if arr.shape != (self.num_units, 2):
             raise HySquantError(
-                f"a policy needs one (w_bits, a_bits) pair for each of the {self.num_layers} layers, "
+                f"a policy needs one (w_bits, a_bits) pair for each of the {self.num_units} layers, "
                 f"got an array of shape {arr.shape}"
             )
         if arr.dtype.kind not in "iu":
             raise HySquantError(f"policy bit-widths must be integers, got {arr.dtype}")
         idx = np.take(_INDEX, arr, mode="clip")  # -1 for anything not in CHOICES
         if (idx < 0).any():
-            layer, col = map(int, np.argwhere(idx < 0)[0])
+            unit, col = map(int, np.argwhere(idx < 0)[0])
             what = "weight" if col == 0 else "activation"
-            check_bits(int(arr[layer, col]), f"layer {self.layers[layer].name} {what} bit-width")
+            check_bits(int(arr[unit, col]), f"layer {self.units[unit].name} {what} bit-width")
         pair = idx[:, 0] * len(CHOICES) + idx[:, 1]
-        consumer = np.zeros(self.num_layers, dtype=np.intp)
+        consumer = np.zeros(self.num_units, dtype=np.intp)
         consumer[:-1] = arr[1:, 1] != FP32_BITS
         return self._row_offset + pair * 2 + consumer, pair
 
@@ -405,7 +392,7 @@ class CostModel:
         latency = self._latency.ravel()[flat]
         energy = self._energy.ravel()[flat]
         rows = self._rows
-        deployable = self._deployable.reshape(self.num_layers, -1)[rows, pair]
+        deployable = self._deployable.reshape(self.num_units, -1)[rows, pair]
         return PolicyCost(
             device=self.device,
             backend=self.backend,
@@ -413,11 +400,11 @@ class CostModel:
             latency_s=float(latency.sum()) + self.fixed_latency_s,
             energy_j=float(energy.sum()) + self.fixed_energy_j,
             size_bytes=float(self._size[rows, pair // len(CHOICES)].sum()),
-            bitops=int(self._bitops.reshape(self.num_layers, -1)[rows, pair].sum()),
+            bitops=int(self._bitops.reshape(self.num_units, -1)[rows, pair].sum()),
             deployable=bool(deployable.all()),
-            layer_latency_s=latency,
-            layer_energy_j=energy,
-            layer_deployable=deployable,
+            unit_latency_s=latency,
+            unit_energy_j=energy,
+            unit_deployable=deployable,
             fixed_latency_s=self.fixed_latency_s,
             fixed_energy_j=self.fixed_energy_j,
         )
@@ -432,7 +419,7 @@ class CostModel:
         quantized, else an upper bound (the extra bytes of a float output priced at the bandwidth, where the producer's
         roofline may hide them under its compute)."""
         q = _INDEX[GRID_BITS]
-        consumer = np.ones(self.num_layers, dtype=np.intp)
+        consumer = np.ones(self.num_units, dtype=np.intp)
         consumer[-1] = 0  # the logits are written as fp16
         rows = self._rows[:, None, None]
         w, a = q[None, :, None], q[None, None, :]
@@ -440,17 +427,17 @@ class CostModel:
             table = self._latency if metric == "latency_s" else self._energy
             grid = table[rows, w, a, consumer[:, None, None]].copy()
             # the producer's float output, paid by its FP32 consumer (the most it adds over the producer's cells)
-            extra = (table[..., 0] - table[..., 1]).reshape(self.num_layers, -1).max(axis=1)  # (n,)
+            extra = (table[..., 0] - table[..., 1]).reshape(self.num_units, -1).max(axis=1)  # (n,)
             grid[1:, :, -1] += np.maximum(extra[:-1], 0.0)[:, None]
             return grid
         if metric == "size_bytes":
-            return np.broadcast_to(self._size[rows, w], (self.num_layers, GRID, GRID)).copy()
+            return np.broadcast_to(self._size[rows, w], (self.num_units, GRID, GRID)).copy()
         if metric == "bitops":
             return self._bitops[rows, w, a].astype(np.float64)
         raise ValueError(f"unknown cost metric {metric!r}")
 
     def budget_grids(self) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-        """Per-layer grids (n, GRID, GRID) of every budget in its unit (:data:`BUDGET_UNITS`), and each one's
+        """Per-layer grids (n, GRID, GRID) of every budget in its unit (:mod:`hysquant_rl.budget_kinds`), and each one's
         policy-independent fixed part: a fully quantized policy's total is the grid sum plus the fixed part."""
         fixed_si = {"latency_s": self.fixed_latency_s, "energy_j": self.fixed_energy_j, "size_bytes": 0.0}
         return in_budget_units(self.quantized_grid), in_budget_units(fixed_si.__getitem__)
@@ -460,7 +447,7 @@ class CostModel:
         boundary, a run-time weight dequantize), 3 per float attention module, and the model's other kernels. Times
         ``kernel_overhead_s``, the launch floor; the model's views are counted apart (``other.views``)."""
         _, pair = self._indices(bits)
-        units = int(self.kernels.reshape(self.num_layers, -1)[self._rows, pair].sum())
+        units = int(self.kernels.reshape(self.num_units, -1)[self._rows, pair].sum())
         return units + ATTENTION_KERNELS * len(self.matmuls) + self.other.kernels
 
     def boundaries(self) -> dict[str, Boundaries]:
@@ -470,4 +457,4 @@ class CostModel:
 
     def uniform_cost(self, w_bits: int, a_bits: int) -> PolicyCost:
         """:meth:`policy_cost` of every layer at (w_bits, a_bits)."""
-        return self.policy_cost([(w_bits, a_bits)] * self.num_layers)
+        return self.policy_cost([(w_bits, a_bits)] * self.num_units)

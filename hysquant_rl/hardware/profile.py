@@ -14,7 +14,7 @@ A profile holds the numbers the cost model needs, each cited in its YAML file:
   quantization but has no kernel on this device.
 * ``kernel_overhead_s``: the fixed time every kernel costs on top of its roofline (launch and framework
   overhead), in seconds; the cost model counts the kernels of each unit, of its Q/DQ boundary and of the rest of
-  the model (activations, residual adds: :func:`hysquant_rl.layers.other_ops`).
+  the model (activations, residual adds: :func:`hysquant_rl.inventory.other_ops`).
 * ``view_overhead_s``: the fixed time of each view or layout change (reshape, transpose) of the model, in seconds:
   0 where views are free (GPU runtimes), a node of its own with its shape arithmetic on onnxruntime.
 * ``qdq_kernels``: the kernels each quantized activation's boundary runs on its own (``QuantizeLinear`` then
@@ -33,16 +33,17 @@ A profile holds the numbers the cost model needs, each cited in its YAML file:
   Q/DQ nodes) dequantizes its weight at run time.
 * ``measured_on``: where a measured profile's constants come from (``cpu``: the machine
   ``benchmarks/cpu_profile.py`` ran on); every run that models latency with them says so.
-* ``runtime``: the runtime that executes a deployed model on this device (``onnxruntime`` or ``openvino`` on
-  ``cpu``), or null where none is built in (the GPU profiles): with a runtime, ``search.space=auto`` searches its
-  executable choices, and ``backend=<runtime>`` is allowed. ``backend=openvino`` on a CPU profile makes OpenVINO
-  the runtime (its choices, its per-unit latency, its timing).
+* ``runtime``: the runtime that executes a deployed model on this device (a plug-in of ``hysquant_rl/deploy/`` with
+  its ``conf/runtime/<name>.yaml``: :func:`known_runtimes`; ``onnxruntime`` on ``cpu``), or null where none is built in
+  (the GPU profiles): with a runtime, ``search.space=auto`` searches its executable choices, and ``backend=<runtime>``
+  is allowed. ``backend=<runtime>`` on a CPU profile makes that runtime the runtime (its choices, its per-unit
+  latency, its timing).
 * ``executable``: the (w, a) pairs each unit kind runs as integer kernels, ``{default: [W8A8], layernorm-in: []}``
-  (FP32 is always a choice besides), or one such mapping per runtime (``{onnxruntime: {...}, openvino: {...}}``);
-  without it, derived from the deployable bit-widths and ``integer_ops``.
+  (FP32 is always a choice besides): the runtime's, from its ``conf/runtime/`` file; a profile without a runtime
+  may give its own, else they are derived from the deployable bit-widths and ``integer_ops``.
 * ``batch_size`` (images per inference; 1 is the edge case) and ``backend``: ``modelled`` (this roofline),
-  ``measured`` (isolated kernels on the local CUDA GPU), ``onnxruntime`` or ``openvino`` (the exported graph timed
-  by that runtime on this CPU, with the ``timing`` settings).
+  ``measured`` (isolated kernels on the local CUDA GPU), or a runtime's name (the exported model timed by that runtime
+  on this CPU, with the ``timing`` settings).
 
 The rules that read these lists (compute precision, deployability) live here, next to the data.
 """
@@ -58,12 +59,8 @@ from typing import Any
 from hysquant_rl.bits import FP32_BITS, MAX_BITS, MIN_BITS
 from hysquant_rl.errors import HySquantError
 
-RUNTIMES = ("onnxruntime", "openvino")  # runtimes that execute a deployed model here (deploy/runtimes.py)
-BACKENDS = ("modelled", "measured", *RUNTIMES)
-_INSTALL = {
-    "onnxruntime": "pip install onnx onnxruntime",
-    "openvino": "pip install openvino nncf (the project's [openvino] extra), or use hardware.backend=onnxruntime",
-}
+MODEL_BACKENDS = ("modelled", "measured")  # the roofline, or kernels timed on a local CUDA GPU; any other backend is
+# a runtime: a plug-in of hysquant_rl/deploy/ described by conf/runtime/<name>.yaml (known_runtimes())
 UNIT_OPS = ("conv2d", "linear", "matmul")
 _KIND_OPS = {"conv": "conv2d", "depthwise": "conv2d", "pointwise": "conv2d", "attention-qk": "matmul"}
 _KIND_OPS |= {"attention-pv": "matmul", "layernorm-in": "layernorm"}  # every other kind is a Linear
@@ -108,7 +105,7 @@ class DeviceProfile:
     qdq_kernels: int = 0  # kernels each quantized activation's Q/DQ boundary runs on its own
     integer_ops: tuple[str, ...] = UNIT_OPS  # unit ops with integer kernels
     timing: Timing = Timing()  # runtime backends only
-    runtime: str | None = None  # what executes a deployed model (RUNTIMES), None: no runtime built in
+    runtime: str | None = None  # what executes a deployed model (known_runtimes()), None: no runtime built in
     measured_on: str | None = None  # where the constants were measured (a CPU profile), None: cited sources
     executable_pairs: dict[str, tuple[tuple[int, int], ...]] | None = None  # kind (or "default") -> integer pairs
     # Integer precisions the chip executes, as (bits, name), narrowest first; derived from peak_ops.
@@ -183,18 +180,24 @@ class DeviceProfile:
         return d
 
 
-def runtime_version(runtime: str = "onnxruntime") -> str:
-    """``<runtime> <version> CPU`` of a runtime in :data:`RUNTIMES` (raises :class:`HySquantError` naming the fix when
-    it is not installed)."""
-    from importlib import import_module
+def runtime_version(runtime: str) -> str:
+    """``<runtime> <version> CPU`` of a runtime of :func:`known_runtimes`, read from its package's metadata without
+    importing it (raises :class:`HySquantError` naming the install command of its ``conf/runtime/`` file when it is
+    not installed): the install probe every runtime plug-in answers with."""
+    from importlib import metadata, util
 
+    conf = runtime_conf(runtime)
+    package = str(conf.get("package", runtime))
     try:
-        module = import_module(runtime)
-    except ImportError:
+        found = util.find_spec(package) is not None
+        version = metadata.version(package) if found else None
+    except (ImportError, ValueError, metadata.PackageNotFoundError):
+        found, version = False, None
+    if not found or version is None:
         raise HySquantError(
-            f"hardware.runtime={runtime} needs {runtime}, which is not installed: {_INSTALL[runtime]}"
-        ) from None
-    return f"{runtime} {module.__version__.split('-')[0]} CPU"
+            f"hardware.runtime={runtime} needs {package}, which is not installed: {conf.get('install', 'install it')}"
+        )
+    return f"{runtime} {version.split('-')[0].split('+')[0]} CPU"
 
 
 # -- the config group on disk --------------------------------------------------------------------------
@@ -215,16 +218,58 @@ def _conf_dir() -> Any:
     return Path(hysquant_rl.__file__).resolve().parent.parent / "conf"
 
 
-def _hardware_files() -> dict[str, Any]:
-    folder = _conf_dir().joinpath("hardware")
+def _conf_files(group: str) -> dict[str, Any]:
+    folder = _conf_dir().joinpath(group)
     if not folder.is_dir():
         return {}
     return {f.name[: -len(".yaml")]: f for f in folder.iterdir() if f.name.endswith(".yaml")}
 
 
+def _hardware_files() -> dict[str, Any]:
+    return _conf_files("hardware")
+
+
 def known_profiles() -> list[str]:
     """Names of the device profiles in ``conf/hardware/`` (the file names without ``.yaml``), sorted."""
     return sorted(_hardware_files())
+
+
+def known_runtimes() -> list[str]:
+    """Names of the runtimes in ``conf/runtime/`` (one file per runtime plug-in of ``hysquant_rl/deploy/``), sorted."""
+    return sorted(_conf_files("runtime"))
+
+
+def backends() -> tuple[str, ...]:
+    """Every ``hardware.backend``: the models, then the runtimes."""
+    return (*MODEL_BACKENDS, *known_runtimes())
+
+
+def runtime_executable(name: str) -> dict[str, Any]:
+    """A runtime's ``executable`` choices on this CPU: its conf file's ``executable``, with ``without_vnni`` over them
+    on a CPU without an int8 dot product (:func:`hysquant_rl.machine.has_vnni`), where some int8 kernels saturate or do
+    not fuse."""
+    from hysquant_rl import machine
+
+    conf = runtime_conf(name)
+    choices = dict(conf.get("executable") or {})
+    if not machine.has_vnni():
+        choices.update(conf.get("without_vnni") or {})
+    return choices
+
+
+def runtime_conf(name: str) -> dict[str, Any]:
+    """The ``conf/runtime/<name>.yaml`` of a runtime plug-in: ``module`` (its plug-in), ``package`` and ``install``
+    (its install probe), ``executable`` (its choices per unit kind; ``without_vnni``: those that differ on a CPU
+    without VNNI)."""
+    import yaml
+
+    files = _conf_files("runtime")
+    if name not in files:
+        raise HySquantError(f"unknown runtime {name!r}: known runtimes are {', '.join(sorted(files)) or 'none'}")
+    data = yaml.safe_load(files[name].read_text())
+    if not isinstance(data, dict):
+        raise HySquantError(f"conf/runtime/{name}.yaml is not a mapping: reinstall hysquant-rl")
+    return data
 
 
 def _read_profile(name: str) -> dict[str, Any]:
@@ -316,8 +361,9 @@ def load_profile(settings: Mapping[str, Any] | str) -> DeviceProfile:
     if float_precision not in _FLOAT_BITS or float_precision not in peaks:
         raise HySquantError(f"{where}: float_precision {float_precision!r} must be a float precision in peak_ops")
     backend = data.get("backend", "modelled")
-    if backend not in BACKENDS:
-        raise HySquantError(f"{where}: backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    runtimes = known_runtimes()
+    if backend not in backends():
+        raise HySquantError(f"{where}: backend {backend!r} is not one of {', '.join(backends())}")
     batch = data.get("batch_size", 1)
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise HySquantError(f"{where}: batch_size must be a positive integer, got {batch!r}")
@@ -347,9 +393,9 @@ def load_profile(settings: Mapping[str, Any] | str) -> DeviceProfile:
     if not isinstance(ops, (list, tuple)) or any(o not in UNIT_OPS for o in ops):
         raise HySquantError(f"{where}: integer_ops {ops!r} must list some of {', '.join(UNIT_OPS)}")
     runtime = data.get("runtime")
-    if runtime is not None and runtime not in RUNTIMES:
-        raise HySquantError(f"{where}: runtime {runtime!r} is not one of {', '.join(RUNTIMES)} (or null)")
-    if backend in RUNTIMES:
+    if runtime is not None and runtime not in runtimes:
+        raise HySquantError(f"{where}: runtime {runtime!r} is not one of {', '.join(runtimes)} (or null)")
+    if backend in runtimes:
         if runtime is None:
             raise HySquantError(
                 f"{where}: backend {backend} times this machine's CPU, but the profile describes no runtime: use"
@@ -380,13 +426,18 @@ def load_profile(settings: Mapping[str, Any] | str) -> DeviceProfile:
         timing=_timing(data.get("timing"), where),
         runtime=runtime,
         measured_on=None if data.get("measured_on") is None else str(data["measured_on"]),
-        executable_pairs=_executable(data.get("executable", data.get("executable_pairs")), where, runtime),
+        executable_pairs=_executable(
+            runtime_executable(runtime)
+            if runtime is not None
+            else data.get("executable", data.get("executable_pairs")),
+            where if runtime is None else f"conf/runtime/{runtime}.yaml",
+        ),
     )
 
 
-def _executable(raw: Any, where: str, runtime: str | None) -> dict[str, tuple[tuple[int, int], ...]] | None:
-    """``executable``: {kind or ``default``: [pairs as ``W8A8`` or [8, 8]]}, or one such mapping per runtime (the
-    profile's ``runtime``'s is taken) -> kind -> integer (w, a) pairs."""
+def _executable(raw: Any, where: str) -> dict[str, tuple[tuple[int, int], ...]] | None:
+    """``executable`` (a runtime's, from its ``conf/runtime/`` file): {kind or ``default``: [pairs as ``W8A8`` or
+    [8, 8]]} -> kind -> integer (w, a) pairs; None: derived from the profile's deployable bit-widths."""
     from hysquant_rl.bits import parse_uniform
     from hysquant_rl.units import KINDS
 
@@ -394,10 +445,6 @@ def _executable(raw: Any, where: str, runtime: str | None) -> dict[str, tuple[tu
         return None
     if not isinstance(raw, Mapping):
         raise HySquantError(f"{where}: executable must map unit kinds (or default) to lists of pairs such as [W8A8]")
-    if raw and all(k in RUNTIMES for k in raw):
-        if runtime not in raw:
-            raise HySquantError(f"{where}: executable lists {', '.join(raw)} but not the profile's runtime {runtime}")
-        return _executable(raw[runtime], f"{where} ({runtime})", runtime)
     out = {}
     for kind, pairs in raw.items():
         if kind != "default" and kind not in KINDS:

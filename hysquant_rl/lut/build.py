@@ -26,12 +26,12 @@ from hysquant_rl.hardware.cost import in_budget_units
 from hysquant_rl.io import check_writable, save_json
 from hysquant_rl.lut.executor import Executor, Job, Result, make_executor
 from hysquant_rl.lut.table import COLUMNS, LUT, METRICS, SPLIT, VERSION, document, read_document
-from hysquant_rl.search.space import choice_mask
+from hysquant_rl.space import choice_mask
 
 if TYPE_CHECKING:
     from hysquant_rl.pipeline import Pipeline
     from hysquant_rl.settings import RunSettings
-    from hysquant_rl.units import LayerInfo
+    from hysquant_rl.units import UnitInfo
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +39,16 @@ _KEY_EXCLUDED_DATA = ("workers", "batch_size", "download")  # loader settings: t
 Measured = dict[tuple[int, int, int], dict[str, float]]  # (layer, w, a) -> metrics; (layer, a, a) for a weightless unit
 
 
-def _measured_pair(layer: LayerInfo, w: int, a: int) -> tuple[int, int]:
+def _measured_pair(unit: UnitInfo, w: int, a: int) -> tuple[int, int]:
     """The pair a configuration ``(w, a)`` of ``layer`` is measured at: itself, or ``(a, a)`` for an
     activation-only unit (its w changes nothing: one job per activation width)."""
-    return (w, a) if layer.weighted else (a, a)
+    return (w, a) if unit.weighted else (a, a)
 
 
-def _jobs(layers: list[LayerInfo], configs: list[tuple[int, int]]) -> list[tuple[int, int, int]]:
+def _jobs(units: list[UnitInfo], configs: list[tuple[int, int]]) -> list[tuple[int, int, int]]:
     """Every (layer, w, a) the LUT measures, in forward order: each configuration, once per activation width for
     an activation-only unit."""
-    return list(dict.fromkeys((i, *_measured_pair(l, w, a)) for i, l in enumerate(layers) for w, a in configs))
+    return list(dict.fromkeys((i, *_measured_pair(l, w, a)) for i, l in enumerate(units) for w, a in configs))
 
 
 def lut_configs(run: RunSettings, pipe: Pipeline) -> list[tuple[int, int]]:
@@ -56,9 +56,7 @@ def lut_configs(run: RunSettings, pipe: Pipeline) -> list[tuple[int, int]]:
     the integer pairs the runtime executes for the model's unit kinds (on onnxruntime's CPU provider: W8A8)."""
     if run.space != "executable":
         return list(run.lut.configs)
-    pairs = {
-        pair for kind in dict.fromkeys(layer.kind for layer in pipe.layers) for pair in run.hardware.executable(kind)
-    }
+    pairs = {pair for kind in dict.fromkeys(unit.kind for unit in pipe.units) for pair in run.hardware.executable(kind)}
     if not pairs:
         raise HySquantError(f"hardware profile {run.hardware.name} executes no integer pair: every unit would be FP32")
     return sorted(pairs)
@@ -92,7 +90,7 @@ def cache_key(run: RunSettings, pipe: Pipeline, configs: list[tuple[int, int]]) 
         "eval": run.eval.key(),
         "space": run.space,  # executable: measured on the runtime layout by the runtime itself
         "evaluator": pipe.evaluator.__class__.__name__,
-        "runtime_layout": None if pipe.graphs is None else pipe.graphs.sha256,
+        "runtime_layout": None if pipe.layout is None else pipe.layout.sha256,
     }
 
 
@@ -106,14 +104,14 @@ def cache_path(run: RunSettings, pipe: Pipeline, key: dict[str, Any]) -> Path:
 
 
 def _row(pipe: Pipeline, i: int, w: int, a: int, m: dict[str, float], fp32: dict[str, float]) -> dict[str, Any]:
-    layer = pipe.layers[i]
+    unit = pipe.units[i]
     c = pipe.cost.config_cost(i, w, a)
     units = in_budget_units(lambda field: getattr(c, field))
     return {
         "index": i,
-        "layer": layer.name,
-        "kind": layer.kind,
-        "family": layer.family,
+        "unit": unit.name,
+        "kind": unit.kind,
+        "family": unit.family,
         "config": label(w, a),
         "w_bits": w,
         "a_bits": a,
@@ -140,11 +138,11 @@ def _rows(
     """Table rows per layer in forward order: the FP32 row, then each configuration (a partial table: only the
     measured ones)."""
     rows = []
-    for i, layer in enumerate(pipe.layers):
+    for i, unit in enumerate(pipe.units):
         if complete:
             rows.append(_row(pipe, i, FP32_BITS, FP32_BITS, fp32, fp32))
         for w, a in configs:
-            m = measured.get((i, *_measured_pair(layer, w, a)))
+            m = measured.get((i, *_measured_pair(unit, w, a)))
             if m is not None:
                 rows.append(_row(pipe, i, w, a, m, fp32))
     return rows
@@ -181,19 +179,19 @@ class _Cache:
             return self._reject(f"stale (its key differs in: {', '.join(changed) or 'format'})")
         try:
             fp32 = {k: float(doc["fp32"][k]) for k in METRICS}
-            layers = self.pipe.layers
-            wanted = {(i, w, a) for i in range(len(layers)) for w, a in self.configs}
+            units = self.pipe.units
+            wanted = {(i, w, a) for i in range(len(units)) for w, a in self.configs}
             measured = {}
             for r in doc["rows"]:
                 i, w, a = int(r["index"]), int(r["w_bits"]), int(r["a_bits"])
                 if (w, a) == (FP32_BITS, FP32_BITS):
                     continue
-                if (i, w, a) not in wanted or r["layer"] != layers[i].name:
-                    raise ValueError(f"unexpected row {r.get('layer')!r} {label(w, a)}")
+                if (i, w, a) not in wanted or r["unit"] != units[i].name:
+                    raise ValueError(f"unexpected row {r.get('unit')!r} {label(w, a)}")
                 m = {k: float(r[k]) for k in METRICS}
                 if not all(math.isfinite(v) for v in m.values()):
-                    raise ValueError(f"non-finite metrics in row {r['layer']} {label(w, a)}")
-                measured[(i, *_measured_pair(layers[i], w, a))] = m
+                    raise ValueError(f"non-finite metrics in row {r['unit']} {label(w, a)}")
+                measured[(i, *_measured_pair(units[i], w, a))] = m
         except (KeyError, TypeError, ValueError) as e:
             return self._reject(f"corrupt ({type(e).__name__}: {e})")
         return fp32, measured
@@ -245,7 +243,7 @@ def build_lut(
     key = cache_key(run, pipe, configs)
     cache = _Cache(cache_path(run, pipe, key), key, pipe, configs)
     fp32, measured = cache.read() if s.cache else (None, {})
-    jobs = [job for job in _jobs(pipe.layers, configs) if job not in measured]
+    jobs = [job for job in _jobs(pipe.units, configs) if job not in measured]
     if jobs or not s.cache:  # the build will write the cache: one that cannot be written fails now, not after it
         check_writable(
             cache.path.parent, "the LUT cache", "make it writable, or move it with lut.cache_dir=... or paths.cache=..."
@@ -260,7 +258,7 @@ def build_lut(
     meta: dict[str, Any] = {
         "key": key,
         "key_sha256": key_sha256(key),
-        "model": {"name": pipe.spec.name, "weights_sha256": pipe.weights_sha256, "num_layers": len(pipe.layers)},
+        "model": {"name": pipe.spec.name, "weights_sha256": pipe.weights_sha256, "num_layers": len(pipe.units)},
         "split": SPLIT,
         "device": {"name": pipe.cost.device, "backend": pipe.cost.backend, "batch_size": pipe.cost.batch_size},
     }
@@ -270,7 +268,7 @@ def build_lut(
         log.info(
             "LUT: %d of %d jobs to run (%d cached) on %d worker(s)", len(jobs), len(jobs) + reused, reused, s.workers
         )
-        fp = [(FP32_BITS, FP32_BITS)] * len(pipe.layers)
+        fp = [(FP32_BITS, FP32_BITS)] * len(pipe.units)
         if fp32 is None:
             fp32 = pipe.evaluator.evaluate(fp, SPLIT).to_dict()
         own = executor is None
@@ -310,7 +308,7 @@ def build_lut(
     }
     lut = assemble(pipe, configs, fp32, measured, meta).prune(s.rules)
     if run.space == "executable":
-        lut.space = choice_mask(pipe.layers, run.hardware, run.space)
+        lut.space = choice_mask(pipe.units, run.hardware, run.space)
     if jobs or not s.cache:
         cache.write(lut.to_dict())
     lut.meta["cache"] = {

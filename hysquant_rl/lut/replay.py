@@ -103,7 +103,7 @@ class PrefixReplay:
     pass bit for bit, or nothing fits the budget: callers then run the full pass.
     """
 
-    def __init__(self, evaluator: Any, layer_names: Sequence[str], split: str, budget_mb: float) -> None:
+    def __init__(self, evaluator: Any, unit_names: Sequence[str], split: str, budget_mb: float) -> None:
         self.evaluator = evaluator
         self.split = split
         self.model: nn.Module = evaluator.qmodel.model
@@ -120,7 +120,7 @@ class PrefixReplay:
             names = trunk(self.model, data.x[:1])
             modules = dict(self.model.named_modules())
             self.elements = [modules[n] for n in names]
-            self.layer_element = [_element_of(layer, names) for layer in layer_names]
+            self.unit_element = [_element_of(unit, names) for unit in unit_names]
             if len(names) < 2 or not self._verify(data.x[:_VERIFY_IMAGES]):
                 return
             self._record(data, budget_mb * 1e6)
@@ -159,7 +159,7 @@ class PrefixReplay:
         return len(seen) == len(inner) and all(torch.equal(self._run_from(k, seen[k]), out) for k in inner)
 
     def _record(self, data: Any, budget_bytes: float) -> None:
-        candidates = sorted(set(self.layer_element) - {0}, reverse=True)  # only where some layer starts
+        candidates = sorted(set(self.unit_element) - {0}, reverse=True)  # only where some layer starts
         sizes, _ = self._inputs(data.x[:1], candidates)
         keep, used = [], 0.0
         for k in candidates:
@@ -178,7 +178,7 @@ class PrefixReplay:
         first = next((i for i, b in enumerate(bits) if tuple(b) != (FP32_BITS, FP32_BITS)), None)
         if not self.available or first is None:
             return 0
-        element = self.layer_element[first]
+        element = self.unit_element[first]
         return max((k for k in self.starts if k <= element), default=0)
 
     @torch.inference_mode()
@@ -196,9 +196,9 @@ class PrefixReplay:
         return metrics_from_logits(logits, labels, ref)
 
 
-def _element_of(layer: str, elements: Sequence[str]) -> int:
+def _element_of(unit: str, elements: Sequence[str]) -> int:
     """Index of the trunk element that holds ``layer`` (0 when none does: the full pass)."""
     for k, e in enumerate(elements):
-        if e and (layer == e or layer.startswith(e + ".")):
+        if e and (unit == e or unit.startswith(e + ".")):
             return k
     return 0

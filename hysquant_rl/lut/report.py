@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hysquant_rl.io import atomic_write
-from hysquant_rl.lut.prune import SPACE_CONVENTION
 from hysquant_rl.lut.table import LUT, SPLIT
+from hysquant_rl.prune import SPACE_CONVENTION
 from hysquant_rl.units import ACTIVATION_KINDS
 
 if TYPE_CHECKING:
@@ -44,10 +44,10 @@ def lut_heatmap_figure(lut: LUT, columns: Sequence[str] = ("top1_drop", "kl")) -
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    n_layers, n_configs = lut.num_layers, len(lut.configs)
+    n_units, n_configs = lut.num_units, len(lut.configs)
     pruned = bool(lut.allowed) and any(a.reason for a in lut.allowed)
     width = 3.6 + len(columns) * (0.7 + _COLUMN_INCH * n_configs) + (1.0 if pruned else 0.0)
-    fig = Figure(figsize=(width, 1.8 + _ROW_INCH * n_layers), layout="constrained", dpi=150)
+    fig = Figure(figsize=(width, 1.8 + _ROW_INCH * n_units), layout="constrained", dpi=150)
     axes = fig.subplots(1, len(columns), sharey=True, squeeze=False)[0]
     for ax, column in zip(axes, columns):
         values = lut.matrix(column)  # (L, C)
@@ -76,15 +76,15 @@ def lut_heatmap_figure(lut: LUT, columns: Sequence[str] = ("top1_drop", "kl")) -
             bar.locator = MaxNLocator(5)  # a few round ticks: labels of a narrow bar would run together
             bar.update_ticks()
         bar.ax.tick_params(labelsize=6)
-    names = lut.layer_names
+    names = lut.unit_names
     families = lut.frame.drop_duplicates("index").sort_values("index")["family"].tolist()
-    axes[0].set_yticks(range(n_layers), [f"{i:2d} {n}" for i, n in enumerate(names)], fontsize=6, family="monospace")
+    axes[0].set_yticks(range(n_units), [f"{i:2d} {n}" for i, n in enumerate(names)], fontsize=6, family="monospace")
     for tick, family in zip(axes[0].get_yticklabels(), families):
         tick.set_color(FAMILY_COLOURS.get(family, "black"))
     if pruned:
         right = axes[-1].secondary_yaxis("right")
         right.set_yticks(
-            range(n_layers),
+            range(n_units),
             [f"w{a.w[0]}-{a.w[1]} a{a.a[0]}-{a.a[1]}" if a.reason else "" for a in lut.allowed],
             fontsize=6,
             family="monospace",
@@ -125,9 +125,7 @@ def log_to_tensorboard(lut: LUT, writer: Any) -> None:
     """Put the LUT into TensorBoard: the most sensitive layers and the pruned ranges as text, the
     search-space sizes as scalars, the heatmap as a figure."""
     top = lut.most_sensitive(5)
-    rows = "\n".join(
-        f"| {r.layer} | {r.kind} | {r.config} | {r.top1_drop:.2f} | {r.kl:.3g} |" for r in top.itertuples()
-    )
+    rows = "\n".join(f"| {r.unit} | {r.kind} | {r.config} | {r.top1_drop:.2f} | {r.kl:.3g} |" for r in top.itertuples())
     writer.add_text("lut/most_sensitive", f"| layer | kind | config | top-1 drop | KL |\n|---|---|---|---|---|\n{rows}")
     if lut.allowed is not None:
         before, after = lut.search_space()
@@ -135,7 +133,7 @@ def log_to_tensorboard(lut: LUT, writer: Any) -> None:
         writer.add_scalar("lut/log10_space_after", after)
         pruned = [
             f"| {n} | {a.w[0]}..{a.w[1]} | {a.a[0]}..{a.a[1]} | {a.reason} |"
-            for n, a in zip(lut.layer_names, lut.allowed)
+            for n, a in zip(lut.unit_names, lut.allowed)
             if a.reason
         ]
         writer.add_text(
@@ -159,7 +157,7 @@ def log_summary(lut: LUT) -> None:
     )
     log.info(
         "LUT: %d layers x %d configurations (%s) + FP32 = %d rows on %s (%d images, FP32 top-1 %.2f %%)",
-        lut.num_layers,
+        lut.num_units,
         len(lut.configs),
         ", ".join(lut.labels),
         len(lut.frame),
@@ -171,16 +169,16 @@ def log_summary(lut: LUT) -> None:
     log.info(
         "five most sensitive units (worst configuration):\n%s",
         "\n".join(
-            f"  {r.index:3d} {r.layer:<40s} {r.kind:<15s} {r.config:<5s} top-1 drop {r.top1_drop:6.2f}  KL {r.kl:.4g}"
+            f"  {r.index:3d} {r.unit:<40s} {r.kind:<15s} {r.config:<5s} top-1 drop {r.top1_drop:6.2f}  KL {r.kl:.4g}"
             for r in top.itertuples()
         ),
     )
-    order = lut.most_sensitive(lut.num_layers)  # every unit, most sensitive first
+    order = lut.most_sensitive(lut.num_units)  # every unit, most sensitive first
     ranks = {kind: [i + 1 for i, k in enumerate(order["kind"]) if k == kind] for kind in ACTIVATION_KINDS}
     if any(ranks.values()):
         log.info(
             "sensitivity ranks of the activation-only units (1 = most sensitive of %d): %s",
-            lut.num_layers,
+            lut.num_units,
             "; ".join(f"{kind} {r[0]}..{r[-1]} (median {r[len(r) // 2]})" for kind, r in ranks.items() if r),
         )
     before, after = lut.search_space()
@@ -190,6 +188,6 @@ def log_summary(lut: LUT) -> None:
         before,
         after,
         pruned,
-        lut.num_layers,
+        lut.num_units,
         SPACE_CONVENTION,
     )

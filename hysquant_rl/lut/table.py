@@ -17,7 +17,6 @@ same document (``complete`` false for a partial one). ``lut.csv`` holds the rows
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,17 +27,17 @@ import pandas as pd
 
 from hysquant_rl.bits import FP32_LABEL, MAX_BITS, MIN_BITS, label
 from hysquant_rl.errors import HySquantError
-from hysquant_rl.io import atomic_write, records, save_json
-from hysquant_rl.lut.prune import SPACE_CONVENTION, Allowed, PruneRules, box_mask, prune
+from hysquant_rl.io import UnsafeFile, atomic_write, read_json, records, save_json
+from hysquant_rl.prune import SPACE_CONVENTION, Allowed, PruneRules, box_mask, prune
 from hysquant_rl.units import ACTIVATION_KINDS
 
 FORMAT = "hysquant-lut"
-VERSION = 1  # bump when rows or the key change meaning: older caches then read as stale
+VERSION = 2  # bump when rows or the key change meaning: older caches then read as stale
 SPLIT = "search_val"  # what every LUT row is measured on (the search optimises the same split)
 METRICS = ("top1", "top5", "kl", "loss", "n")
 COLUMNS = (
     "index",
-    "layer",
+    "unit",
     "kind",
     "family",
     "config",
@@ -88,11 +87,14 @@ def document(
 
 def read_document(path: Path) -> dict[str, Any]:
     """A ``lut.json`` document from ``path``, checked for this format and version (complete or partial).
-    Raises :class:`HySquantError` saying whether the file is unreadable (``corrupt``) or another format or
-    version (``stale``)."""
+    Raises :class:`HySquantError` saying whether the file is unreadable (``corrupt``: a link, a FIFO or a device, a
+    document over the size of any LUT, invalid JSON, NaN or Infinity; :func:`hysquant_rl.io.read_json`) or another
+    format or version (``stale``)."""
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
+        doc = read_json(path, "json")
+    except UnsafeFile as e:
+        raise HySquantError(f"corrupt ({e.problem})") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
         raise HySquantError(f"corrupt ({type(e).__name__}: {e})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != VERSION:
         raise HySquantError(f"stale (not a version-{VERSION} {FORMAT} document)")
@@ -120,25 +122,23 @@ class LUT:
         position = {label(*c): j for j, c in enumerate(self.configs)}
         q = self.frame[self.frame["config"] != FP32_LABEL]
         q = q.assign(_pos=q["config"].map(position)).sort_values(["index", "_pos"], kind="stable")
-        layers = int(self.frame["index"].nunique())
+        units = int(self.frame["index"].nunique())
         if (
             q["_pos"].isna().any()
-            or len(q) != layers * len(self.configs)
-            or (q["_pos"].to_numpy().reshape(layers, -1) != np.arange(len(self.configs))).any()
+            or len(q) != units * len(self.configs)
+            or (q["_pos"].to_numpy().reshape(units, -1) != np.arange(len(self.configs))).any()
         ):
-            raise HySquantError(
-                f"the LUT rows are not one per layer x configuration ({layers} x {', '.join(position)})"
-            )
+            raise HySquantError(f"the LUT rows are not one per layer x configuration ({units} x {', '.join(position)})")
         self._quantized = q.drop(columns="_pos")
 
     # -- shape -----------------------------------------------------------------------------------------
     @property
-    def layer_names(self) -> list[str]:
+    def unit_names(self) -> list[str]:
         """Layer names in forward order."""
-        return self.frame.drop_duplicates("index").sort_values("index")["layer"].tolist()
+        return self.frame.drop_duplicates("index").sort_values("index")["unit"].tolist()
 
     @property
-    def num_layers(self) -> int:
+    def num_units(self) -> int:
         return int(self.frame["index"].nunique())
 
     @property
@@ -151,15 +151,10 @@ class LUT:
         if column not in self._matrices:
             if column not in self.frame.columns:
                 raise HySquantError(f"the LUT has no column {column!r}: use one of {', '.join(self.frame.columns)}")
-            values = self._quantized[column].to_numpy(dtype=np.float64).reshape(self.num_layers, len(self.configs))
+            values = self._quantized[column].to_numpy(dtype=np.float64).reshape(self.num_units, len(self.configs))
             values.flags.writeable = False  # shared by every caller
             self._matrices[column] = values
         return self._matrices[column]
-
-    def fp32_column(self, column: str) -> np.ndarray:
-        """``column`` of the FP32 rows, (L,)."""
-        rows = self.frame[self.frame["config"] == FP32_LABEL].sort_values("index")
-        return rows[column].to_numpy(dtype=np.float64)
 
     # -- queries ---------------------------------------------------------------------------------------
     def most_sensitive(self, k: int = 5) -> pd.DataFrame:
@@ -167,7 +162,7 @@ class LUT:
         index, layer, kind, family, config (the worst), top1_drop, kl."""
         q = self._quantized.sort_values(["top1_drop", "kl"], ascending=False, kind="stable")
         worst = q.drop_duplicates("index")
-        return worst.head(k)[["index", "layer", "kind", "family", "config", "top1_drop", "kl"]].reset_index(drop=True)
+        return worst.head(k)[["index", "unit", "kind", "family", "config", "top1_drop", "kl"]].reset_index(drop=True)
 
     def prune(self, rules: PruneRules) -> LUT:
         """A copy with :attr:`allowed` set by ``rules`` (see :func:`prune`)."""
@@ -209,7 +204,7 @@ class LUT:
         prune_doc = None
         if self.allowed is not None:
             before, after = self.search_space()
-            names = self.layer_names
+            names = self.unit_names
             prune_doc = {
                 "rules": self.rules.to_dict() if self.rules else None,
                 "log10_space_before": before,
@@ -218,7 +213,7 @@ class LUT:
                 "allowed": [
                     {
                         "index": i,
-                        "layer": names[i],
+                        "unit": names[i],
                         "w_min": a.w[0],
                         "w_max": a.w[1],
                         "a_min": a.a[0],

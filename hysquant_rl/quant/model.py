@@ -31,7 +31,7 @@ from timm.layers.attention import maybe_add_mask, resolve_self_attn_mask
 from torch import nn
 
 from hysquant_rl.bits import FP32_BITS, check_bits
-from hysquant_rl.layers import recognised_attention
+from hysquant_rl.inventory import recognised_attention
 from hysquant_rl.quant.calibrate import histogram, log2_fake_quantize, mse_range, percentile_range
 from hysquant_rl.quant.onnx_ops import DequantizedWeight, Log2Quantize, QuantizeDequantize
 from hysquant_rl.quant.quantizer import fake_quantize, minmax, qparams, quantize
@@ -280,13 +280,13 @@ def _quant_class(cls: type, mixin: type) -> type:
 
 
 class QuantModel(nn.Module):
-    """A model whose quantizable units (in forward order, named as :func:`hysquant_rl.layers.inventory` names
+    """A model whose quantizable units (in forward order, named as :func:`hysquant_rl.inventory.inventory` names
     them) are wrapped once; :meth:`calibrate` once, then :meth:`apply_bits` any number of policies.
 
     Args:
         model: the FP32 model; modified in place (its class-swapped modules compute FP32 until a policy is
             applied: Conv2d/Linear/LayerNorm bit-identically to before, attention as timm's unfused path).
-        names: names of the units to quantize, in forward order (see :func:`hysquant_rl.layers.inventory`).
+        names: names of the units to quantize, in forward order (see :func:`hysquant_rl.inventory.inventory`).
         weight_granularity: ``"tensor"`` (paper) or ``"channel"`` (per output channel) weight ranges.
         calibrator: the activation range rule, ``"minmax"`` (paper), ``"percentile"`` or ``"mse"``.
         percentile: ``p`` of the percentile rule, in (0, 100].

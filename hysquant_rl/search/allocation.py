@@ -12,7 +12,7 @@ Three pieces every search method shares:
   absolute tolerances are relative to the budget (in seconds they would be larger than the budget itself).
 * :func:`project`: move units to cheaper cells until every budget holds, each time the move whose proxy increase
   per unit of (normalised) cost saved is smallest: HAQ's budget wall made sensitivity-aware. A move goes to a
-  neighbouring allowed cell (:func:`hysquant_rl.search.space.neighbours`): one bit fewer on a box of integer bits,
+  neighbouring allowed cell (:func:`hysquant_rl.space.neighbours`): one bit fewer on a box of integer bits,
   and on a runtime's executable space W8A8 <-> FP32, whichever way saves cost.
 
 Arrays: ``(L, GRID, GRID)`` over units x w x a in 2..8 and FP32 (:mod:`hysquant_rl.bits`); a policy is an
@@ -34,7 +34,7 @@ from scipy.sparse import csr_array
 
 from hysquant_rl.bits import CHOICES, FP32_INDEX, GRID, INT_BITS, MAX_BITS, grid_sum, to_bits, to_index
 from hysquant_rl.hardware.cost import Boundaries
-from hysquant_rl.search.space import neighbours
+from hysquant_rl.space import neighbours
 
 
 def proxy_grid(configs: Sequence[tuple[int, int]], values: np.ndarray) -> np.ndarray:
@@ -85,6 +85,10 @@ def uniform_frontier(fits: Callable[[int, int], bool]) -> list[tuple[int, int]]:
 
 
 MIP_REL_GAP = 1e-6  # the ILP's optimality gap, relative to its optimum
+TOLERANCE = 1e-9
+"""Relative: a total this close above its budget still meets it. Totals summed in another order differ in their last
+bits (FP32 at ``budget.latency_ratio=1.0`` of FP32 summed unit by unit); every comparison of a cost with a budget
+(:func:`solve_ilp`, :func:`project`, :func:`hysquant_rl.search.budget.within`) allows this, and nothing more."""
 
 
 @contextmanager
@@ -123,15 +127,15 @@ def solve_ilp(
     """
     boundaries = {k: b for k, b in (boundaries or {}).items() if k in limits and len(b.edges)}
     cells = np.argwhere(mask)  # (K, 3): layer, w index, a index
-    n_layers, k_cells = mask.shape[0], len(cells)
+    n_units, k_cells = mask.shape[0], len(cells)
     c = objective[mask]
-    floor = sum(float(objective[l][mask[l]].min()) for l in range(n_layers))
+    floor = sum(float(objective[l][mask[l]].min()) for l in range(n_units))
     c = c / max(floor, float(np.abs(c).max()) * 1e-6, 1e-300)
     # boundary variables: per budget with boundaries, (to_float, to_int) per edge, after the cells
     extra = {k: (k_cells + 2 * i * len(b.edges), b) for i, (k, b) in enumerate(boundaries.items())}
     n_vars = k_cells + 2 * sum(len(b.edges) for b in boundaries.values())
     c = np.concatenate([c, np.zeros(n_vars - k_cells)])
-    pick = csr_array((np.ones(k_cells), (cells[:, 0], np.arange(k_cells))), shape=(n_layers, n_vars))
+    pick = csr_array((np.ones(k_cells), (cells[:, 0], np.arange(k_cells))), shape=(n_units, n_vars))
     integer = cells[:, 2] != FP32_INDEX  # a cell whose activations are quantized runs integer kernels
     names = [k for k in limits if k in costs]
     scaled = {k: float(limits[k]) for k in names}
@@ -167,11 +171,11 @@ def solve_ilp(
             if float(limits[k]) > 0
         }
         worst = max(over.values(), default=0.0)
-        if worst <= 1.0:
+        if worst <= 1.0 + TOLERANCE:
             return bits
         for k, ratio in over.items():
-            if ratio > 1.0:
-                scaled[k] /= ratio * (1 + 1e-9)
+            if ratio > 1.0 + TOLERANCE:
+                scaled[k] /= ratio * (1 + TOLERANCE)
     return None
 
 
@@ -203,7 +207,7 @@ def project(
     moves: np.ndarray | None = None,
 ) -> np.ndarray | None:
     """Move units of ``bits`` (L, 2) to neighbouring allowed cells until every ``sum costs[k] <= limits[k]``;
-    ``moves`` are :func:`~hysquant_rl.search.space.neighbours` of ``mask`` (computed when not given). Each step takes
+    ``moves`` are :func:`~hysquant_rl.space.neighbours` of ``mask`` (computed when not given). Each step takes
     the move with the smallest objective increase per unit of normalised cost saved on the budgets still exceeded (a
     move that saves nothing is never taken). Returns the projected policy, or None when no move helps and a budget
     is still missed."""
@@ -214,7 +218,7 @@ def project(
     names = [k for k in limits if k in costs]
     totals = {k: float(costs[k][rows, idx[:, 0], idx[:, 1]].sum()) for k in names}
     while True:
-        over = [k for k in names if totals[k] > limits[k] * (1 + 1e-9)]  # float summation: as budget.within
+        over = [k for k in names if totals[k] > limits[k] * (1 + TOLERANCE)]  # float summation: as budget.within
         if not over:
             return to_bits(idx)
         nxt = moves[rows, idx[:, 0], idx[:, 1]]  # (n, 4 directions, 2)
@@ -232,7 +236,7 @@ def project(
         j = int(np.argmin(ratio))
         if not np.isfinite(ratio[j]):
             return None
-        layer, old = int(r[j]), idx[r[j]].copy()
-        idx[layer] = new[j]
+        unit, old = int(r[j]), idx[r[j]].copy()
+        idx[unit] = new[j]
         for k in names:
-            totals[k] += float(costs[k][layer, idx[layer, 0], idx[layer, 1]] - costs[k][layer, old[0], old[1]])
+            totals[k] += float(costs[k][unit, idx[unit, 0], idx[unit, 1]] - costs[k][unit, old[0], old[1]])

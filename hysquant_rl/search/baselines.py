@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from hysquant_rl.bits import FP32_BITS, GRID, to_bits, to_index
+from hysquant_rl.registry import Registry
 from hysquant_rl.search.allocation import richest, uniform_frontier
 from hysquant_rl.search.budget import within
 from hysquant_rl.search.problem import SearchProblem, policy_key
@@ -59,6 +61,11 @@ def uniform_candidates(problem: SearchProblem, limits: dict[str, float]) -> list
     return [uniform(*pair) for pair in uniform_frontier(fits)]
 
 
+METHODS: Registry[Any] = Registry("search method", "search.method")
+"""Search methods by ``search.method``: the baselines and controls here, registered where they are defined; the
+agents' methods (``rl``, ``rl-cond``), which live above the library, are named lazily by the app."""
+
+
 class Baseline:
     """``run(limits)`` evaluates :meth:`candidates` and returns the best policy (L, 2) within ``limits``, or None."""
 
@@ -75,16 +82,19 @@ class Baseline:
         return self.recorder.best_within(limits)
 
 
+@METHODS.register("uniform")
 class UniformSearch(Baseline):
     def candidates(self) -> list[np.ndarray]:
         return uniform_candidates(self.problem, self.problem.limits)
 
 
+@METHODS.register("greedy")
 class GreedySearch(Baseline):
     def candidates(self) -> list[np.ndarray]:
         return [richest(self.problem.mask)]  # the episode end projects it onto the budgets greedily
 
 
+@METHODS.register("ilp")
 class ILPSearch(Baseline):
     def candidates(self) -> list[np.ndarray]:
         p = self.problem
@@ -92,6 +102,7 @@ class ILPSearch(Baseline):
         return [] if bits is None else [bits]
 
 
+@METHODS.register("random")
 class RandomSearch(Baseline):
     def candidates(self) -> list[np.ndarray]:
         rng = np.random.default_rng(self.search.seed)
@@ -99,6 +110,7 @@ class RandomSearch(Baseline):
         return [np.stack([c[rng.integers(len(c))] for c in cells]) for _ in range(self.search.episodes)]
 
 
+@METHODS.register("local")
 class LocalSearch(Baseline):
     """A hill climber from the ILP policy (or a given ``start``) with the RL agent's exploration and no learning:
     each episode mutates the incumbent (the best feasible episode so far) by round(N(0, sigma)) bits per operand,
@@ -161,6 +173,7 @@ class LocalSearch(Baseline):
         return self.recorder.best_within(limits)
 
 
+@METHODS.register("ilp-refine")
 class ILPRefineSearch(Baseline):
     """The ILP re-solved with its proxy corrected in context, until that stops paying. From the ILP policy P, a
     round raises every unit of one of ``search.refine_groups`` contiguous groups to its richest allowed pair,
@@ -184,7 +197,7 @@ class ILPRefineSearch(Baseline):
         bits = p.ilp(proxy)
         if bits is None:
             return self.recorder.best_within(limits)
-        n, budget, first = p.num_layers, self.search.episodes, len(p.cache)
+        n, budget, first = p.num_units, self.search.episodes, len(p.cache)
 
         def used() -> int:  # PTQ evaluations of this round so far (a cached policy costs none)
             return len(p.cache) - first
@@ -247,13 +260,3 @@ class ILPRefineSearch(Baseline):
                 break
             incumbent, rnd = info, rnd + 1
         return self.recorder.best_within(limits)
-
-
-BASELINES: dict[str, type[Baseline]] = {
-    "uniform": UniformSearch,
-    "greedy": GreedySearch,
-    "ilp": ILPSearch,
-    "random": RandomSearch,
-    "local": LocalSearch,
-    "ilp-refine": ILPRefineSearch,
-}

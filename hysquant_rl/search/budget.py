@@ -14,14 +14,12 @@ from typing import Any
 import numpy as np
 
 from hysquant_rl.bits import FP32_BITS, FP32_LABEL, MAX_BITS, to_bits
+from hysquant_rl.budget_kinds import BY_KEY, KEYS
 from hysquant_rl.errors import HySquantError
-from hysquant_rl.hardware import BUDGET_UNITS, CostModel
-from hysquant_rl.search.allocation import solve_ilp
-from hysquant_rl.search.space import uniform_policy
+from hysquant_rl.hardware import CostModel
+from hysquant_rl.search.allocation import TOLERANCE, solve_ilp
 from hysquant_rl.settings import BudgetSpec
-
-UNITS = {key: unit for key, (*_, unit) in BUDGET_UNITS.items()}  # budget key -> its unit
-TOLERANCE = 1e-9  # relative: a total this close above its limit still meets it (float summation order)
+from hysquant_rl.space import uniform_policy
 
 
 def within(totals: Mapping[str, float], limits: Mapping[str, float]) -> dict[str, bool]:
@@ -34,8 +32,8 @@ def span(cost: CostModel, mask: np.ndarray) -> tuple[dict[str, float], dict[str,
     and uniform W8A8's totals: the range in which a budget is both reachable and binding. The cheapest pair of a unit
     is usually its lowest bits; on a runtime it may be FP32 (a unit whose float kernel runs faster than its integer
     one), and the int8/float boundaries between units make the cheapest policy a question of its own."""
-    minimum = {k: cost.policy_cost(cheapest(cost, mask, k)).totals()[k] for k in UNITS}
-    return minimum, cost.policy_cost(uniform_policy((MAX_BITS, MAX_BITS), mask, cost.layers)).totals()
+    minimum = {k: cost.policy_cost(cheapest(cost, mask, k)).totals()[k] for k in KEYS}
+    return minimum, cost.policy_cost(uniform_policy((MAX_BITS, MAX_BITS), mask, cost.units)).totals()
 
 
 def cheapest(cost: CostModel, mask: np.ndarray, key: str, steps: int = 10) -> np.ndarray:
@@ -50,7 +48,7 @@ def cheapest(cost: CostModel, mask: np.ndarray, key: str, steps: int = 10) -> np
     boundaries = {k: b for k, b in cost.boundaries().items() if k == key}
     if not boundaries:
         return additive
-    candidates = [additive, *(uniform_policy(p, mask, cost.layers) for p in ((FP32_BITS,) * 2, (MAX_BITS,) * 2))]
+    candidates = [additive, *(uniform_policy(p, mask, cost.units) for p in ((FP32_BITS,) * 2, (MAX_BITS,) * 2))]
     best = min(candidates, key=lambda bits: cost.policy_cost(bits).totals()[key])
     low, high = float(grid.min(axis=(1, 2)).sum()), cost.policy_cost(best).totals()[key] - fixed[key]
     for _ in range(steps):
@@ -97,7 +95,7 @@ class Budgets:
 
     def describe(self) -> str:
         parts = [
-            f"{k.split('_')[0]} <= {v:.4g} {UNITS[k]} ({v / self.reference[k]:.3f}x {self.reference_name})"
+            f"{BY_KEY[k].name} <= {v:.4g} {BY_KEY[k].unit} ({v / self.reference[k]:.3f}x {self.reference_name})"
             for k, v in self.limits.items()
         ]
         if self.min_top1 is not None:
@@ -130,7 +128,7 @@ def resolve(spec: BudgetSpec, cost: CostModel, mask: np.ndarray, space: str = "s
     name = reference_name(spec, space)
     reference = w8a8 if name == "W8A8" else cost.uniform_cost(FP32_BITS, FP32_BITS).totals()  # FP32: always allowed
     limits: dict[str, float] = {}
-    for key in UNITS:
+    for key in KEYS:
         absolute, ratio = spec.given(key)
         candidates = [] if absolute is None else [absolute]
         if ratio is not None:
@@ -140,13 +138,13 @@ def resolve(spec: BudgetSpec, cost: CostModel, mask: np.ndarray, space: str = "s
             if limits[key] <= 0:
                 raise HySquantError(f"budget.{key} must be positive, got {limits[key]}")
     for key, limit in limits.items():
-        if limit < minimum[key]:
+        if not within({key: minimum[key]}, {key: limit})[key]:  # at the cheapest policy's total: reachable
             low = minimum[key]
-            ratio_key = f"{key.split('_')[0]}_ratio"
+            kind = BY_KEY[key]
             raise UnreachableBudget(
-                f"budget {key.split('_')[0]} {limit:.4g} {UNITS[key]} ({limit / reference[key]:.3f}x {name}) is below"
-                f" the {low:.4g} {UNITS[key]} ({low / reference[key]:.3f}x {name}) of the cheapest allowed policy:"
-                f" set budget.{ratio_key} >= {low / reference[key]:.3f} or relax the pruning rules (costs:"
+                f"budget {kind.name} {limit:.4g} {kind.unit} ({limit / reference[key]:.3f}x {name}) is below"
+                f" the {low:.4g} {kind.unit} ({low / reference[key]:.3f}x {name}) of the cheapest allowed policy:"
+                f" set budget.{kind.ratio_key} >= {low / reference[key]:.3f} or relax the pruning rules (costs:"
                 f" {cost.backend}, {cost.device})",
                 key,
                 limit,

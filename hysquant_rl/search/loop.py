@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hysquant_rl.bits import parse_uniform
-from hysquant_rl.deploy import Check, TimedCheck, make_check
+from hysquant_rl.deploy import Check, TimedCheck
 from hysquant_rl.deploy.timing import UnsteadyTiming
 from hysquant_rl.errors import NoPolicyError
 from hysquant_rl.search.budget import Budgets, UnreachableBudget, reference_name, resolve
@@ -96,6 +96,8 @@ def search(
     start = time.perf_counter()
     # The search prices with the cost model; the check runs on the profile's backend (the same model when that is
     # the roofline). The internal budgets start at the user's and tighten by the checked-over-modelled ratio.
+    from hysquant_rl.pipeline import make_check
+
     check = make_check(pipe)
     budgets = resolve_measured(search, pipe, lut.mask(), check)
     log.info("budgets on %s at batch %d: %s", pipe.cost.device, pipe.cost.batch_size, budgets.describe())
@@ -165,7 +167,7 @@ def search(
             if all(holds.values()):
                 break
             for k, limit in budgets.limits.items():
-                if checked[k] > limit:
+                if not holds[k]:  # within the budget tolerance, as everywhere (budget.within)
                     internal[k] = internal[k] * limit / checked[k]
     finally:
         recorder.writer.close()

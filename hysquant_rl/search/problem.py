@@ -8,6 +8,12 @@ Reward (HAQ-style, paper section 3.3)::
 
     reward = reward_scale * (score - FP32 score) - penalties,   score = top1 [%], -KL or -loss [nats]
 
+The dual question (``budget.max_drop``: the cheapest policy within a maximum accuracy drop, as NNCF's accuracy control
+answers it) turns the objective around: ``reward = -reward_scale * cost / W8A8's cost`` of the ``budget.minimize``
+cost, and a policy below the accuracy floor (FP32's search-val top-1 - ``max_drop``) loses
+:data:`FLOOR_PENALTY` more than any policy above it could differ by (plus the usual shortfall penalty). The integer
+program answers it by bisection over a budget on that cost, each step's policy evaluated (:meth:`SearchProblem.ilp`).
+
 ``budget_mode``: ``project`` lowers bits where the LUT says it hurts least until every budget holds; ``penalty``
 keeps the policy and subtracts ``penalty_weight`` x the relative excess per budget.
 """
@@ -22,11 +28,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hysquant_rl.bits import FP32_BITS, grid_sum, to_bits, to_index
+from hysquant_rl.budget_kinds import BY_NAME
+from hysquant_rl.budget_kinds import KEYS as BUDGETS
 from hysquant_rl.hardware.cost import Boundaries
 from hysquant_rl.search.allocation import project, proxy_grid, solve_ilp
-from hysquant_rl.search.budget import UNITS, Budgets, within
-from hysquant_rl.search.space import DIRECTIONS, neighbours, tied
-from hysquant_rl.units import LayerInfo
+from hysquant_rl.search.budget import Budgets, within
+from hysquant_rl.space import DIRECTIONS, neighbours, tied
+from hysquant_rl.units import UnitInfo
 
 if TYPE_CHECKING:
     from hysquant_rl.lut.executor import Executor
@@ -34,8 +42,10 @@ if TYPE_CHECKING:
     from hysquant_rl.pipeline import Pipeline
     from hysquant_rl.settings import SearchSettings
 
-BUDGETS = tuple(UNITS)  # latency_ms, energy_mj, size_mb
-DOWN_W, UP_W, DOWN_A, UP_A = range(len(DIRECTIONS))  # the moves' directions (hysquant_rl.search.space.DIRECTIONS)
+DOWN_W, UP_W, DOWN_A, UP_A = range(len(DIRECTIONS))  # the moves' directions (hysquant_rl.space.DIRECTIONS)
+FLOOR_PENALTY = 10.0  # max_drop: below the accuracy floor, a policy's reward falls by this (cost ratios lie far inside)
+BISECTION_STEPS = 8  # max_drop: evaluations the integer program's bisection spends at most
+BISECTION_GAP = 0.005  # ... stopping once the cost interval is this narrow, relative to its top
 
 
 def policy_key(bits: Any) -> bytes:
@@ -50,11 +60,11 @@ class SearchProblem:
     Cost arrays are (L, GRID, GRID) over w, a in 2..8 and FP32, additive over units; ``fixed`` is each budget's
     policy-independent part (attention matmuls that are not units), so a policy's total is ``sum + fixed``.
     A tied unit (an activation-only one, or one whose allowed cells all lie on the diagonal, such as FP32 or W8A8 on
-    a runtime: :func:`hysquant_rl.search.space.tied`) moves w and a together; its policies are kept in
+    a runtime: :func:`hysquant_rl.space.tied`) moves w and a together; its policies are kept in
     :meth:`canonical` form (w = a).
     """
 
-    layers: list[LayerInfo]
+    units: list[UnitInfo]
     lut_features: np.ndarray  # (L, 2C) raw: top-1 drop per config, then KL per config
     mask: np.ndarray  # (L, GRID, GRID) bool: allowed pairs (pruning rules)
     proxy: np.ndarray  # (L, GRID, GRID) additive sensitivity proxy (KL), the projection's guide
@@ -83,10 +93,12 @@ class SearchProblem:
     boundaries: dict[str, Boundaries] = field(default_factory=dict)
     swap_moves: bool = False  # a candidate's moves raise one unit and lower another within the budgets
     profile: dict[str, Any] = field(default_factory=dict)  # the cost model's device, batch size and backend
+    max_drop: float | None = None  # budget.max_drop: minimise ``minimize`` within this top-1 drop (the dual question)
+    minimize: str = "latency_ms"  # the budget key a max_drop search minimises
     _fresh: set[bytes] = field(default_factory=set)  # evaluated by ``prefetch``, not yet ended by ``finish``
 
     def __post_init__(self) -> None:
-        self.weighted = np.array([layer.weighted for layer in self.layers])  # (L,) False: activation-only unit
+        self.weighted = np.array([unit.weighted for unit in self.units])  # (L,) False: activation-only unit
         # an activation-only unit's proxy is read at (a, a) for every w, as its costs are
         weightless = ~self.weighted
         if weightless.any():
@@ -97,8 +109,8 @@ class SearchProblem:
         self.moves = neighbours(self.mask)  # (L, GRID, GRID, 4, 2): the projection's and the candidates' steps
 
     @property
-    def num_layers(self) -> int:
-        return len(self.layers)
+    def num_units(self) -> int:
+        return len(self.units)
 
     def canonical(self, bits: np.ndarray) -> np.ndarray:
         """``bits`` (L, 2) with every tied unit's w set to its a: an activation-only unit's w changes neither accuracy
@@ -126,7 +138,7 @@ class SearchProblem:
             self.eval_time_s += time.perf_counter() - start
         return self.cache[key]
 
-    def layer_limits(self, limits: dict[str, float] | None = None) -> dict[str, float]:
+    def unit_limits(self, limits: dict[str, float] | None = None) -> dict[str, float]:
         """Budgets on the summed per-layer costs (the fixed part taken off) of ``limits`` (default: in force)."""
         return {k: v - self.fixed[k] for k, v in (self.limits if limits is None else limits).items()}
 
@@ -136,12 +148,16 @@ class SearchProblem:
 
     def reward(self, metrics: dict[str, float], totals: dict[str, float]) -> tuple[float, float]:
         """(reward, penalty) of an evaluated policy; penalty = weighted relative budget excess (penalty mode)
-        plus the relative shortfall under the accuracy floor."""
+        plus the relative shortfall under the accuracy floor (with ``max_drop``: plus :data:`FLOOR_PENALTY`)."""
         penalty = 0.0
         if self.budget_mode == "penalty":
             penalty += self.penalty_weight * sum(max(totals[k] / v - 1.0, 0.0) for k, v in self.limits.items())
         if self.min_top1 is not None and metrics["top1"] < self.min_top1:
             penalty += self.penalty_weight * (self.min_top1 - metrics["top1"]) / 100.0
+            penalty += FLOOR_PENALTY if self.max_drop is not None else 0.0
+        if self.max_drop is not None:  # the dual question: the cheaper, the better, above the floor
+            cost = totals[self.minimize] / max(self.reference[self.minimize], 1e-300)
+            return -self.reward_scale * cost - penalty, penalty
         return self.reward_scale * (self.score(metrics) - self.score(self.fp32)) - penalty, penalty
 
     def fitted(self, chosen: np.ndarray) -> np.ndarray:
@@ -150,7 +166,7 @@ class SearchProblem:
         bits = self.canonical(chosen)
         if self.budget_mode != "project" or not self.limits:
             return bits
-        limits = self.layer_limits()
+        limits = self.unit_limits()
         for _ in range(4):  # the grids are additive; where the exact totals exceed a budget, project against less
             projected = project(bits, self.proxy, self.mask, self.costs, limits, self.moves)
             if projected is None:
@@ -176,11 +192,41 @@ class SearchProblem:
         """The integer program's policy (L, 2) over the LUT's ``proxy`` (default: the problem's) within ``limits``
         (default: the budgets in force) among the pairs of ``mask`` (L, GRID, GRID) (default: the problem's),
         boundaries included; None when no policy fits."""
+        if self.max_drop is not None and proxy is None and mask is None:
+            return self.cheapest_within_drop(self.limits if limits is None else limits)
         proxy = self.proxy if proxy is None else proxy
-        layer_limits = self.layer_limits(limits)
+        unit_limits = self.unit_limits(limits)
         mask = self.mask if mask is None else mask
-        bits = solve_ilp(proxy, mask, self.costs, layer_limits, boundaries=self.boundaries)
+        bits = solve_ilp(proxy, mask, self.costs, unit_limits, boundaries=self.boundaries)
         return None if bits is None else self.canonical(bits)
+
+    def cheapest_within_drop(self, limits: dict[str, float]) -> np.ndarray | None:
+        """The integer program's answer to the dual question (``max_drop``): bisection over a budget on the
+        ``minimize`` cost, between the cheapest allowed policy and FP32, each step the ILP's policy (over the proxy)
+        within that budget and ``limits``, evaluated on search-val (at most :data:`BISECTION_STEPS` evaluations);
+        the cheapest one that keeps the accuracy floor. None when none does (FP32 is then the answer)."""
+        k = self.minimize
+        fp32 = self.canonical(np.full((self.num_units, 2), FP32_BITS))
+        lowest = solve_ilp(self.costs[k], self.mask, self.costs, self.unit_limits(limits), boundaries=self.boundaries)
+        if lowest is None:
+            return None
+        lo, hi = self.totals(lowest)[k], self.totals(fp32)[k]
+        best = fp32 if self.fits(fp32) else None
+        for _ in range(BISECTION_STEPS):
+            if hi - lo <= BISECTION_GAP * hi:
+                break
+            mid = (lo + hi) / 2 if lo < hi else lo
+            step = {**limits, k: min(mid, limits.get(k, np.inf))}
+            bits = solve_ilp(self.proxy, self.mask, self.costs, self.unit_limits(step), boundaries=self.boundaries)
+            if bits is None:
+                lo = mid
+                continue
+            bits = self.canonical(bits)
+            if self.min_top1 is None or self.metrics(bits)["top1"] >= self.min_top1:
+                best, hi = bits, min(self.totals(bits)[k], mid)
+            else:
+                lo = mid
+        return best
 
     def candidates(
         self, chosen: np.ndarray, rng: np.random.Generator, k: int = 1, taken: set[bytes] = frozenset()
@@ -214,7 +260,7 @@ class SearchProblem:
             for _ in range(units):
                 trial = self.swap(trial, rng)
             return trial
-        for l in rng.choice(self.num_layers, size=min(units, self.num_layers), replace=False):
+        for l in rng.choice(self.num_units, size=min(units, self.num_units), replace=False):
             trial[l] = self.step(l, trial[l], rng)
         return trial
 
@@ -224,7 +270,7 @@ class SearchProblem:
         those whose saving alone brings every budget back: the candidate stays within the budgets without the
         projection. Where no single unit can pay for the raise, the raised policy is returned (:meth:`fitted` then
         projects it); a unit already at its top stays."""
-        l = int(rng.integers(self.num_layers))
+        l = int(rng.integers(self.num_units))
         up = UP_A if self.tied[l] else int(rng.choice((UP_W, UP_A)))
         idx = to_index(bits)
         nxt = self.moves[l, idx[l, 0], idx[l, 1], up]
@@ -232,10 +278,10 @@ class SearchProblem:
             return bits
         trial = bits.copy()
         trial[l] = to_bits(nxt)
-        over = {k: e for k, v in self.layer_limits().items() if (e := grid_sum(self.costs[k], trial) - v) > 0}
+        over = {k: e for k, v in self.unit_limits().items() if (e := grid_sum(self.costs[k], trial) - v) > 0}
         if not over:
             return trial
-        rows, cur = np.arange(self.num_layers), to_index(trial)
+        rows, cur = np.arange(self.num_units), to_index(trial)
         options: list[tuple[int, int]] = []
         for down in (DOWN_W, DOWN_A):
             new = self.moves[rows, cur[:, 0], cur[:, 1], down]  # (L, 2), -1 where there is none
@@ -328,10 +374,14 @@ def build_problem(
     features, allowed pairs, the ``search.proxy`` column as the projection's guide), the budgets, and the
     evaluation on search-val (several policies at once on ``executor``'s workers when given)."""
     grids, fixed = pipe.cost.budget_grids()
-    n = len(pipe.layers)
+    n = len(pipe.units)
+    fp32 = pipe.evaluator.evaluate([(FP32_BITS, FP32_BITS)] * n, "search_val").to_dict()
+    if search.budget.max_drop is not None:  # the dual question: the floor is FP32's top-1 less the drop allowed
+        floor = fp32["top1"] - search.budget.max_drop
+        budgets.min_top1 = floor if budgets.min_top1 is None else max(budgets.min_top1, floor)
 
     return SearchProblem(
-        layers=pipe.layers,
+        units=pipe.units,
         lut_features=np.concatenate([lut.matrix("top1_drop"), lut.matrix("kl")], axis=1),
         mask=lut.mask(),
         proxy=proxy_grid(lut.configs, lut.matrix(search.proxy)),
@@ -345,7 +395,9 @@ def build_problem(
         boundaries=pipe.cost.boundaries(),
         swap_moves=search.swap_moves,
         profile={"device": pipe.cost.device, "batch_size": pipe.cost.batch_size, "backend": pipe.cost.backend},
-        fp32=pipe.evaluator.evaluate([(FP32_BITS, FP32_BITS)] * n, "search_val").to_dict(),
+        fp32=fp32,
+        max_drop=search.budget.max_drop,
+        minimize=BY_NAME[search.budget.minimize].key,
         offset_range=search.offset_range,
         reward_metric=search.reward_metric,
         reward_scale=search.reward_scale,

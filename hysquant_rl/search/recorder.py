@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hysquant_rl.bits import FP32_BITS
+from hysquant_rl.bits import FP32_BITS, mean_bits
+from hysquant_rl.budget_kinds import KEYS
 from hysquant_rl.policy import QuantPolicy
 from hysquant_rl.search.budget import Budgets, within
 from hysquant_rl.search.ranking import SCORE
@@ -23,13 +24,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 BEST_POLICY = "best_policy.json"
 SCALARS = (
-    *("reward", "top1", "top5", "kl", "latency_ms", "energy_mj", "size_mb", "bitops"),
+    *("reward", "top1", "top5", "kl", *KEYS, "bitops"),
     *("mean_w_bits", "mean_a_bits", "fp32_fraction"),
 )
-
-
-def _mean(x: np.ndarray) -> float | None:
-    return float(x.mean()) if x.size else None  # None: no unit quantized
 
 
 def save_best_policy(
@@ -77,12 +74,12 @@ class Recorder:
     started: float = field(default_factory=time.perf_counter)
 
     def __post_init__(self) -> None:
-        layers = self.pipe.layers
-        self.weighted = np.array([layer.weighted for layer in layers])  # (L,): units with a weight
+        units = self.pipe.units
+        self.weighted = np.array([unit.weighted for unit in units])  # (L,): units with a weight
         self.kinds = {  # activation-only kind -> (L,) mask of its units
-            kind: np.array([layer.kind == kind for layer in layers])
+            kind: np.array([unit.kind == kind for unit in units])
             for kind in ACTIVATION_KINDS
-            if any(layer.kind == kind for layer in layers)
+            if any(unit.kind == kind for unit in units)
         }
         if self.writer is not None:  # what the episode/*_ms and *_mj scalars are
             cost = self.pipe.cost
@@ -115,10 +112,7 @@ class Recorder:
             "loss": m["loss"],
             **t,
             "bitops": int(self.pipe.cost.policy_cost(bits).bitops),
-            # mean bits over the quantized units (with a weight, for w); FP32 units are counted apart
-            "mean_w_bits": _mean(bits[self.weighted & (bits[:, 0] != FP32_BITS), 0]),
-            "mean_a_bits": _mean(bits[bits[:, 1] != FP32_BITS, 1]),
-            "fp32_fraction": float((bits[:, 1] == FP32_BITS).mean()),  # units whose activations stay float
+            **mean_bits(bits, self.weighted),  # over the integer operands; FP32 units are counted apart
             "bits": bits.tolist(),
         }
         self.history.append(entry)
@@ -153,8 +147,7 @@ class Recorder:
                 w.add_histogram(f"policy/a_bits/{kind}", bits[where & quantized[:, 1], 1], episode)
         if improved:
             rows = "\n".join(
-                f"| {layer.name} | {b[0] if layer.weighted else '-'} | {b[1]} |"
-                for layer, b in zip(self.pipe.layers, bits)
+                f"| {unit.name} | {b[0] if unit.weighted else '-'} | {b[1]} |" for unit, b in zip(self.pipe.units, bits)
             )
             w.add_text(
                 "best/policy",

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hysquant_rl.bits import FP32_BITS, label, parse_uniform
+from hysquant_rl.bits import FP32_BITS, label, mean_bits, parse_uniform
 from hysquant_rl.deploy import TimedCheck
 from hysquant_rl.deploy.timing import UnsteadyTiming
 from hysquant_rl.io import atomic_write, save_json
@@ -24,8 +24,7 @@ from hysquant_rl.search.recorder import save_best_policy
 
 if TYPE_CHECKING:
     from hysquant_rl.pipeline import Pipeline
-    from hysquant_rl.policy import QuantPolicy
-    from hysquant_rl.settings import SearchSettings
+    from hysquant_rl.settings import ExportSettings, SearchSettings
 
 log = logging.getLogger(__name__)
 SPLITS = ("search_val", "test")
@@ -51,11 +50,11 @@ def finish(
     result: SearchResult,
     out: Path,
     started: float,
-    export_onnx: bool = False,
-    export_openvino: bool = False,
+    files: ExportSettings,
 ) -> dict[str, Any]:
-    """Test split once; best_policy.json, quantized model (and ``model.onnx`` with ``export_onnx``, OpenVINO's
-    ``model.xml``/``.bin`` with ``export_openvino``), summary.json / summary.md."""
+    """Test split once; best_policy.json, the quantized model as a set of files (:func:`hysquant_rl.pipeline.export`
+    with ``files``: ``export.*``), summary.json / summary.md. A model that cannot be written still leaves the summary,
+    which says so, and then raises the write error."""
     budgets = result.budgets
     specs = [FP32_NAME, *(s for s in search.reference if pipe.executes(parse_uniform(s)))]
     rows: dict[str, Any] = {spec: pipe.uniform(parse_uniform(spec)) for spec in specs}
@@ -81,6 +80,9 @@ def finish(
                 break
             table[name]["measured"] = asdict(m)
             measured[name] = m.latency_s
+    side = None
+    if measured and result.unchecked is None and pipe.runtime is not None:
+        side = beside_the_runtimes_own(pipe, result.check, rows, table, out)
     episodes = len(result.recorder.history)
     policy = save_best_policy(
         out,
@@ -94,18 +96,24 @@ def finish(
         budgets=budgets,
         rounds=result.rounds,
     )
-    export(pipe, policy, out, export_onnx, export_openvino)
+    from hysquant_rl.pipeline import export
+
+    try:
+        written: dict[str, Any] = {k: str(v) for k, v in export(pipe, policy, out, files).items()}
+        failed = None
+    except OSError as e:  # a full disk, a folder that cannot be written: the summary still says what was found
+        written, failed = {"error": f"{e.strerror or e} ({e.filename})"}, e
     best = np.asarray(result.bits)
     by_kind = {}
-    for kind in dict.fromkeys(layer.kind for layer in pipe.layers):
-        where = np.array([layer.kind == kind for layer in pipe.layers])
-        weighted = pipe.layers[int(np.argmax(where))].weighted
-        int_w, int_a = (where & (best[:, i] != FP32_BITS) for i in (0, 1))  # means over the integer operands
+    for kind in dict.fromkeys(unit.kind for unit in pipe.units):
+        where = np.array([unit.kind == kind for unit in pipe.units])
+        weighted = np.array([unit.weighted for unit in pipe.units])[where]
+        means = mean_bits(best[where], weighted)  # over the integer operands
         by_kind[kind] = {
             "units": int(where.sum()),
-            "fp32_units": int((where & ~(int_w & int_a)).sum()),  # either operand in float
-            "mean_w_bits": float(best[int_w, 0].mean()) if weighted and int_w.any() else None,
-            "mean_a_bits": float(best[int_a, 1].mean()) if int_a.any() else None,
+            "fp32_units": int((where & (best == FP32_BITS).any(axis=1)).sum()),  # either operand in float
+            "mean_w_bits": means["mean_w_bits"],
+            "mean_a_bits": means["mean_a_bits"],
         }
     summary = {
         "model": pipe.spec.to_dict(),
@@ -118,44 +126,100 @@ def finish(
             measured[FP32_NAME] / measured["best policy"] if {FP32_NAME, "best policy"} <= set(measured) else None
         ),
         "unchecked": None if result.unchecked is None else str(result.unchecked),
+        "side_by_side": side,
         "space": pipe.space,
         "best_policy_by_kind": by_kind,
         "budgets": budgets.to_dict(),
+        "question": (
+            {"max_drop": search.budget.max_drop, "minimize": search.budget.minimize, "floor_top1": budgets.min_top1}
+            if search.budget.max_drop is not None
+            else None
+        ),
         "rounds": result.rounds,
         "episodes": episodes,
+        "evaluations": len(result.problem.cache),  # policies evaluated on search-val (the search's cost)
+        "eval_s": result.problem.eval_time_s,
         "wall_time_s": time.perf_counter() - started,
         "policies": table,
+        "export": written,
     }
     save_json(summary, out / "summary.json")
     text = summary_markdown(summary)
     atomic_write(out / "summary.md", lambda f: f.write(text.encode()))
     log.info("\n%s", text)
+    if failed is not None:
+        raise failed
     return summary
 
 
-def export(
-    pipe: Pipeline, policy: QuantPolicy, out: Path, onnx: bool = False, openvino: bool = False
-) -> dict[str, Path]:
-    """Write the quantized model a user takes away into ``out``: in the executable space ``model.onnx``, the runtime
-    layout (:mod:`hysquant_rl.deploy.runtime_graph`), always, and with ``openvino`` (on OpenVINO's layout) OpenVINO's
-    own ``model.xml`` and ``model.bin`` of it (:func:`hysquant_rl.deploy.openvino.save`); in the simulated space the
-    PyTorch files of the paper's simulation (:mod:`hysquant_rl.deploy.checkpoints`) and, with ``onnx``, its QDQ graph.
-    Returns the paths by kind."""
-    if pipe.graphs is not None:
-        paths = {"onnx": pipe.graphs.save(policy.bits(), policy, out)}
-        if openvino:
-            from hysquant_rl.deploy.openvino import save
+def beside_the_runtimes_own(
+    pipe: Pipeline, check: TimedCheck, rows: dict[str, np.ndarray], table: dict[str, Any], out: Path
+) -> dict[str, Any] | None:
+    """FP32, our uniform W8A8, the runtime's own uniform int8 (:meth:`hysquant_rl.deploy.runtimes.Runtime.anchors`,
+    calibrated on the same images) and the found policy, timed side by side in one process (interleaved rounds,
+    medians, the check's threads and batch) with their test top-1; the found policy's measured speed-up over FP32 and
+    over the fastest of the runtime's own; ``summary.png`` (measured latency against test top-1). None (with a
+    warning) when the runtime's own quantizer fails on this model."""
+    from hysquant_rl.deploy.runtimes import logits
+    from hysquant_rl.deploy.timing import interleaved, side_by_side
 
-            paths["openvino"] = save(paths["onnx"], out)
-        return paths
-    from hysquant_rl.deploy.checkpoints import export_quantized
-    from hysquant_rl.deploy.simulated_onnx import export_simulated
+    runtime, layout, t = pipe.runtime, pipe.layout, check.timing
+    calib = np.concatenate([x.numpy() for x, _ in pipe.data.calib.batches(256)])
+    try:
+        anchors = runtime.anchors(layout, calib)
+    except Exception as e:  # the runtime's own tool on a model it does not take: our figures stand without it
+        log.warning("%s's own quantizer failed on this model (%s): no side-by-side with it", runtime.name, e)
+        return None
+    ours = {FP32_NAME: rows[FP32_NAME], "W8A8": pipe.uniform((8, 8)), "best policy": rows["best policy"]}
+    models = {name: layout.artefact(bits) for name, bits in ours.items()} | anchors
+    sessions = {name: runtime.session(model, t.threads) for name, model in models.items()}
+    seconds, spread = side_by_side(interleaved(sessions, check.feed, t.warmup, t.repeats, rounds=5))
+    top1 = {name: table[name]["test"]["top1"] for name in (FP32_NAME, "best policy")}
+    top1["W8A8"] = (
+        pipe.measure(ours["W8A8"], ("test",))["test"]["top1"] if "W8A8" not in table else table["W8A8"]["test"]["top1"]
+    )
+    for name in anchors:
+        sess, hits = runtime.session(models[name], t.threads), 0
+        for x, y in pipe.data.test.batches(256):
+            hits += int((logits(sess, x.numpy()).argmax(1) == y.numpy()).sum())
+        top1[name] = 100.0 * hits / len(pipe.data.test)
+    fastest_own = min(anchors, key=seconds.__getitem__)
+    side = {
+        "runtime": runtime.describe(),
+        "batch_size": check.batch_size,
+        "threads": t.threads,
+        "rounds": 5,
+        "spread_cv": spread,
+        "latency_ms": {k: 1e3 * v for k, v in seconds.items()},
+        "test_top1": top1,
+        "runtimes_own": list(anchors),
+        "speedup_over_fp32": seconds[FP32_NAME] / seconds["best policy"],
+        "speedup_over_runtimes_own": seconds[fastest_own] / seconds["best policy"],
+        "fastest_runtimes_own": fastest_own,
+    }
+    try:
+        save_picture(side, out / "summary.png")
+    except OSError as e:
+        log.warning("cannot write %s (%s)", out / "summary.png", e)
+    return side
 
-    pipe.qmodel.apply_bits(policy.bits())
-    paths = export_quantized(pipe.qmodel, policy, pipe.spec.to_dict(), out)
-    if onnx:
-        paths["onnx"] = export_simulated(pipe.qmodel, policy, pipe.data.input_shape, out)
-    return paths
+
+def save_picture(side: dict[str, Any], path: Path) -> Path:
+    """Measured latency against test top-1 of the side-by-side models, written atomically as PNG."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.4), layout="constrained", dpi=110)
+    ax = fig.subplots()
+    for name, ms in side["latency_ms"].items():
+        own = name in side["runtimes_own"]
+        marker, colour = ("s", "tab:orange") if own else ("*", "tab:red") if name == "best policy" else ("o", "black")
+        ax.scatter(ms, side["test_top1"][name], marker=marker, color=colour, s=90 if name == "best policy" else 40)
+        ax.annotate(name, (ms, side["test_top1"][name]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xlabel(f"measured latency (ms), batch {side['batch_size']}, {side['threads']} thread(s)")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title(side["runtime"], fontsize=8)
+    ax.grid(alpha=0.3)
+    return atomic_write(path, lambda fh: fig.savefig(fh, format="png"))
 
 
 def summary_markdown(s: dict[str, Any]) -> str:
@@ -164,6 +228,15 @@ def summary_markdown(s: dict[str, Any]) -> str:
         "",
         f"Budgets: {json.dumps(s['budgets'])}",
         "",
+        *(
+            [
+                f"The dual question: the lowest {q['minimize']} with search-val top-1 at most {q['max_drop']} points"
+                f" below FP32's (floor {q['floor_top1']:.2f} %).",
+                "",
+            ]
+            if (q := s.get("question"))
+            else []
+        ),
         "| policy | test top-1 | test top-5 | search-val top-1 | latency (ms) | energy (mJ) | size (MB) | BitOps |"
         " budgets |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -203,8 +276,33 @@ def summary_markdown(s: dict[str, Any]) -> str:
             )
         if s.get("measured_speedup_over_fp32") is not None:
             lines += ["", f"Measured speed-up of the best policy over FP32: {s['measured_speedup_over_fp32']:.3f}x."]
+    if side := s.get("side_by_side"):
+        lines += [
+            "",
+            f"Side by side in one process ({side['runtime']}, batch {side['batch_size']}, {side['threads']} thread(s),"
+            f" {side['rounds']} interleaved rounds, medians; round CV up to {side['spread_cv']:.3f}):",
+            "",
+            "| model | test top-1 | measured latency (ms) | x FP32 |",
+            "|---|---|---|---|",
+        ]
+        fp32_ms = side["latency_ms"][FP32_NAME]
+        for name, ms in side["latency_ms"].items():
+            label = f"{name} (the runtime's own)" if name in side["runtimes_own"] else name
+            lines.append(f"| {label} | {side['test_top1'][name]:.2f} | {ms:.4g} | {fp32_ms / ms:.3f} |")
+        lines += [
+            "",
+            f"The best policy runs {side['speedup_over_fp32']:.3f}x FP32's speed and"
+            f" {side['speedup_over_runtimes_own']:.3f}x that of {side['fastest_runtimes_own']} (the runtime's own"
+            " fastest uniform int8); picture: summary.png.",
+        ]
     if s.get("unchecked"):
         lines += ["", f"NOT MEASURED: the hardware check could not be made ({s['unchecked']})."]
+    if isinstance(s.get("export"), dict) and "error" in s["export"]:
+        lines += [
+            "",
+            f"NOT WRITTEN: the quantized model could not be written ({s['export']['error']}); files of an earlier"
+            " export, if any, are the set export.json names.",
+        ]
     lines += [
         "",
         f"Latency and energy in the first table (and its budgets column): {backend} on {s['device']} at batch"

@@ -22,7 +22,7 @@ Torch-free, as everything the search and the cost model read.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -30,27 +30,35 @@ from hysquant_rl.bits import FP32_BITS, FP32_INDEX, GRID, to_index
 from hysquant_rl.errors import HySquantError
 
 if TYPE_CHECKING:
-    from hysquant_rl.hardware.profile import DeviceProfile
-    from hysquant_rl.units import LayerInfo
+    from hysquant_rl.units import UnitInfo
 
 SPACES = ("executable", "simulated")
+
+
+class Executes(Protocol):
+    """What a space asks of a device (:class:`hysquant_rl.hardware.profile.DeviceProfile`): the integer (w, a) pairs
+    a unit of ``kind`` runs as real kernels."""
+
+    def executable(self, kind: str) -> tuple[tuple[int, int], ...]: ...
+
+
 DIRECTIONS = ((0, -1), (0, 1), (1, -1), (1, 1))  # (operand, step): w down, w up, a down, a up
 
 
-def choice_mask(layers: Sequence[LayerInfo], profile: DeviceProfile, space: str) -> np.ndarray:
+def choice_mask(units: Sequence[UnitInfo], profile: Executes, space: str) -> np.ndarray:
     """(L, GRID, GRID) bool: the cells each unit may take in ``space`` on ``profile``, before pruning (see the module
     docstring). FP32 (both operands) is always a choice."""
     if space not in SPACES:
         raise HySquantError(f"search.space={space!r} is unknown: use one of {', '.join(SPACES)}")
-    mask = np.zeros((len(layers), GRID, GRID), dtype=bool)
-    for l, layer in enumerate(layers):
+    mask = np.zeros((len(units), GRID, GRID), dtype=bool)
+    for l, unit in enumerate(units):
         if space == "simulated":
             mask[l] = True
         else:
-            for w, a in profile.executable(layer.kind):
+            for w, a in profile.executable(unit.kind):
                 mask[(l, *to_index((w, a)))] = True
         mask[l, FP32_INDEX, FP32_INDEX] = True
-        if not layer.weighted:  # its w is its a
+        if not unit.weighted:  # its w is its a
             mask[l] &= np.eye(GRID, dtype=bool)
     return mask
 
@@ -104,12 +112,12 @@ def index_ranges(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return w, a
 
 
-def uniform_policy(pair: tuple[int, int], mask: np.ndarray, layers: Sequence[LayerInfo]) -> np.ndarray:
+def uniform_policy(pair: tuple[int, int], mask: np.ndarray, units: Sequence[UnitInfo]) -> np.ndarray:
     """The uniform policy (L, 2) of ``pair`` inside the space ``mask``: each unit at ``pair`` (an activation-only unit
     at ``(a, a)``) where its cells allow it, else at FP32 (on a runtime, "W8A8" is every unit with an int8 kernel
     at W8A8 and the rest in float)."""
     w, a = (int(b) for b in pair)
-    wanted = np.array([(w, a) if layer.weighted else (a, a) for layer in layers], dtype=np.int64)
+    wanted = np.array([(w, a) if unit.weighted else (a, a) for unit in units], dtype=np.int64)
     i = to_index(wanted)
     ok = mask[np.arange(len(wanted)), i[:, 0], i[:, 1]]
     return np.where(ok[:, None], wanted, FP32_BITS)

@@ -6,14 +6,14 @@ import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from hysquant_rl.layers import inventory
+from hysquant_rl.inventory import inventory
 from hysquant_rl.units import KINDS
 
 
 def test_mobilevit_s_macs_match_timm():
     model = timm.create_model("mobilevit_s", num_classes=1000)
-    layers, matmuls = inventory(model, (3, 256, 256), "linear")
-    conv_linear = sum(l.macs for l in layers)
+    units, matmuls = inventory(model, (3, 256, 256), "linear")
+    conv_linear = sum(l.macs for l in units)
     # torch's own FLOP counter sees the same Conv2d + Linear work (2 FLOPs per MAC)
     with FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, 3, 256, 256))
@@ -22,19 +22,19 @@ def test_mobilevit_s_macs_match_timm():
     # timm publishes 2.03 GMACs at 256 px: Conv2d + Linear (1.82 G) plus the attention matmuls (0.18 G)
     attention = sum(m.macs for m in matmuls)
     assert abs(conv_linear + attention - 2.03e9) / 2.03e9 < 0.02, conv_linear + attention
-    assert sum(l.params for l in layers) < sum(p.numel() for p in model.parameters())  # norms not counted
-    assert sum(p.numel() for p in model.parameters()) - sum(l.params for l in layers) < 0.02 * 5.6e6
+    assert sum(l.params for l in units) < sum(p.numel() for p in model.parameters())  # norms not counted
+    assert sum(p.numel() for p in model.parameters()) - sum(l.params for l in units) < 0.02 * 5.6e6
     # under the hybrid scope the same matmuls are units: the MACs move from the float part into the units
     units, floating = inventory(model, (3, 256, 256), "hybrid")
     assert floating == [] and sum(u.macs for u in units) == conv_linear + attention
 
 
 def test_mobilevit_xxs_inventory(small_model):
-    layers, matmuls = inventory(small_model, (1, 32, 32), "linear")
-    assert len(layers) == 72
-    assert sum(l.op == "conv2d" for l in layers) == 35 and sum(l.op == "linear" for l in layers) == 37
-    assert layers[1].name == "stages.0.0.conv1_1x1.conv" and layers[1].kind == "pointwise"
-    byname = {l.name: l for l in layers}
+    units, matmuls = inventory(small_model, (1, 32, 32), "linear")
+    assert len(units) == 72
+    assert sum(l.op == "conv2d" for l in units) == 35 and sum(l.op == "linear" for l in units) == 37
+    assert units[1].name == "stages.0.0.conv1_1x1.conv" and units[1].kind == "pointwise"
+    byname = {l.name: l for l in units}
     assert byname["stages.0.0.conv2_kxk.conv"].kind == "depthwise"
     assert byname["stem.conv"].kind == "conv" and byname["stem.conv"].stride == (2, 2)
     assert byname["head.fc"].kind == "classifier" and byname["head.fc"].macs == 320 * 10
@@ -42,9 +42,9 @@ def test_mobilevit_xxs_inventory(small_model):
     assert qkv.kind == "attention-qkv" and qkv.family == "transformer"
     # 32 px -> stage 2 runs at 4x4, unfolded into 2x2 patches: 4 sequences of 4 tokens = 16 rows
     assert qkv.tokens == 16 and qkv.macs == 16 * qkv.in_channels * qkv.out_channels
-    assert {l.kind for l in layers} <= set(KINDS)
-    assert {"attention-proj", "mlp-fc1", "mlp-fc2"} <= {l.kind for l in layers}
-    assert [l.index for l in layers] == list(range(72))
+    assert {l.kind for l in units} <= set(KINDS)
+    assert {"attention-proj", "mlp-fc1", "mlp-fc2"} <= {l.kind for l in units}
+    assert [l.index for l in units] == list(range(72))
     assert len(matmuls) == 9 and all(m.macs > 0 for m in matmuls)
 
 

@@ -21,16 +21,26 @@ import torch
 from timm.layers.attention import Attention
 from torch import nn
 
+from hysquant_rl.registry import Registry
 from hysquant_rl.settings import SCOPES
-from hysquant_rl.units import AttentionMatmul, LayerInfo, OtherOps
+from hysquant_rl.units import AttentionMatmul, OtherOps, UnitInfo
 
 log = logging.getLogger(__name__)
 
 
+ATTENTION: Registry[type[nn.Module]] = Registry("attention module", "an attention class")
+"""The attention modules whose matmul operands become ``attention-qk`` and ``attention-pv`` units, by name: each must
+compute ``softmax(q k^T * scale) v`` from ``qkv``, ``num_heads`` and ``scale`` as timm's ``Attention`` does (the
+quantizer runs it unfused with its operands exposed: :class:`hysquant_rl.quant.model.QuantAttention`). Another kind is
+named in one warning and stays float."""
+ATTENTION.register("timm.Attention")(Attention)
+
+
 def recognised_attention(module: nn.Module) -> bool:
-    """An attention module whose matmul operands the quantizer can expose: timm's ``Attention`` (or the quantizer's
-    own subclass of it, :class:`hysquant_rl.quant.model.QuantAttention`)."""
-    return type(module) is Attention or getattr(type(module), "exposes_attention_units", False)
+    """An attention module whose matmul operands the quantizer can expose: a class of :data:`ATTENTION` (or the
+    quantizer's own subclass of one, :class:`hysquant_rl.quant.model.QuantAttention`)."""
+    kinds = tuple(cls for _, cls in ATTENTION.items())
+    return type(module) in kinds or getattr(type(module), "exposes_attention_units", False)
 
 
 def is_attention(module: nn.Module) -> bool:
@@ -80,7 +90,7 @@ def _classifier(model: nn.Module) -> nn.Module | None:
 @torch.inference_mode()
 def inventory(
     model: nn.Module, input_shape: tuple[int, int, int], scope: str = "hybrid"
-) -> tuple[list[LayerInfo], list[AttentionMatmul]]:
+) -> tuple[list[UnitInfo], list[AttentionMatmul]]:
     """Trace one forward pass of a ``(1, *input_shape)`` zero image and describe every quantizable unit of
     ``scope`` in the order they run, and every attention module whose matmuls are not units."""
     if scope not in SCOPES:
@@ -141,17 +151,17 @@ def inventory(
             h.remove()
 
     classifier = _classifier(model)
-    layers = []
+    units = []
     for index, name in enumerate(order):
         parent, _, own = name.rpartition(".")
         if parent in units_of and own in ("qk", "pv"):
-            layers.append(_attention_unit(index, name, own, modules[parent], attn[parent]))
+            units.append(_attention_unit(index, name, own, modules[parent], attn[parent]))
             continue
         m = modules[name]
         in_shape, out_shape = seen[name]
         if isinstance(m, nn.LayerNorm):
-            layers.append(
-                LayerInfo(
+            units.append(
+                UnitInfo(
                     index=index,
                     name=name,
                     op="layernorm",
@@ -182,8 +192,8 @@ def inventory(
             cin, cout = m.in_features, m.out_features
             tokens = math.prod(in_shape[:-1])  # batch is 1: every leading dim is a token dim
             macs = tokens * cin * cout
-        layers.append(
-            LayerInfo(
+        units.append(
+            UnitInfo(
                 index=index,
                 name=name,
                 op="conv2d" if isinstance(m, nn.Conv2d) else "linear",
@@ -202,7 +212,7 @@ def inventory(
             )
         )
     matmuls = [_matmul(name, modules[name], shape) for name, shape in attn.items() if name not in units_of]
-    return layers, matmuls
+    return units, matmuls
 
 
 def _attention_shape(m: nn.Module, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
@@ -221,12 +231,12 @@ def _matmul(name: str, m: nn.Module, shape: tuple[int, ...]) -> AttentionMatmul:
     )
 
 
-def _attention_unit(index: int, name: str, own: str, m: nn.Module, shape: tuple[int, ...]) -> LayerInfo:
+def _attention_unit(index: int, name: str, own: str, m: nn.Module, shape: tuple[int, ...]) -> UnitInfo:
     """The ``attention-qk`` (q k^T: reduce over the head dim into N x N scores) or ``attention-pv`` (P v: reduce
     over N into N x head-dim outputs) unit of attention module ``m``."""
     heads, n, d, seq = _attention_shape(m, shape)
     qk = own == "qk"
-    return LayerInfo(
+    return UnitInfo(
         index=index,
         name=name,
         op="matmul",
