@@ -460,7 +460,7 @@ def test_cpu_profile_and_bad_new_fields():
         (
             "backend",
             "tensorrt",
-            "backend 'tensorrt' is not one of modelled, measured, onnxruntime, openvino",
+            "backend 'tensorrt' is not one of modelled, measured, executorch, onnxruntime, openvino",
         ),
     ):
         with pytest.raises(HySquantError, match=message):
