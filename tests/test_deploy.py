@@ -259,3 +259,52 @@ def test_apply_refuses_a_policy_the_runtime_cannot_run(runtime, tmp_path, run_he
     line = assert_one_error_line(proc, r"93 unit\(s\) at pairs onnxruntime does not execute \(stem.conv W4A8")
     assert "runs FP32 or W8A8" in line
     assert not (out / "model.onnx").exists() and not (out / "policy.json").exists()
+
+
+def _damage(doc: dict, damage: str) -> dict | None:
+    """A per-unit latency document damaged as a hand edit, a bad disk or another machine would (None: no JSON)."""
+    doc = json.loads(json.dumps(doc))
+    if damage == "short int8":
+        doc["int8_s"] = doc["int8_s"][:-3]
+    elif damage == "nan":
+        doc["fp32_s"][0] = float("nan")
+    elif damage == "zero int8":  # used silently before: W8A8 priced at a tenth of its time
+        doc["int8_s"] = [0.0] * len(doc["int8_s"])
+    elif damage == "other cpu":
+        doc["machine"]["cpu"] = "Some Other CPU"
+    elif damage == "huge":
+        doc["fixed_s"] = 1e30
+    elif damage == "fifo":
+        return None
+    return doc
+
+
+@pytest.mark.parametrize("damage", ["short int8", "nan", "zero int8", "other cpu", "huge", "fifo"])
+def test_a_damaged_unit_latency_cache_is_named_and_measured_again(runtime, tmp_path, caplog, damage):
+    """Issue 30 item 3: a cached table is checked for shape, finiteness, range, machine and whether it reproduces the
+    whole-graph timings it was scaled to; one that fails is named in a warning and measured again (no traceback, no
+    silent use, no hang on a FIFO)."""
+    import logging
+    import os
+
+    from hysquant_rl.deploy.unit_latency import layout_key
+
+    table, timing, ort_runtime = runtime.cost.table, load_profile("cpu").timing, get("onnxruntime")
+    int8 = np.array([any(a == 8 for _, a in runtime.cost.profile.executable(unit.kind)) for unit in runtime.units])
+    sha = layout_key(runtime.layout, int8)
+    path = tmp_path / "runtime" / ort_runtime.machine_key() / f"{sha[:16]}_b1_t{timing.threads}.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(table.to_dict()))
+    read = cached(runtime.layout, int8, 1, timing, tmp_path, ort_runtime)  # the intact table is read back as it is
+    assert np.array_equal(read.int8_s, table.int8_s) and read.measured == table.measured
+    doc = _damage(table.to_dict(), damage)
+    path.unlink()
+    if doc is None:
+        os.mkfifo(path)
+    else:
+        path.write_text(json.dumps(doc))
+    with caplog.at_level(logging.WARNING, logger="hysquant_rl.deploy.unit_latency"):
+        again = cached(runtime.layout, int8, 1, timing, tmp_path, ort_runtime)
+    assert any(f"per-unit latency cache {path} cannot be used" in r.getMessage() for r in caplog.records)
+    again.check(int8, sha, 1, timing.threads, ort_runtime.machine())  # measured again: a table that passes
+    assert again.machine["cpu"] == machine.cpu_model() and (again.int8_s > 0).any()

@@ -124,9 +124,11 @@ def test_a_policy_with_a_choice_xnnpack_cannot_delegate_is_refused(et, tmp_path)
 
 
 def test_session_runs_a_pte_file(et, tmp_path):
-    """The exported ``model.pte`` opens by path as well as from bytes, and runs as the bytes do."""
+    """The exported ``model.pte`` opens by path as well as from bytes and runs as the bytes do (the mixed policy of the
+    test above: its program is already lowered and cached by the layout)."""
     pipe, layout = et
-    bits = np.full((len(pipe.units), 2), FP32_BITS)
+    conv = np.array([unit.op == "conv2d" for unit in pipe.units])
+    bits = np.where(conv[:, None], 8, FP32_BITS) * np.ones((1, 2), int)
     path = tmp_path / "model.pte"
     path.write_bytes(layout.artefact(bits))
     runtime = get("executorch")
@@ -134,5 +136,3 @@ def test_session_runs_a_pte_file(et, tmp_path):
     a = runtime.session(path).run(None, {INPUT: x})[0]
     b = runtime.session(layout.artefact(bits)).run(None, {INPUT: x})[0]
     assert np.array_equal(a, b) and a.shape == (8, pipe.spec.num_classes)
-    torch_logits = logits(runtime.evaluation_session(layout, bits, threads=1), x)
-    assert np.allclose(a, torch_logits, atol=1e-4)

@@ -479,7 +479,7 @@ def test_hysquant_lut_app_writes_and_logs(clean, tmp_path, run_here):
         r"sensitivity ranks of the activation-only units \(1 = most sensitive of 111\): attention-qk \d+", text
     )
     assert "search space: 10^165.3 policies before pruning" in text  # 72 x log10(64) + 39 x log10(8)
-    assert f"{lut.num_units} layers x 2 configurations" in text
+    assert f"{lut.num_units} units x 2 configurations" in text
     for name in ("lut.csv", "lut.json", "lut_heatmap.png"):
         assert (out / name).exists()
     pd.testing.assert_frame_equal(LUT.load(out).frame, lut.frame, check_exact=True)

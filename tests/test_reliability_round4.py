@@ -289,3 +289,85 @@ def test_a_process_killed_after_building_the_runtime_layout_leaves_no_folder(tmp
     )
     assert ran.returncode == -signal.SIGKILL, ran.stderr[-2000:]
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("hysquant-runtime-")]
+
+
+# -- 4, 5. deployable files are written as a set --------------------------------------------------------------------
+
+
+def _earlier_export(out: Path) -> None:
+    """A run directory holding an earlier export: OpenVINO's pair and its manifest."""
+    from hysquant_rl.deploy.export import write_set
+
+    def write(folder: Path) -> dict[str, Path]:
+        (folder / "model.xml").write_text("<xml/>")
+        (folder / "model.bin").write_bytes(b"\x00" * 16)
+        (folder / "model.onnx").write_bytes(b"old onnx")
+        return {"openvino": folder / "model.xml", "onnx": folder / "model.onnx"}
+
+    write_set(out, write, {"runtime": "openvino"})
+
+
+def test_an_export_replaces_the_earlier_set_and_removes_its_stale_files(tmp_path):
+    """A new export without OpenVINO's files: the stale pair is removed, the manifest names exactly what is there,
+    with each file's SHA-256; no staging folder is left."""
+    import hashlib
+
+    from hysquant_rl.deploy.export import MANIFEST, write_set
+
+    _earlier_export(tmp_path)
+    assert set(json.loads((tmp_path / MANIFEST).read_text())["files"]) == {"model.xml", "model.bin", "model.onnx"}
+
+    def write(folder: Path) -> dict[str, Path]:
+        (folder / "model.onnx").write_bytes(b"new onnx")
+        return {"onnx": folder / "model.onnx"}
+
+    paths = write_set(tmp_path, write, {"runtime": "onnxruntime"})
+    assert paths == {"onnx": tmp_path / "model.onnx"} and (tmp_path / "model.onnx").read_bytes() == b"new onnx"
+    assert not (tmp_path / "model.xml").exists() and not (tmp_path / "model.bin").exists()
+    manifest = json.loads((tmp_path / MANIFEST).read_text())
+    assert manifest["files"] == {"model.onnx": hashlib.sha256(b"new onnx").hexdigest()}
+    assert manifest["runtime"] == "onnxruntime"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".export-")]
+
+
+def test_a_failed_export_leaves_the_earlier_set_as_it_was(tmp_path):
+    """A write that fails midway (a full disk): the earlier files and manifest are untouched, nothing is half-moved,
+    the staging folder is gone, and the error reaches the caller."""
+    import errno
+
+    from hysquant_rl.deploy.export import MANIFEST, write_set
+
+    _earlier_export(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+
+    def write(folder: Path) -> dict[str, Path]:
+        (folder / "model.onnx").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder / "model.bin"))
+
+    with pytest.raises(OSError, match="No space left"):
+        write_set(tmp_path, write, {"runtime": "openvino"})
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    assert MANIFEST in before and not [p for p in tmp_path.iterdir() if p.name.startswith(".export-")]
+
+
+def test_openvino_write_errors_are_one_write_error_naming_the_file(tmp_path):
+    """OpenVINO's own writer failing (here: its .bin path is a folder, as EPERM/ENOSPC make it fail) is one
+    WriteError naming model.xml, not OpenVINO's RuntimeError."""
+    pytest.importorskip("openvino")
+    from onnx import TensorProto, helper
+
+    from hysquant_rl.deploy import openvino
+    from hysquant_rl.io import WriteError
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    (tmp_path / "model.bin").mkdir()
+    with pytest.raises(WriteError) as e:
+        openvino.save(model.SerializeToString(), tmp_path)
+    assert "OpenVINO could not write its model files" in str(e.value) and "model.xml" in str(e.value)
+    assert "\n" not in str(e.value)

@@ -407,3 +407,30 @@ def test_warm_start_moves_to_the_best_policy(tmp_path, digits_pipeline, lut):
         offsets = np.array([env.to_bits(l, stored[l]) for l in range(p.num_units)])
         near = np.abs(bits - p.warm_start) <= p.offset_range  # inside the offset range the buffer is exact
         assert (offsets[near] == bits[near]).all()
+
+
+@pytest.mark.parametrize("method", ["ilp", "local"])
+def test_max_drop_answers_the_dual_question(tmp_path, digits_pipeline, lut, method):
+    """``budget.max_drop``: the cheapest policy (energy here) whose search-val top-1 is at most the drop below FP32's;
+    on digits the 4-bit units that cost nothing make it cheaper than uniform W8A8, and the summary states the
+    question and the floor."""
+    pipe = digits_pipeline
+    n = len(pipe.units)
+    fp32 = pipe.evaluator.evaluate(np.full((n, 2), 32), "search_val").top1
+    extra = ["search.episodes=6"] if method == "local" else []
+    search = search_settings(
+        [f"search.method={method}", "budget=accuracy", "budget.max_drop=1.0", "budget.minimize=energy", *extra]
+    )
+    summary = run_search(run_settings(), search, tmp_path, pipe)
+    best = summary["policies"]["best policy"]
+    assert best["search_val"]["top1"] >= fp32 - 1.0 - 1e-9
+    assert summary["question"]["max_drop"] == 1.0 and summary["question"]["minimize"] == "energy"
+    assert summary["budgets"]["min_top1"] == pytest.approx(fp32 - 1.0)
+    w8a8 = pipe.cost.policy_cost(np.full((n, 2), 8)).totals()["energy_mj"]
+    assert best["cost"]["energy_mj"] < w8a8
+    assert "The dual question: the lowest energy" in (tmp_path / "summary.md").read_text()
+
+
+def test_max_drop_is_refused_for_methods_that_do_not_answer_it():
+    with pytest.raises(HySquantError, match=r"budget.max_drop is answered by search.method=ilp, local, rl"):
+        search_settings(["search.method=greedy", "budget=accuracy"])

@@ -306,7 +306,7 @@ class ExecuTorch(Runtime):
         alone32, alone8 = np.zeros(n), np.zeros(n)
         modules = dict(layout.model.named_modules())
         timed = [u for u, unit in enumerate(layout.units) if unit.weighted and unit.name in modules]
-        for u in tqdm(timed, desc="executorch: lowering and timing units alone", unit="unit", leave=False):
+        for u in tqdm(timed, desc="executorch: lowering and timing units alone", unit="unit", disable=None):
             module = _Alone(modules[layout.units[u].name]).eval()
             x = torch.randn((batch_size, *layout.units[u].input_shape))
             programs = {"fp32": _lower(module, x)}

@@ -156,7 +156,7 @@ def log_summary(lut: LUT) -> None:
         b["workers"],
     )
     log.info(
-        "LUT: %d layers x %d configurations (%s) + FP32 = %d rows on %s (%d images, FP32 top-1 %.2f %%)",
+        "LUT: %d units x %d configurations (%s) + FP32 = %d rows on %s (%d images, FP32 top-1 %.2f %%)",
         lut.num_units,
         len(lut.configs),
         ", ".join(lut.labels),
@@ -184,7 +184,7 @@ def log_summary(lut: LUT) -> None:
     before, after = lut.search_space()
     pruned = sum(bool(a.reason) for a in lut.allowed)
     log.info(
-        "search space: 10^%.1f policies before pruning, 10^%.1f after (%d of %d layers pruned; %s)",
+        "search space: 10^%.1f policies before pruning, 10^%.1f after (%d of %d units pruned; %s)",
         before,
         after,
         pruned,

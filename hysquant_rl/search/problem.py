@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -367,6 +367,15 @@ def evaluate_on(executor: Executor) -> Callable[[list[np.ndarray]], list[dict[st
     return evaluate_many
 
 
+def with_accuracy_floor(search: SearchSettings, budgets: Budgets, fp32_top1: float) -> Budgets:
+    """The budgets with ``budget.max_drop``'s floor (the dual question): search-val top-1 >= FP32's ``fp32_top1``
+    less the drop allowed, or ``budget.min_top1`` where that is tighter; unchanged without ``max_drop``."""
+    if search.budget.max_drop is None:
+        return budgets
+    floor = fp32_top1 - search.budget.max_drop
+    return replace(budgets, min_top1=floor if budgets.min_top1 is None else max(budgets.min_top1, floor))
+
+
 def build_problem(
     search: SearchSettings, pipe: Pipeline, lut: LUT, budgets: Budgets, executor: Executor | None = None
 ) -> SearchProblem:
@@ -376,9 +385,7 @@ def build_problem(
     grids, fixed = pipe.cost.budget_grids()
     n = len(pipe.units)
     fp32 = pipe.evaluator.evaluate([(FP32_BITS, FP32_BITS)] * n, "search_val").to_dict()
-    if search.budget.max_drop is not None:  # the dual question: the floor is FP32's top-1 less the drop allowed
-        floor = fp32["top1"] - search.budget.max_drop
-        budgets.min_top1 = floor if budgets.min_top1 is None else max(budgets.min_top1, floor)
+    budgets = with_accuracy_floor(search, budgets, fp32["top1"])
 
     return SearchProblem(
         units=pipe.units,

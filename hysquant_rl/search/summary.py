@@ -32,11 +32,16 @@ FP32_NAME = label(FP32_BITS, FP32_BITS)
 
 
 def best_uniform(problem: SearchProblem, limits: dict[str, float]) -> tuple[str, np.ndarray] | None:
-    """The policy of :func:`uniform_candidates` with the best search-val score (the reward's metric), as (``W4A8``,
+    """The policy of :func:`uniform_candidates` with the best search-val score (the reward's metric; with
+    ``budget.max_drop``, the lowest cost it minimises among those at or above the accuracy floor), as (``W4A8``,
     its bits (L, 2): units whose space is FP32 alone stay FP32); None when no uniform policy fits."""
-    scored = [
-        (problem.score(problem.metrics(bits)), i, bits) for i, bits in enumerate(uniform_candidates(problem, limits))
-    ]
+    candidates = uniform_candidates(problem, limits)
+    if problem.max_drop is not None:
+        floor = -np.inf if problem.min_top1 is None else problem.min_top1
+        candidates = [bits for bits in candidates if problem.metrics(bits)["top1"] >= floor]
+        scored = [(-problem.totals(bits)[problem.minimize], i, bits) for i, bits in enumerate(candidates)]
+    else:
+        scored = [(problem.score(problem.metrics(bits)), i, bits) for i, bits in enumerate(candidates)]
     if not scored:
         return None
     _, _, bits = max(scored, key=lambda s: s[:2])
