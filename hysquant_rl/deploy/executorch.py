@@ -319,7 +319,7 @@ class ExecuTorch(Runtime):
         # the FP32 column and the fixed part reproduce the FP32 program; the int8 column the all-int8 one
         scale = wall["fp32"] / max(alone32.sum(), 1e-12) if alone32.sum() > wall["fp32"] else 1.0
         fp32_s = alone32 * scale
-        fixed = wall["fp32"] - fp32_s.sum()
+        fixed = max(wall["fp32"] - fp32_s.sum(), 0.0)  # not -1e-20 from rounding when the units take it all
         rest = wall["int8"] - fixed - fp32_s[~int8].sum()
         k = rest / max(alone8[int8].sum(), 1e-12)
         int8_s = np.where(int8, alone8 * (k if k > 0 else scale), fp32_s)
