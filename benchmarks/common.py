@@ -14,6 +14,7 @@ from hysquant_rl.apps import compose_config, plain
 from hysquant_rl.deploy import runtimes
 from hysquant_rl.deploy.runtimes import INPUT, logits
 from hysquant_rl.deploy.timing import interleaved
+from hysquant_rl.io import atomic_write, save_json
 from hysquant_rl.pipeline import Pipeline
 from hysquant_rl.settings import RunSettings, SearchSettings
 from hysquant_rl.space import choice_mask
@@ -87,3 +88,10 @@ def machine_record(pipe_or_runtime: Any) -> dict[str, Any]:
     """What every figure is measured on: the runtime's machine identity and the CPU's capabilities."""
     runtime = getattr(pipe_or_runtime, "runtime", pipe_or_runtime)
     return {**runtime.machine(), "capabilities": runtime.capabilities(), "describe": machine.describe()}
+
+
+def write_report(result: dict[str, Any], out: Path, text: str) -> None:
+    """A benchmark's results: ``out`` (markdown, ``text``) and the JSON beside it, each written atomically; printed."""
+    save_json(result, out.with_suffix(".json"))
+    atomic_write(out, lambda f: f.write(text.encode()))
+    print(text)

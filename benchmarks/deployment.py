@@ -57,6 +57,7 @@ from common import (
     side_by_side,
     test_top1,
     threads,
+    write_report,
 )
 from scipy.stats import spearmanr
 
@@ -65,7 +66,7 @@ from hysquant_rl.bits import FP32_BITS
 from hysquant_rl.deploy import ort, runtimes
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.hardware.profile import known_runtimes
-from hysquant_rl.io import atomic_write, save_json
+from hysquant_rl.io import save_json
 from hysquant_rl.lut.build import build_lut
 from hysquant_rl.pipeline import Pipeline, build
 from hysquant_rl.policy import QuantPolicy
@@ -438,10 +439,7 @@ def main() -> None:
         *(["--runtime", args.runtime] if args.runtime != "onnxruntime" else []),
     ]
     command = " ".join(["benchmarks/deployment.py", *flags])
-    save_json(result, args.out.with_suffix(".json"))
-    text = markdown(result, command)
-    atomic_write(args.out, lambda f: f.write(text.encode()))
-    print(text)
+    write_report(result, args.out, markdown(result, command))
 
 
 if __name__ == "__main__":

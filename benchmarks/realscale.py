@@ -49,13 +49,14 @@ from common import (
     settings,
     side_by_side,
     test_top1,
+    write_report,
 )
 
 from hysquant_rl.apps.search import run_search
 from hysquant_rl.bits import FP32_BITS
 from hysquant_rl.errors import HySquantError
 from hysquant_rl.hardware.profile import known_runtimes
-from hysquant_rl.io import atomic_write, save_json
+from hysquant_rl.io import save_json
 from hysquant_rl.lut.build import build_lut
 from hysquant_rl.pipeline import Pipeline, build
 from hysquant_rl.policy import QuantPolicy
@@ -293,10 +294,7 @@ def main() -> None:
     log.info("reading %s", args.data)
     result = run(args)
     command = " ".join([".venv/bin/python benchmarks/realscale.py", *sys.argv[1:]])
-    save_json(result, args.out.with_suffix(".json"))
-    text = markdown(result, command)
-    atomic_write(args.out, lambda f: f.write(text.encode()))
-    print(text)
+    write_report(result, args.out, markdown(result, command))
 
 
 if __name__ == "__main__":

@@ -171,13 +171,8 @@ class PT2ELayout:
         if not names:
             return self.model
         if key not in self._converted:
-            from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-            prepared = prepare_pt2e(copy.deepcopy(self.program).module(), _quantizer(names, self.calibrator))
-            with torch.no_grad():
-                for i in range(0, len(self.calib), 64):
-                    prepared(self.calib[i : i + 64])
-            self._converted[key] = convert_pt2e(prepared)
+            quantizer = _quantizer(names, self.calibrator)
+            self._converted[key] = _pt2e(copy.deepcopy(self.program).module(), quantizer, self.calib)
             while len(self._converted) > CACHED:
                 self._converted.popitem(last=False)
         return self._converted[key]
@@ -271,14 +266,8 @@ class ExecuTorch(Runtime):
     def anchors(self, layout, calib_images):
         """``XNNPACKQuantizer``'s own uniform int8 (its global default: every pattern it knows, per-channel weights,
         histogram observers), calibrated on the same images, lowered at the layout's batch."""
-        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-        prepared = prepare_pt2e(copy.deepcopy(layout.program).module(), _quantizer(None, "minmax"))
         images = torch.from_numpy(np.asarray(calib_images, dtype=np.float32))
-        with torch.no_grad():
-            for i in range(0, len(images), 64):
-                prepared(images[i : i + 64])
-        converted = convert_pt2e(prepared)
+        converted = _pt2e(copy.deepcopy(layout.program).module(), _quantizer(None, "minmax"), images)
         return {"XNNPACKQuantizer int8": _lower(converted, torch.zeros((layout.batch_size, *layout.input_shape)))}
 
     def export(self, layout, policy, out, files):
@@ -359,13 +348,20 @@ class _Alone(torch.nn.Module):
         return self.module(x)
 
 
-def _converted_alone(module: nn.Module, x: torch.Tensor) -> nn.Module:
+def _pt2e(module: nn.Module, quantizer: Any, images: torch.Tensor) -> nn.Module:
+    """PT2E quantization of an exported module: annotated by ``quantizer``, calibrated on ``images`` (N, ...) in
+    batches of 64, converted."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    prepared = prepare_pt2e(torch.export.export(module, (x,)).module(), _quantizer(None, "minmax"))
+    prepared = prepare_pt2e(module, quantizer)
     with torch.no_grad():
-        prepared(x)
+        for i in range(0, len(images), 64):
+            prepared(images[i : i + 64])
     return convert_pt2e(prepared)
+
+
+def _converted_alone(module: nn.Module, x: torch.Tensor) -> nn.Module:
+    return _pt2e(torch.export.export(module, (x,)).module(), _quantizer(None, "minmax"), x)
 
 
 __all__ = ["ExecuTorch", "ModuleSession", "PT2ELayout", "Session", "logits"]

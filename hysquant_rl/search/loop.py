@@ -12,18 +12,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hysquant_rl.bits import FP32_BITS, parse_uniform
+from hysquant_rl.bits import parse_uniform
 from hysquant_rl.deploy import Check, TimedCheck
 from hysquant_rl.deploy.timing import UnsteadyTiming
 from hysquant_rl.errors import NoPolicyError
 from hysquant_rl.search.budget import Budgets, UnreachableBudget, reference_name, resolve
-from hysquant_rl.search.problem import SearchProblem, build_problem, with_accuracy_floor
+from hysquant_rl.search.problem import SearchProblem, build_problem
 from hysquant_rl.search.recorder import Recorder
 
 if TYPE_CHECKING:
@@ -100,9 +100,8 @@ def search(
 
     check = make_check(pipe)
     budgets = resolve_measured(search, pipe, lut.mask(), check)
-    if search.budget.max_drop is not None:  # the floor the dual question sets, in every report of the run
-        fp32 = pipe.evaluator.evaluate([(FP32_BITS, FP32_BITS)] * len(pipe.units), "search_val")
-        budgets = with_accuracy_floor(search, budgets, fp32.top1)
+    problem = build_problem(search, pipe, lut, budgets, executor)
+    budgets = replace(budgets, min_top1=problem.min_top1)  # with budget.max_drop's floor, in every report of the run
     log.info("budgets on %s at batch %d: %s", pipe.cost.device, pipe.cost.batch_size, budgets.describe())
     recorder = Recorder(pipe, out, search.method, search.seed, budgets, writer=SummaryWriter(str(out / "tb")))
     if log_lut:
@@ -110,7 +109,6 @@ def search(
 
     internal = dict(budgets.limits)
     rounds: list[dict[str, Any]] = []
-    problem = build_problem(search, pipe, lut, budgets, executor)
     method = make_method(search, problem, recorder, out)
     best_bits, unchecked = None, None
     try:
