@@ -57,16 +57,29 @@ def calibration_images(pipe: Pipeline) -> np.ndarray:
     return np.concatenate([x.numpy() for x, _ in pipe.data.calib.batches(256)]).astype(np.float32)
 
 
-def runtime_anchors(pipe: Pipeline) -> dict[str, Model]:
+def runtime_anchors(pipe: Pipeline, batch: int | None = None) -> dict[str, Model]:
     """The runtime's own uniform int8 of the pipeline's FP32 model, calibrated on the same images as ours
-    (:meth:`hysquant_rl.deploy.runtimes.Runtime.anchors`)."""
+    (:meth:`hysquant_rl.deploy.runtimes.Runtime.anchors`), for ``batch`` images where its programs fix their batch."""
     runtime = pipe.runtime
-    return {name: (runtime.name, m) for name, m in runtime.anchors(pipe.layout, calibration_images(pipe)).items()}
+    made = runtime.anchors(pipe.layout, calibration_images(pipe), batch)
+    return {name: (runtime.name, m) for name, m in made.items()}
 
 
-def policy_model(pipe: Pipeline, bits: np.ndarray) -> Model:
-    """A policy's deployable file on the pipeline's runtime."""
+def policy_model(pipe: Pipeline, bits: np.ndarray, batch: int | None = None) -> Model:
+    """A policy's deployable file on the pipeline's runtime (for ``batch`` images where its programs fix their batch;
+    default: the layout's)."""
+    if batch is not None and pipe.runtime.static_batch:
+        return (pipe.runtime.name, pipe.layout.artefact(np.asarray(bits), batch))
     return (pipe.runtime.name, pipe.layout.artefact(np.asarray(bits)))
+
+
+def at_batch(pipe: Pipeline, models: dict[str, Model], policies: dict[str, np.ndarray], batch: int) -> dict[str, Model]:
+    """``models`` (the policies' files, the runtime's own int8 and any others) as they run at ``batch`` images: the
+    same where the runtime runs any batch; else every policy and anchor built again for ``batch`` (ExecuTorch)."""
+    if not pipe.runtime.static_batch or batch == pipe.layout.batch_size:
+        return models
+    rebuilt = {k: policy_model(pipe, b, batch) for k, b in policies.items()} | runtime_anchors(pipe, batch)
+    return {k: rebuilt[k] for k in models if k in rebuilt}
 
 
 def side_by_side(models: dict[str, Model], shape: tuple[int, ...], batch: int, rounds: int, runs: int) -> dict:
@@ -78,6 +91,19 @@ def side_by_side(models: dict[str, Model], shape: tuple[int, ...], batch: int, r
     sessions = {k: open_session(v, 1) for k, v in models.items()}
     medians = interleaved(sessions, feed, 10, runs, rounds)
     return {k: {"latency_s": statistics.median(v), "rounds": v} for k, v in medians.items()}
+
+
+def agreement(fused: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """A round trip's figures: a runtime's logits (N, classes) on its integer kernels against a reference's on the
+    same N images (``labels`` (N,)): top-1 of each [%], argmax agreement [%], largest and mean logit difference."""
+    return {
+        "images": len(labels),
+        "integer_top1": float(100 * (fused.argmax(1) == labels).mean()),
+        "float_ops_top1": float(100 * (reference.argmax(1) == labels).mean()),
+        "argmax_agreement": float(100 * (fused.argmax(1) == reference.argmax(1)).mean()),
+        "max_logit_diff": float(np.abs(fused - reference).max()),
+        "mean_logit_diff": float(np.abs(fused - reference).mean()),
+    }
 
 
 def pipe_mask(pipe: Pipeline) -> np.ndarray:

@@ -29,8 +29,18 @@ The round trip runs each file on OpenVINO's integer kernels against onnxruntime 
 (the file's fake-quant semantics). The compiled models' runtime precisions and the CPU's capabilities (bf16 or not)
 are reported.
 
-Writes ``benchmarks/results/deployment.md`` and ``deployment.json`` (``deployment-openvino.*`` with ``--runtime
-openvino``); every figure is measured on this machine, which the report names.
+    .venv/bin/python benchmarks/deployment.py --runtime executorch --data cifar10 --batch 8 --episodes 20
+
+With ``--runtime executorch`` (ExecuTorch with XNNPACK, the mobile path) the anchor is ``XNNPACKQuantizer``'s uniform
+int8, every program is lowered for the batch it is timed at (an ExecuTorch program fixes its batch), the searches
+answer the dual question (``budget=accuracy budget.max_drop=--max-drop``: the lowest latency within that many points
+of FP32's search-val top-1), and the round trip runs each ``.pte`` on XNNPACK's integer kernels against the converted
+PT2E module in PyTorch (the numerics the search evaluates). ``--data cifar10`` is the shipped CIFAR-10 model (32 px,
+10 000 test images; the archive ``--data-root``, default this workplace's shared data folder); ``--batch`` is the
+search's batch and the second timing batch.
+
+Writes ``benchmarks/results/deployment.md`` and ``deployment.json`` (``deployment-<runtime>.*`` with another
+``--runtime``); every figure is measured on this machine, which the report names.
 """
 
 from __future__ import annotations
@@ -48,7 +58,10 @@ from typing import Any
 import numpy as np
 from common import (
     RESULTS,
+    SHARED_DATA,
     Model,
+    agreement,
+    at_batch,
     machine_record,
     pipe_mask,
     policy_model,
@@ -87,44 +100,59 @@ def anchors(pipe: Pipeline) -> dict[str, Model]:
 
 
 # -- part 1 --------------------------------------------------------------------------------------------------------
-def budget_ratios(args: argparse.Namespace, pipe: Pipeline) -> dict[str, float]:
-    """The latency budgets (x FP32) the searches run at. onnxruntime: the latency the model gives uniform W8A8, and
-    ``--tighter`` times that. OpenVINO, where int8 is not faster than FP32 everywhere: the fastest policy the model
-    finds (x 1.005), and midway between it and FP32."""
+def budgets(args: argparse.Namespace, pipe: Pipeline) -> dict[str, list[str]]:
+    """The budgets the searches run at, as overrides. onnxruntime: latency budgets (x FP32) at the latency the model
+    gives uniform W8A8, and ``--tighter`` times that. OpenVINO, where int8 is not faster than FP32 everywhere: the
+    fastest policy the model finds (x 1.005), and midway between it and FP32. ExecuTorch: the dual question, the
+    lowest latency within ``--max-drop`` points of FP32's search-val top-1."""
     from hysquant_rl.search.budget import cheapest
 
+    if args.runtime == "executorch":
+        return {f"max_drop {args.max_drop}": ["budget=accuracy", f"budget.max_drop={args.max_drop}"]}
     fp32 = pipe.cost.uniform_cost(32, 32).latency_s
     if args.runtime == "onnxruntime":
         int8_ratio = pipe.cost.policy_cost(pipe.uniform((8, 8))).latency_s / fp32
-        return {"int8": round(int8_ratio, 4), "tighter": round(args.tighter * int8_ratio, 4)}
-    fastest = pipe.cost.policy_cost(cheapest(pipe.cost, pipe_mask(pipe), "latency_ms")).latency_s / fp32
-    return {"midway": round((1 + fastest) / 2, 4), "fastest": round(1.005 * fastest, 4)}
+        ratios = {"int8": round(int8_ratio, 4), "tighter": round(args.tighter * int8_ratio, 4)}
+    else:
+        fastest = pipe.cost.policy_cost(cheapest(pipe.cost, pipe_mask(pipe), "latency_ms")).latency_s / fp32
+        ratios = {"midway": round((1 + fastest) / 2, 4), "fastest": round(1.005 * fastest, 4)}
+    return {k: ["budget=latency", f"budget.latency_ratio={r}"] for k, r in ratios.items()}
+
+
+def data_overrides(args: argparse.Namespace) -> list[str]:
+    """``--data`` (and its archive) as overrides; the real-photo sets read this workplace's shared folder by default."""
+    if args.data == "fashion_mnist":
+        return ["data=fashion_mnist"]
+    archives = {"cifar10": "cifar10-jpeg.zip", "imagenette": "imagenette-224.zip"}
+    root = args.data_root or SHARED_DATA / archives[args.data]
+    if not Path(root).exists():
+        raise SystemExit(f"error: {root} does not exist: pass --data-root /path/to/the/{args.data}/archive")
+    return [f"data={args.data}", f"data.root={root}"]
 
 
 def part1(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    base = ["data=fashion_mnist", "hardware=cpu", f"hardware.backend={args.runtime}", "hardware.batch_size=64"]
-    base += ["budget=latency", "search.max_rounds=2"]
+    base = [*data_overrides(args), "hardware=cpu", f"hardware.backend={args.runtime}"]
+    base += [f"hardware.batch_size={args.batch}", "search.max_rounds=2"]
     run, _ = settings(base)
     start = time.perf_counter()
     pipe = build(run)
     lut = build_lut(run, pipe)
     n = len(pipe.units)
-    ratios = budget_ratios(args, pipe)
     found: dict[str, np.ndarray] = {}
     searches = {}
-    for (budget, ratio), (method, extra) in itertools.product(ratios.items(), METHODS):
+    for (budget, overrides), (method, extra) in itertools.product(budgets(args, pipe).items(), METHODS):
         t0 = time.perf_counter()
         episodes = [f"search.episodes={args.episodes}"] if method != "ilp-kl" else []
-        _, search = settings([*base, f"budget.latency_ratio={ratio}", *extra, *episodes])
-        name, out = f"{method}, {budget} budget", work / f"{method}-{budget}"
+        _, search = settings([*base, *overrides, *extra, *episodes])
+        name, out = f"{method}, {budget} budget", work / f"{method}-{budget.replace(' ', '_')}"
         try:
             summary = run_search(run, search, out, pipe)
         except HySquantError as e:
-            searches[name] = {"ratio": ratio, "error": str(e)}
+            searches[name] = {"budget": overrides[-1], "error": str(e)}
             continue
         found[name] = np.array(QuantPolicy.load(out / "best_policy.json").bits())
         searches[name] = {
-            "ratio": ratio,
+            "budget": overrides[-1],
             "episodes": summary["episodes"],
             "wall_s": time.perf_counter() - t0,
             "budget_ms": summary["budgets"].get("latency_ms"),
@@ -148,21 +176,25 @@ def part1(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         models["rl policy, bf16 hint"] = ("openvino-bf16", pipe.layout.artefact(rl_bits))
     accuracy = {k: test_top1(pipe, m) for k, m in models.items() if not k.startswith("random")}
     timing, prediction = {}, {}
-    for batch in (1, 64) if not args.quick else (64,):
-        timing[batch] = side_by_side(models, pipe.data.input_shape, batch, args.rounds, 200 if batch == 1 else 20)
+    for batch in (1, args.batch) if not args.quick else (args.batch,):
+        timed = at_batch(pipe, models, policies, batch)
+        runs = 200 if batch == 1 else max(5, 1280 // batch)
+        timing[batch] = side_by_side(timed, pipe.data.input_shape, batch, args.rounds, runs)
         table = pipe.cost.table if batch == pipe.cost.batch_size else unit_table(run, pipe, batch)
         prediction[batch] = predict(table, policies, timing[batch])
     rl = next((b for k, b in found.items() if k.startswith("rl")), policies["W8A8 (ours)"])
-    roundtrip = {
-        "RL policy": round_trip(pipe, rl, args.runtime),
-        "W8A8 (ours)": round_trip(pipe, policies["W8A8 (ours)"], args.runtime),
-    }
+    trip = round_trip_pte if args.runtime == "executorch" else round_trip
+    checked = {"RL policy": rl, "W8A8 (ours)": policies["W8A8 (ours)"]}
+    checked |= {"FP32": policies["FP32"]} if args.runtime == "executorch" else {}
+    roundtrip = {k: trip(pipe, b, args.runtime) for k, b in checked.items()}
     return {
         "machine": machine_record(pipe),
         "anchors": list(anchor),
         "precisions": precisions(models, pipe.runtime) if args.runtime == "openvino" else None,
         "model": pipe.spec.to_dict(),
-        "ratios": ratios,
+        "budgets": {k: s.get("budget") for k, s in searches.items()},
+        "data": args.data,
+        "batch": args.batch,
         "searches": searches,
         "policies": {
             k: {"fp32_units": int((b[:, 1] == FP32_BITS).sum()), "bits": b.tolist()} for k, b in policies.items()
@@ -221,15 +253,23 @@ def round_trip(pipe: Pipeline, bits: np.ndarray, runtime: str = "onnxruntime") -
     sample = x[:64]
     reference = ReferenceEvaluator(version_converter.convert_version(proto, 21)).run(None, {ort.INPUT: sample})[0]
     return {
-        "images": len(x),
-        "integer_top1": float(100 * (fused.argmax(1) == y).mean()),
-        "float_ops_top1": float(100 * (plain_.argmax(1) == y).mean()),
-        "argmax_agreement": float(100 * (fused.argmax(1) == plain_.argmax(1)).mean()),
-        "max_logit_diff": float(np.abs(fused - plain_).max()),
+        **agreement(fused, plain_, y),
         "reference_sample": len(sample),
         "reference_max_diff": float(np.abs(plain_[:64] - reference).max()),
         "reference_agreement": float(100 * (fused[:64].argmax(1) == reference.argmax(1)).mean()),
     }
+
+
+def round_trip_pte(pipe: Pipeline, bits: np.ndarray, runtime: str = "executorch") -> dict[str, Any]:
+    """The policy's ``.pte`` on XNNPACK's integer kernels against its converted PT2E module in PyTorch (the runtime's
+    reference numerics, what the search evaluates) on the whole test split."""
+    from hysquant_rl.deploy.executorch import ModuleSession
+
+    x, y = pipe.data.test.x.numpy(), pipe.data.test.y.numpy()
+    program = pipe.runtime.session(pipe.layout.artefact(np.asarray(bits)), 1)
+    fused = ort.logits(program, x, 64 * pipe.layout.batch_size)
+    plain_ = ort.logits(ModuleSession(pipe.layout.converted(np.asarray(bits)), threads()), x)
+    return agreement(fused, plain_, y)
 
 
 # -- part 2 --------------------------------------------------------------------------------------------------------
@@ -318,11 +358,19 @@ def markdown(r: dict[str, Any], command: str) -> str:
     p1 = r["part1"]
     m = p1["machine"]
     runtime = r.get("runtime", "onnxruntime")
-    quantizer = {"onnxruntime": "onnxruntime's own quantizer", "openvino": "NNCF, OpenVINO's own quantizer"}[runtime]
-    budgets = {
+    quantizer = {
+        "onnxruntime": "onnxruntime's own quantizer",
+        "openvino": "NNCF, OpenVINO's own quantizer",
+        "executorch": "XNNPACKQuantizer, ExecuTorch's own quantizer",
+    }[runtime]
+    why = {
         "onnxruntime": "uniform W8A8's latency, and tighter",
         "openvino": "midway between FP32 and the fastest policy, and the fastest policy (x 1.005)",
+        "executorch": "the lowest latency within max_drop points of FP32's search-val top-1",
     }[runtime]
+    names = {"fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "imagenette": "Imagenette"}
+    data = names[p1.get("data", "fashion_mnist")]
+    px = p1["model"].get("img_size", "")
     anchor = [a for a in p1.get("anchors", ["quantize_static int8"]) if "FP32" not in a]
     lines = [
         f"# Deployment on this CPU ({runtime}): what the search returns, side by side with {quantizer}",
@@ -330,9 +378,9 @@ def markdown(r: dict[str, Any], command: str) -> str:
         f"Measured on {m.get('describe', m['cpu'])}, {m['runtime']}, 1 thread, interleaved"
         f" rounds, medians; `.venv/bin/python {command}` ({r['wall_s'] / 60:.1f} min).",
         "",
-        "## Embedded Fashion-MNIST model (32 px), searches at batch 64",
+        f"## Embedded {data} model ({px} px), searches at batch {p1.get('batch', 64)}",
         "",
-        f"Budgets (x FP32, the latency model's): {json.dumps(p1['ratios'])}: {budgets}.",
+        f"Budgets: {json.dumps(p1.get('budgets', p1.get('ratios')))}: {why}.",
         "",
     ]
     batches = sorted(p1["timing"], key=int)
@@ -363,35 +411,48 @@ def markdown(r: dict[str, Any], command: str) -> str:
         lines += ["| model | precisions |", "|---|---|"]
         lines += [f"| {k} | {json.dumps(v)} |" for k, v in pr.items() if k != "capabilities"]
     lines += ["", "The searches (the speed-up is the feedback loop's own timing of the found policy against FP32):", ""]
-    lines += ["| search | budget (x FP32) | episodes | wall (s) | rounds | measured speed-up |"]
+    lines += ["| search | budget | episodes | wall (s) | rounds | measured speed-up |"]
     lines += ["|---|---|---|---|---|---|"]
     for name, s in p1["searches"].items():
+        budget = s.get("budget", s.get("ratio"))
         if "error" in s:
-            lines.append(f"| {name} | {s['ratio']} | - | - | - | {s['error']} |")
+            lines.append(f"| {name} | {budget} | - | - | - | {s['error']} |")
             continue
         speedup = "-" if s["measured_speedup"] is None else f"{s['measured_speedup']:.3f}"
         speedup += f" (unchecked: {s['unchecked']})" if s.get("unchecked") else ""
-        lines.append(f"| {name} | {s['ratio']} | {s['episodes']} | {s['wall_s']:.0f} | {s['rounds']} | {speedup} |")
+        lines.append(f"| {name} | {budget} | {s['episodes']} | {s['wall_s']:.0f} | {s['rounds']} | {speedup} |")
     lines.append("")
     lines += ["Latency model (per-unit latency measured on this runtime, plus int8/float boundaries) against measured:"]
     lines += ["", "| batch | policies | Spearman | MAPE |", "|---|---|---|---|"]
     for b in batches:
         pr = p1["prediction"][b]
         lines.append(f"| {b} | {pr['n']} | {pr['spearman']:.3f} | {100 * pr['mape']:.1f} % |")
-    lines += ["", f"Round trip on the test split: each file's integer kernels on {runtime} against the same graph"]
-    lines += [
-        "with its Q/DQ run as float ops (onnxruntime without graph optimisation), and onnx's reference evaluator on the"
-        " first images:"
-    ]
-    lines += ["", "| file | images | integer top-1 | float-ops top-1 | argmax agreement | largest logit difference |"]
-    lines[-1] += " reference: largest difference to float ops | reference: agreement with integer |"
-    lines += ["|---|---|---|---|---|---|---|---|"]
-    for name, rt in p1["roundtrip"].items():
-        lines.append(
-            f"| {name} | {rt['images']} | {rt['integer_top1']:.2f} | {rt['float_ops_top1']:.2f} |"
-            f" {rt['argmax_agreement']:.2f} % | {rt['max_logit_diff']:.3g} | {rt['reference_max_diff']:.3g}"
-            f" ({rt['reference_sample']} images) | {rt['reference_agreement']:.1f} % |"
-        )
+    if runtime == "executorch":
+        lines += ["", "Round trip on the test split: each `.pte` on XNNPACK's integer kernels against its converted"]
+        lines += ["PT2E module in PyTorch (the reference numerics the search evaluates):", ""]
+        lines += ["| program | images | XNNPACK top-1 | PT2E reference top-1 | argmax agreement | largest logit"]
+        lines[-1] += " difference | mean logit difference |"
+        lines += ["|---|---|---|---|---|---|---|"]
+        for name, rt in p1["roundtrip"].items():
+            lines.append(
+                f"| {name} | {rt['images']} | {rt['integer_top1']:.2f} | {rt['float_ops_top1']:.2f} |"
+                f" {rt['argmax_agreement']:.2f} % | {rt['max_logit_diff']:.3g} | {rt['mean_logit_diff']:.3g} |"
+            )
+    else:
+        lines += ["", f"Round trip on the test split: each file's integer kernels on {runtime} against the same graph"]
+        lines += [
+            "with its Q/DQ run as float ops (onnxruntime without graph optimisation), and onnx's reference evaluator on"
+            " the first images:"
+        ]
+        lines += ["", "| file | images | integer top-1 | float-ops top-1 | argmax agreement | largest logit"]
+        lines[-1] += " difference | reference: largest difference to float ops | reference: agreement with integer |"
+        lines += ["|---|---|---|---|---|---|---|---|"]
+        for name, rt in p1["roundtrip"].items():
+            lines.append(
+                f"| {name} | {rt['images']} | {rt['integer_top1']:.2f} | {rt['float_ops_top1']:.2f} |"
+                f" {rt['argmax_agreement']:.2f} % | {rt['max_logit_diff']:.3g} | {rt['reference_max_diff']:.3g}"
+                f" ({rt['reference_sample']} images) | {rt['reference_agreement']:.1f} % |"
+            )
     if "part2" in r:
         lines += ["", "## timm mobilevit_xxs at 256 px (random weights, latency only)", ""]
         lines += ["| batch | policy | measured (ms) | x FP32 | modelled (ms) |", "|---|---|---|---|---|"]
@@ -418,11 +479,18 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=None, help="episodes of local and rl (default 60, quick 12)")
     parser.add_argument("--rounds", type=int, default=9, help="interleaved timing rounds")
     parser.add_argument("--runtime", choices=known_runtimes(), default="onnxruntime")
-    parser.add_argument("--out", type=Path, default=None, help="default benchmarks/results/deployment[-openvino].md")
+    parser.add_argument("--data", choices=("fashion_mnist", "cifar10", "imagenette"), default="fashion_mnist")
+    parser.add_argument("--data-root", type=Path, default=None, help="the archive of --data (default: shared data)")
+    parser.add_argument("--batch", type=int, default=64, help="the searches' batch, timed beside batch 1")
+    parser.add_argument("--max-drop", type=float, default=0.5, help="ExecuTorch's budget: points below FP32")
+    parser.add_argument("--out", type=Path, default=None, help="default benchmarks/results/deployment[-<runtime>].md")
     args = parser.parse_args()
-    args.out = args.out or RESULTS / ("deployment.md" if args.runtime == "onnxruntime" else "deployment-openvino.md")
+    name = "deployment.md" if args.runtime == "onnxruntime" else f"deployment-{args.runtime}.md"
+    args.out = args.out or RESULTS / name
     args.episodes = args.episodes or (12 if args.quick else 60)
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    for name in ("deployment", "hysquant_rl"):  # every stage says what it does and how long it took
+        logging.getLogger(name).setLevel(logging.INFO)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -437,6 +505,9 @@ def main() -> None:
     flags = [
         *(["--quick"] if args.quick else []),
         *(["--runtime", args.runtime] if args.runtime != "onnxruntime" else []),
+        *(["--data", args.data] if args.data != "fashion_mnist" else []),
+        *(["--batch", str(args.batch)] if args.batch != 64 else []),
+        *(["--episodes", str(args.episodes)] if args.episodes not in (12, 60) else []),
     ]
     command = " ".join(["benchmarks/deployment.py", *flags])
     write_report(result, args.out, markdown(result, command))

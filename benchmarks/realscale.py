@@ -41,6 +41,7 @@ from common import (
     RESULTS,
     SHARED_DATA,
     Model,
+    at_batch,
     calibration_images,
     machine_record,
     pipe_mask,
@@ -198,7 +199,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result["timing"] = {}
     for batch in (1, args.batch):
         runs = 20 if batch == 1 else 5
-        result["timing"][batch] = side_by_side(models, pipe.data.input_shape, batch, args.rounds, runs)
+        timed = at_batch(pipe, models, policies, batch)
+        result["timing"][batch] = side_by_side(timed, pipe.data.input_shape, batch, args.rounds, runs)
         stamp(result, out)
     if args.runtime == "openvino":
         from hysquant_rl.deploy import openvino

@@ -136,3 +136,18 @@ def test_session_runs_a_pte_file(et, tmp_path):
     a = runtime.session(path).run(None, {INPUT: x})[0]
     b = runtime.session(layout.artefact(bits)).run(None, {INPUT: x})[0]
     assert np.array_equal(a, b) and a.shape == (8, pipe.spec.num_classes)
+
+
+def test_the_runtimes_own_int8_is_lowered_for_the_batch_asked(et):
+    """``XNNPACKQuantizer``'s uniform int8 (the anchor every ExecuTorch figure stands beside) as a program of the batch
+    it is timed at, not the layout's (an ExecuTorch program fixes its batch); it runs the digits about as FP32 does."""
+    pipe, layout = et
+    runtime = get("executorch")
+    calib = np.concatenate([x.numpy() for x, _ in pipe.data.calib.batches(64)])
+    (anchor,) = runtime.anchors(layout, calib, batch_size=2).values()
+    session = runtime.session(anchor)
+    assert session.batch == 2 and layout.batch_size == 8
+    x, y = pipe.data.test.x.numpy(), pipe.data.test.y.numpy()
+    int8 = logits(session, x, batch_size=64).argmax(1)
+    fp32 = logits(runtime.evaluation_session(layout, np.full((len(pipe.units), 2), FP32_BITS), 1), x).argmax(1)
+    assert (int8 == fp32).mean() >= 0.95 and (int8 == y).mean() >= (fp32 == y).mean() - 0.03

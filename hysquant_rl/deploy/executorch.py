@@ -250,6 +250,7 @@ class ExecuTorch(Runtime):
 
     name = "executorch"
     files = (PTE_FILE,)
+    static_batch = True
 
     def layout(self, model, units, input_shape, calib_images, quant, batch_size: int = 1) -> PT2ELayout:
         return PT2ELayout(model, units, input_shape, calib_images, quant.calibrator, batch_size)
@@ -263,12 +264,12 @@ class ExecuTorch(Runtime):
     def capabilities(self) -> dict[str, Any]:
         return {**super().capabilities(), "executorch": "XNNPACK: int8 Conv2d, depthwise and Linear; fp32 the rest"}
 
-    def anchors(self, layout, calib_images):
+    def anchors(self, layout, calib_images, batch_size=None):
         """``XNNPACKQuantizer``'s own uniform int8 (its global default: every pattern it knows, per-channel weights,
-        histogram observers), calibrated on the same images, lowered at the layout's batch."""
-        images = torch.from_numpy(np.asarray(calib_images, dtype=np.float32))
-        converted = _pt2e(copy.deepcopy(layout.program).module(), _quantizer(None, "minmax"), images)
-        return {"XNNPACKQuantizer int8": _lower(converted, torch.zeros((layout.batch_size, *layout.input_shape)))}
+        histogram observers), calibrated on the same images, lowered at ``batch_size`` (default: the layout's)."""
+        batch = layout.batch_size if batch_size is None else int(batch_size)
+        program = _lower(xnnpack_int8(layout, calib_images), torch.zeros((batch, *layout.input_shape)))
+        return {"XNNPACKQuantizer int8": program}
 
     def export(self, layout, policy, out, files):
         paths = {"pt2": layout.save(policy.bits(), policy, out)}
@@ -360,9 +361,16 @@ def _pt2e(module: nn.Module, quantizer: Any, images: torch.Tensor) -> nn.Module:
     return convert_pt2e(prepared)
 
 
+def xnnpack_int8(layout: PT2ELayout, calib_images: np.ndarray) -> nn.Module:
+    """``XNNPACKQuantizer``'s own uniform int8 of the layout's FP32 model, calibrated on ``calib_images`` (N, C, H, W)
+    and converted: what :meth:`ExecuTorch.anchors` lowers, and that program's reference numerics."""
+    images = torch.from_numpy(np.asarray(calib_images, dtype=np.float32))
+    return _pt2e(copy.deepcopy(layout.program).module(), _quantizer(None, "minmax"), images)
+
+
 def _converted_alone(module: nn.Module, x: torch.Tensor) -> nn.Module:
     return _pt2e(torch.export.export(module, (x,)).module(), _quantizer(None, "minmax"), x)
 
 
-__all__ = ["ExecuTorch", "ModuleSession", "PT2ELayout", "Session", "logits"]
+__all__ = ["ExecuTorch", "ModuleSession", "PT2ELayout", "Session", "logits", "xnnpack_int8"]
 RUNTIME = ExecuTorch

@@ -178,7 +178,7 @@ class OpenVINO(GraphRuntime):
     def profile_nodes(self, model, feed, threads, runs):
         return profile_nodes(model, feed, threads, runs)
 
-    def anchors(self, layout, calib_images):
+    def anchors(self, layout, calib_images, batch_size=None):  # any batch runs
         import nncf
 
         images = np.asarray(calib_images, dtype=np.float32)

@@ -89,7 +89,7 @@ class OnnxRuntime(GraphRuntime):
     def profile_nodes(self, model, feed, threads, runs):
         return profile_nodes(model, feed, threads, runs)
 
-    def anchors(self, layout, calib_images):
+    def anchors(self, layout, calib_images, batch_size=None):  # any batch runs
         return {"quantize_static int8": quantize_static_int8(layout.float_path, calib_images, self.int8_weights())}
 
 

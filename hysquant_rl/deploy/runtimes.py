@@ -80,11 +80,13 @@ class Runtime:
     """One runtime (see the module docstring). Subclasses set ``name``, register themselves in :data:`RUNTIMES` and
     implement :meth:`layout`, :meth:`session` and :meth:`unit_latency`; ``boundary_ops`` names the node types that are
     int8/float boundaries of their own in its profiles, ``files`` the extra files its export writes beside the
-    policy's deployable file when ``export.<name>=true`` (empty: none)."""
+    policy's deployable file when ``export.<name>=true`` (empty: none); ``static_batch`` says that its programs fix
+    their batch, so that its layout's ``artefact(bits, batch_size)`` builds one per batch size."""
 
     name: ClassVar[str]
     boundary_ops: ClassVar[tuple[str, ...]] = ()
     files: ClassVar[tuple[str, ...]] = ()
+    static_batch: ClassVar[bool] = False  # its programs fix their batch: built per batch size (ExecuTorch)
 
     @property
     def conf(self) -> dict[str, Any]:
@@ -136,9 +138,10 @@ class Runtime:
         fix their batch are built for ``batch_size`` images."""
         raise NotImplementedError
 
-    def anchors(self, layout: Layout, calib_images: np.ndarray) -> dict[str, Any]:
+    def anchors(self, layout: Layout, calib_images: np.ndarray, batch_size: int | None = None) -> dict[str, Any]:
         """The runtime's own quantizer's uniform int8 of the layout's FP32 model, as its documentation has a user run
-        it, calibrated on ``calib_images`` (N, C, H, W): {name: a model :meth:`session` opens}. Every deployment
+        it, calibrated on ``calib_images`` (N, C, H, W): {name: a model :meth:`session` opens}, built for
+        ``batch_size`` images where the runtime's programs fix their batch (default: the layout's). Every deployment
         figure stands beside these."""
         raise NotImplementedError
 
