@@ -183,10 +183,9 @@ def part1(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         table = pipe.cost.table if batch == pipe.cost.batch_size else unit_table(run, pipe, batch)
         prediction[batch] = predict(table, policies, timing[batch])
     rl = next((b for k, b in found.items() if k.startswith("rl")), policies["W8A8 (ours)"])
-    trip = round_trip_pte if args.runtime == "executorch" else round_trip
     checked = {"RL policy": rl, "W8A8 (ours)": policies["W8A8 (ours)"]}
     checked |= {"FP32": policies["FP32"]} if args.runtime == "executorch" else {}
-    roundtrip = {k: trip(pipe, b, args.runtime) for k, b in checked.items()}
+    roundtrip = {k: round_trip(pipe, b, args.runtime) for k, b in checked.items()}
     return {
         "machine": machine_record(pipe),
         "anchors": list(anchor),
@@ -242,7 +241,10 @@ def predict(table, policies: dict[str, np.ndarray], timing: dict) -> dict[str, A
 
 def round_trip(pipe: Pipeline, bits: np.ndarray, runtime: str = "onnxruntime") -> dict[str, Any]:
     """The policy's file three ways on the test split: the runtime's integer kernels, Q/DQ as float ops (onnxruntime
-    running every node as written: the file's fake-quant semantics), the reference evaluator."""
+    running every node as written: the file's fake-quant semantics), the reference evaluator; on ExecuTorch
+    :func:`round_trip_pte`."""
+    if runtime == "executorch":
+        return round_trip_pte(pipe, bits)
     from onnx import version_converter
     from onnx.reference import ReferenceEvaluator
 
@@ -260,7 +262,7 @@ def round_trip(pipe: Pipeline, bits: np.ndarray, runtime: str = "onnxruntime") -
     }
 
 
-def round_trip_pte(pipe: Pipeline, bits: np.ndarray, runtime: str = "executorch") -> dict[str, Any]:
+def round_trip_pte(pipe: Pipeline, bits: np.ndarray) -> dict[str, Any]:
     """The policy's ``.pte`` on XNNPACK's integer kernels against its converted PT2E module in PyTorch (the runtime's
     reference numerics, what the search evaluates) on the whole test split."""
     from hysquant_rl.deploy.executorch import ModuleSession
@@ -430,29 +432,28 @@ def markdown(r: dict[str, Any], command: str) -> str:
     if runtime == "executorch":
         lines += ["", "Round trip on the test split: each `.pte` on XNNPACK's integer kernels against its converted"]
         lines += ["PT2E module in PyTorch (the reference numerics the search evaluates):", ""]
-        lines += ["| program | images | XNNPACK top-1 | PT2E reference top-1 | argmax agreement | largest logit"]
-        lines[-1] += " difference | mean logit difference |"
-        lines += ["|---|---|---|---|---|---|---|"]
-        for name, rt in p1["roundtrip"].items():
-            lines.append(
-                f"| {name} | {rt['images']} | {rt['integer_top1']:.2f} | {rt['float_ops_top1']:.2f} |"
-                f" {rt['argmax_agreement']:.2f} % | {rt['max_logit_diff']:.3g} | {rt['mean_logit_diff']:.3g} |"
-            )
+        head = ["program", "images", "XNNPACK top-1", "PT2E reference top-1"]
+        extra = {"mean logit difference": lambda rt: f"{rt['mean_logit_diff']:.3g}"}
     else:
         lines += ["", f"Round trip on the test split: each file's integer kernels on {runtime} against the same graph"]
         lines += [
             "with its Q/DQ run as float ops (onnxruntime without graph optimisation), and onnx's reference evaluator on"
-            " the first images:"
+            " the first images:",
+            "",
         ]
-        lines += ["", "| file | images | integer top-1 | float-ops top-1 | argmax agreement | largest logit"]
-        lines[-1] += " difference | reference: largest difference to float ops | reference: agreement with integer |"
-        lines += ["|---|---|---|---|---|---|---|---|"]
-        for name, rt in p1["roundtrip"].items():
-            lines.append(
-                f"| {name} | {rt['images']} | {rt['integer_top1']:.2f} | {rt['float_ops_top1']:.2f} |"
-                f" {rt['argmax_agreement']:.2f} % | {rt['max_logit_diff']:.3g} | {rt['reference_max_diff']:.3g}"
-                f" ({rt['reference_sample']} images) | {rt['reference_agreement']:.1f} % |"
-            )
+        head = ["file", "images", "integer top-1", "float-ops top-1"]
+        extra = {
+            "reference: largest difference to float ops": lambda rt: (
+                f"{rt['reference_max_diff']:.3g} ({rt['reference_sample']} images)"
+            ),
+            "reference: agreement with integer": lambda rt: f"{rt['reference_agreement']:.1f} %",
+        }
+    head += ["argmax agreement", "largest logit difference", *extra]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, rt in p1["roundtrip"].items():
+        cells = [name, str(rt["images"]), f"{rt['integer_top1']:.2f}", f"{rt['float_ops_top1']:.2f}"]
+        cells += [f"{rt['argmax_agreement']:.2f} %", f"{rt['max_logit_diff']:.3g}", *(f(rt) for f in extra.values())]
+        lines.append("| " + " | ".join(cells) + " |")
     if "part2" in r:
         lines += ["", "## timm mobilevit_xxs at 256 px (random weights, latency only)", ""]
         lines += ["| batch | policy | measured (ms) | x FP32 | modelled (ms) |", "|---|---|---|---|---|"]

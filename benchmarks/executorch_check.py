@@ -53,8 +53,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     layout = pipe.layout
     result: dict[str, Any] = {"machine": machine_record(pipe)}
     # 1. XNNPACKQuantizer's int8: the anchor's .pte against its converted module
-    (program,) = pipe.runtime.anchors(layout, calibration_images(pipe)).values()
-    converted = xnnpack_int8(layout, calibration_images(pipe))  # the same calibration, deterministic
+    images = calibration_images(pipe)
+    (program,) = pipe.runtime.anchors(layout, images).values()
+    converted = xnnpack_int8(layout, images)  # what the anchor lowered: the same deterministic calibration
     x, y = pipe.data.test.x.numpy(), pipe.data.test.y.numpy()
     fused = logits(Session(program, 1), x, 512)
     reference = logits(ModuleSession(converted, threads()), x)
